@@ -1,0 +1,40 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("EMFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """``../shared/data`` (real PDB-derived maps); skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present (real-structure tests need ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_map(shared_data):
+    """Load a gzip'd MRC from ``../shared/data`` as ``(float32 array [z,y,x], apix)``."""
+    import mrcfile
+
+    def load(name: str):
+        with mrcfile.open(shared_data / name, permissive=True) as m:
+            return np.asarray(m.data, dtype=np.float32).copy(), float(m.voxel_size.x)
+
+    return load
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator (every test is deterministic)."""
+    return np.random.default_rng(1234)
