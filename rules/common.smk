@@ -1,0 +1,85 @@
+# Shared by every stage: config validation, the tomogram table, wildcard constraints and
+# the input functions that decide where each stage reads its inputs. The logic lives in
+# emflow/workflow_helpers.py (unit-tested); this file only wires it to Snakemake.
+
+from emflow.workflow_helpers import tomogram_table, validate_config
+
+validate_config(config, workflow.source_path("../config/schema.yaml"))
+
+TOMOGRAMS = tomogram_table(config)
+BIN = config["tomogram"]["bin"]
+DEMO = config["input"]["source"] == "demo"
+
+# Each stage appends the files it wants built by `rule all` (see Snakefile).
+FINAL_TARGETS = []
+
+
+wildcard_constraints:
+    tomo="[A-Za-z0-9][A-Za-z0-9_.-]*?",
+    bin="[0-9]+",
+    it="[0-9]{2}",
+    chunk="[0-9]{3}",
+
+
+def tomogram_names():
+    """Names of all tomograms, in config order."""
+    return list(TOMOGRAMS)
+
+
+def tilt_series(wildcards):
+    """Tilt series stack (MRC) of tomogram `wildcards.tomo`."""
+    return TOMOGRAMS[wildcards.tomo].tilt_series
+
+
+def tilt_angles(wildcards):
+    """IMOD .tlt of the tomogram (written by the import stage when only an info json has them)."""
+    entry = TOMOGRAMS[wildcards.tomo]
+    return entry.tlt or f"results/import/{entry.name}.tlt"
+
+
+def info_json(wildcards):
+    """EMAN2 info json of the tomogram (tlt_params, CTF, apix_unbin, boxes_3d)."""
+    entry = TOMOGRAMS[wildcards.tomo]
+    return entry.info_json or f"results/import/info/{entry.name}_info.json"
+
+
+def binned_tomogram(wildcards):
+    """The binned tomogram used for picking and template matching."""
+    return f"results/tomograms/{wildcards.tomo}__bin{BIN}.mrc"
+
+
+def truth_map_tomo():
+    """The true map of the demo tomograms' particle at the tilt-series pixel size."""
+    return "results/demo/truth/reference_tomo.mrc"
+
+
+def truth_map_spa():
+    """The true map of the demo single-particle set."""
+    return "results/demo/truth/reference_spa.mrc"
+
+
+def truth_file_tomo(wildcards):
+    """Ground truth (positions, orientations) of a demo tomogram."""
+    return f"results/demo/truth/{wildcards.tomo}_truth.json"
+
+
+def truth_file_spa():
+    """Ground truth (orientations, shifts, defocus) of the demo particle set."""
+    return "results/demo/truth/spa_truth.star"
+
+
+def spa_particles():
+    """Particle stack of the single-particle workflow."""
+    return config["input"]["spa_particles"] or "results/demo/spa/particles.mrcs"
+
+
+def spa_particles_star():
+    """STAR file with the particles' CTF parameters (None when the user gave none)."""
+    if config["input"]["spa_particles"]:
+        return config["input"]["spa_star"]
+    return "results/demo/spa/particles.star"
+
+
+def tempmatch_template():
+    """Template for reference-based picking (the initial model once that stage exists)."""
+    return "results/demo/truth/reference_tomo.mrc"
