@@ -11,14 +11,14 @@ Every filter takes ``ndim`` (default: all axes of ``x``): with ``ndim=2`` a stac
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
 import scipy.fft
-import scipy.ndimage
 
 from emflow.errors import InputError
-from emflow.fsc import FSCCurve, shell_index
+from emflow.fsc import FSCCurve, _radius_grid, shell_index
 
 __all__ = [
     "freq_grid_inv_a",
@@ -45,16 +45,23 @@ PROTEIN_DA_PER_A3 = 0.81  # EMAN's protein density used by normalize.bymass (Da/
 def freq_grid_inv_a(shape: Sequence[int], apix: float) -> np.ndarray:
     """Spatial frequency magnitude |s| (1/Å) on the rfft-half grid of a real array ``shape``.
 
-    Returns float64 of shape ``shape[:-1] + (shape[-1]//2 + 1,)`` (unshifted layout).
+    Returns a read-only float64 array of shape ``shape[:-1] + (shape[-1]//2 + 1,)`` (unshifted
+    layout), cached per (shape, apix).
     """
-    shape = tuple(int(n) for n in shape)
+    return _freq_grid_cached(tuple(int(n) for n in shape), float(apix))
+
+
+@functools.lru_cache(maxsize=4)
+def _freq_grid_cached(shape: tuple[int, ...], apix: float) -> np.ndarray:
     s2 = None
     for ax, n in enumerate(shape):
         last = ax == len(shape) - 1
         k = np.fft.rfftfreq(n, d=apix) if last else np.fft.fftfreq(n, d=apix)
         k2 = (k * k).reshape([-1 if i == ax else 1 for i in range(len(shape))])
         s2 = k2 if s2 is None else s2 + k2
-    return np.sqrt(s2)
+    s = np.sqrt(s2)
+    s.setflags(write=False)
+    return s
 
 
 def _check_apix(apix: float) -> float:
@@ -206,7 +213,6 @@ def normalize_edgemean(x: np.ndarray, ndim: int | None = None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     axes = _axes(x, ndim)
     if len(axes) < x.ndim:
-        lead = x.shape[: x.ndim - len(axes)]
         flat = x.reshape((-1,) + x.shape[x.ndim - len(axes):])
         return np.stack([normalize_edgemean(im) for im in flat]).reshape(x.shape)
     edge = _edge_mask(x.shape)
@@ -273,8 +279,6 @@ def radial_profile(x: np.ndarray, kind: str = "power", workers: int = -1) -> np.
 
 def _shell_lookup(shape: tuple[int, ...], values: np.ndarray, fill: float) -> np.ndarray:
     """Per-rfft-element value of a per-shell table (shells beyond the table get ``fill``)."""
-    from emflow.fsc import _radius_grid
-
     sh = np.rint(_radius_grid(tuple(shape))).astype(np.int64)
     table = np.append(np.asarray(values, dtype=np.float64), fill)
     return table[np.minimum(sh, len(values))]
@@ -401,27 +405,26 @@ def apply_symmetry(vol: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """EMAN ``xform.applysym``: average of the map transformed by every symmetry operator.
 
     Each copy is ``out_k(r) = vol(R_k⁻¹ r)`` about the box centre ``n//2`` (CONVENTIONS), trilinear
-    interpolation with zero outside, via ``scipy.ndimage.affine_transform(order=1)``.
+    with zero outside, via :func:`emflow.rotate.rotate_volume` (the identity is an exact copy).
 
     Parameters
     ----------
     vol : ndarray, shape (nz, ny, nx)
     matrices : ndarray, shape (nsym, 3, 3)
-        Rotation matrices acting on (x, y, z) column vectors; the identity is copied exactly.
+        Rotation matrices acting on (x, y, z) column vectors (e.g. ``get_symmetry(...).matrices``).
+
+    Returns
+    -------
+    ndarray of float32, shape of ``vol``.
     """
+    from emflow.rotate import rotate_volume
+
     vol = np.asarray(vol, dtype=np.float32)
     mats = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
-    centre_zyx = np.array([n // 2 for n in vol.shape], dtype=np.float64)
-    perm = [2, 1, 0]  # (x, y, z) <-> array axes (z, y, x)
     acc = np.zeros(vol.shape, dtype=np.float64)
-    for R in mats:
-        if np.allclose(R, np.eye(3), atol=1e-12):
-            acc += vol
-            continue
-        # out(r) = in(Rᵀ r): in index space (z, y, x) the matrix is Rᵀ with rows/cols permuted.
-        M = R.T[np.ix_(perm, perm)]
-        offset = centre_zyx - M @ centre_zyx
-        acc += scipy.ndimage.affine_transform(vol, M, offset=offset, order=1, mode="constant", cval=0.0)
+    buf = np.empty(vol.shape, dtype=np.float32)
+    for R in mats:  # nsym ≤ 60 whole-volume passes
+        acc += rotate_volume(vol, R, out=buf)
     return (acc / len(mats)).astype(np.float32)
 
 

@@ -32,6 +32,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from emflow import fourier
 from emflow._numba import pjit
 from emflow.geometry import tilt_matrix
 
@@ -43,9 +44,9 @@ def bin_tilt_series(stack: np.ndarray, bin: int, *, threads: int | None = None) 
     """Fourier-bin every image of a tilt series by an integer factor.
 
     Each image is first cropped about its centre (index ``n//2``) to a multiple of ``bin`` on
-    both axes, then its Fourier transform is cropped to ``n // bin`` (a perfect low-pass at the
-    new Nyquist, no aliasing). The mean value is preserved, and the centre pixel ``n//2`` maps
-    to ``(n//bin)//2``.
+    both axes, then Fourier-cropped to ``n // bin`` (:func:`emflow.fourier.fourier_crop`: an
+    ideal low-pass at the new Nyquist, no aliasing). The mean value is preserved, and the
+    centre pixel ``n//2`` maps to ``(n//bin)//2``.
 
     Parameters
     ----------
@@ -68,26 +69,12 @@ def bin_tilt_series(stack: np.ndarray, bin: int, *, threads: int | None = None) 
     bin = int(bin)
     if bin == 1:
         return stack.astype(np.float32, copy=True)
-    _, ny, nx = stack.shape
+    ntilt, ny, nx = stack.shape
     my, mx = (ny // bin) * bin, (nx // bin) * bin
     if my < 2 or mx < 2:
         raise ValueError(f"images of {ny}x{nx} px are too small to bin by {bin}")
-    y0, x0 = ny // 2 - my // 2, nx // 2 - mx // 2
-    cropped = stack[:, y0 : y0 + my, x0 : x0 + mx].astype(np.float32)
-    oy, ox = my // bin, mx // bin
-    workers = threads or os.cpu_count()
-    f = scipy.fft.rfft2(scipy.fft.ifftshift(cropped, axes=(1, 2)), workers=workers)
-    ky = np.fft.fftfreq(my, 1.0 / my).astype(int)
-    keep_y = np.abs(ky) < oy / 2
-    kept = f[:, keep_y, : ox // 2 + 1]
-    # Shuffle the kept rows into the small FFT's order (0..oy/2-1, -oy/2+1..-1); the lone
-    # Nyquist row of an even output is left at zero (it has no partner to stay Hermitian).
-    small = np.zeros((stack.shape[0], oy, ox // 2 + 1), dtype=f.dtype)
-    small[:, ky[keep_y] % oy, :] = kept
-    if ox % 2 == 0:
-        small[:, :, -1] = 0
-    out = scipy.fft.irfft2(small, s=(oy, ox), workers=workers) * (oy * ox) / (my * mx)
-    return scipy.fft.fftshift(out, axes=(1, 2)).astype(np.float32)
+    cropped = fourier.crop(stack.astype(np.float32, copy=False), (ntilt, my, mx))
+    return fourier.fourier_crop(cropped, (ntilt, my // bin, mx // bin), workers=threads or -1)
 
 
 def _tilt_intervals(tilts_rad: np.ndarray) -> np.ndarray:

@@ -91,6 +91,14 @@ class TomogramEntry:
     picks: str | None = None
     defocus_um: float | None = None
 
+    def as_dict(self) -> dict:
+        """Plain dict of the fields (for Snakemake params)."""
+        return dataclasses.asdict(self)
+
+    def user_files(self) -> list[str]:
+        """The optional input files that exist for this tomogram (not the tilt series)."""
+        return [f for f in dict.fromkeys((self.tlt, self.xf, self.info_json, self.picks)) if f]
+
 
 def demo_names(config: Mapping) -> list[str]:
     """Names of the simulated tomograms: ``demo_01``, ``demo_02``, ..."""

@@ -32,15 +32,27 @@ def tilt_series(wildcards):
 
 
 def tilt_angles(wildcards):
-    """IMOD .tlt of the tomogram (written by the import stage when only an info json has them)."""
-    entry = TOMOGRAMS[wildcards.tomo]
-    return entry.tlt or f"results/import/{entry.name}.tlt"
+    """IMOD .tlt of the tomogram (user data: normalised by the import stage)."""
+    if DEMO:
+        return TOMOGRAMS[wildcards.tomo].tlt
+    return f"results/import/{wildcards.tomo}.tlt"
 
 
 def info_json(wildcards):
     """EMAN2 info json of the tomogram (tlt_params, CTF, apix_unbin, boxes_3d)."""
-    entry = TOMOGRAMS[wildcards.tomo]
-    return entry.info_json or f"results/import/info/{entry.name}_info.json"
+    if DEMO:
+        return TOMOGRAMS[wildcards.tomo].info_json
+    return f"results/import/info/{wildcards.tomo}_info.json"
+
+
+def tomogram_entry(wildcards):
+    """The tomogram's row of the input table, as a dict (import stage)."""
+    return TOMOGRAMS[wildcards.tomo].as_dict()
+
+
+def user_import_files(wildcards):
+    """The user's .tlt/.xf/info json/picks files of a tomogram (import stage inputs)."""
+    return TOMOGRAMS[wildcards.tomo].user_files()
 
 
 def binned_tomogram(wildcards):

@@ -208,9 +208,10 @@ def sqeuclidean(image, with_, *, normto=0, zeromask=0, mask: np.ndarray | None =
         db = (b - mb[:, None, None]) * use
         da = (a - ma[:, None, None]) * use
         var = (db * db).sum(axis=(1, 2))
-        scale = np.divide((da * db).sum(axis=(1, 2)), var, out=np.ones_like(var), where=var > 0)
-        scale = np.where(scale > 0, scale, 1.0)
-        offset = np.where(scale > 0, ma - scale * mb, 0.0)
+        fit = np.divide((da * db).sum(axis=(1, 2)), var, out=np.zeros_like(var), where=var > 0)
+        keep = fit > 0  # EMAN undoes the fit when the scale is not positive
+        scale = np.where(keep, fit, 1.0)
+        offset = np.where(keep, ma - fit * mb, 0.0)
         b = b * scale[:, None, None] + offset[:, None, None]
     d = (a - b) ** 2 * use
     return (d.sum(axis=(1, 2)) / cnt).astype(np.float32)

@@ -75,13 +75,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ------------------------------------------------------------------ helpers
-# running PIDFILE NAME: the pid file names a live, non-zombie process called NAME
+# running PIDFILE NAME: prints the pid if the pid file names a live,
+# non-zombie process called NAME (stale pid files / pid reuse / kill -9 zombies)
 running() {
-    local pid st
-    [ -s "$1" ] || return 1
-    pid=$(tr -cd '0-9' <"$1")
-    [ -n "$pid" ] && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ] || return 1
-    st=$(cat /proc/"$pid"/stat 2>/dev/null) || return 1
+    local pid
+    pid=$(cat "$1" 2>/dev/null | tr -cd '0-9')
+    [ -n "$pid" ] && alive "$pid" "$2" && echo "$pid"
+}
+running_quiet() { running "$@" >/dev/null; }
+alive() { # PID NAME
+    local st
+    [ "$(cat /proc/"$1"/comm 2>/dev/null)" = "$2" ] || return 1
+    st=$(cat /proc/"$1"/stat 2>/dev/null) || return 1
     st=${st##*) }
     [ "${st%% *}" != Z ]
 }
@@ -105,13 +110,13 @@ put() {
     install -m "$2" "$tmp" "$1"
     rm -f "$tmp"
 }
-stop_daemon() { # PIDFILE NAME
-    running "$1" "$2" || return 0
-    say "stopping $2"
-    kill "$(tr -cd '0-9' <"$1")" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 100; i++)); do running "$1" "$2" || break; sleep 0.2; done
-    running "$1" "$2" && kill -9 "$(tr -cd '0-9' <"$1")" 2>/dev/null || true
+stop_daemon() { # PIDFILE NAME; waits on the pid: daemons drop the file early
+    local pid i
+    pid=$(running "$1" "$2") || return 0
+    say "stopping $2 (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do alive "$pid" "$2" || break; sleep 0.2; done
+    alive "$pid" "$2" && { kill -9 "$pid" 2>/dev/null || true; sleep 0.5; }
     rm -f "$1"
 }
 
@@ -196,7 +201,7 @@ chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
-if ! running /run/munge/munged.pid munged; then
+if ! running_quiet /run/munge/munged.pid munged; then
     say "starting munged"
     touch "$STATE/started-munged"
     # munged refuses to run as root; the key belongs to the munge user
@@ -236,7 +241,7 @@ StorageUser=slurm
 StoragePass=slurm
 EOF
     if [ "$changed" = 1 ]; then stop_daemon /run/slurmdbd.pid slurmdbd; fi
-    if ! running /run/slurmdbd.pid slurmdbd; then
+    if ! running_quiet /run/slurmdbd.pid slurmdbd; then
         say "starting slurmdbd"
         /usr/sbin/slurmdbd >/dev/null 2>&1 || fail "slurmdbd did not start"
     fi
@@ -255,13 +260,13 @@ if [ "$changed" = 1 ]; then   # new config: restart what runs with the old one
     stop_daemon /run/slurmctld.pid slurmctld
 fi
 fresh=0
-if ! running /run/slurmctld.pid slurmctld; then
+if ! running_quiet /run/slurmctld.pid slurmctld; then
     say "starting slurmctld"
     /usr/sbin/slurmctld >/dev/null 2>&1 || fail "slurmctld did not start"
     fresh=1
 fi
 wait_until "answer from slurmctld" scontrol ping
-if ! running /run/slurmd.pid slurmd; then
+if ! running_quiet /run/slurmd.pid slurmd; then
     say "starting slurmd"
     /usr/sbin/slurmd >/dev/null 2>&1 || fail "slurmd did not start"
     fresh=1

@@ -12,33 +12,38 @@ STATE=/run/emflow-slurm
 say() { echo "[stop-local-slurm] $*" >&2; }
 [ "$(id -u)" = 0 ] || { say "must run as root"; exit 1; }
 
-alive() { # PIDFILE NAME -> live, non-zombie process called NAME
+pid_of() { # PIDFILE NAME -> prints the pid if it is a live, non-zombie NAME
     local pid st
-    [ -s "$1" ] || return 1
-    pid=$(tr -cd '0-9' <"$1")
+    pid=$(cat "$1" 2>/dev/null | tr -cd '0-9')
     [ -n "$pid" ] && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ] || return 1
     st=$(cat /proc/"$pid"/stat 2>/dev/null) || return 1
+    st=${st##*) }
+    [ "${st%% *}" != Z ] && echo "$pid"
+}
+pid_alive() { # PID NAME (daemons remove their pid file before they are gone)
+    local st
+    [ "$(cat /proc/"$1"/comm 2>/dev/null)" = "$2" ] || return 1
+    st=$(cat /proc/"$1"/stat 2>/dev/null) || return 1
     st=${st##*) }
     [ "${st%% *}" != Z ]
 }
 status=0
 stop() { # PIDFILE NAME [SECONDS]
     local pid i
-    alive "$1" "$2" || { rm -f "$1"; return 0; }
-    pid=$(tr -cd '0-9' <"$1")
+    pid=$(pid_of "$1" "$2") || { rm -f "$1"; return 0; }
     say "stopping $2 (pid $pid)"
     kill "$pid" 2>/dev/null
-    for ((i = 0; i < ${3:-30} * 5; i++)); do alive "$1" "$2" || break; sleep 0.2; done
-    if alive "$1" "$2"; then
+    for ((i = 0; i < ${3:-30} * 5; i++)); do pid_alive "$pid" "$2" || break; sleep 0.2; done
+    if pid_alive "$pid" "$2"; then
         say "$2 ignored SIGTERM; killing it"
         kill -9 "$pid" 2>/dev/null
         sleep 0.5
-        alive "$1" "$2" && { say "could not stop $2 (pid $pid)"; status=1; return 1; }
+        pid_alive "$pid" "$2" && { say "could not stop $2 (pid $pid)"; status=1; return 1; }
     fi
     rm -f "$1"
 }
 
-if alive /run/slurmctld.pid slurmctld && command -v scancel >/dev/null; then
+if pid_of /run/slurmctld.pid slurmctld >/dev/null && command -v scancel >/dev/null; then
     # -u root: every job here is root's; cancel them so slurmctld saves no live job
     scancel -u root >/dev/null 2>&1 || true
     for ((i = 0; i < 20; i++)); do

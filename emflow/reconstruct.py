@@ -1,0 +1,450 @@
+"""Direct Fourier inversion: insert 2D slices into a padded 3D Fourier volume (spec §5.6).
+
+The accumulators are a complex half-volume ``F`` and a real weight volume ``W`` on the padded
+grid ``N = pad·b`` (shape ``(N, N, N//2+1)``, z and y fftshifted so that zero frequency sits
+at index ``N//2``; x is the rfft half axis). Each image is zero-padded to ``N×N``, Fourier
+transformed with a centred phase origin and every pixel ``k = (kx, ky)`` with ``|k| <= N/2 - 1``
+(the x >= 0 half plane) is deposited at ``(R·S)ᵀ (kx, ky, 0)`` for every symmetry operator ``S``.
+
+Why ``R·S``: an image is the projection of ``V`` with transform ``R``; for a map invariant under
+``S`` (``V(S r) = V(r)``) it is also the projection with ``R·S``, whose slice samples the FT at
+``(R S)ᵀ k = Sᵀ Rᵀ k``. With ``S = I`` this is the plain Fourier-slice position.
+
+Weights: ``F += w·c·K·S(k)`` and ``W += w·c²·K`` where ``w`` is the per-image weight, ``c`` the
+optional per-pixel Fourier weight (``ctf``, e.g. the CTF for CTF-weighted insertion or ``|CTF|``
+for phase-flipped data) and ``K`` the interpolation kernel weight. ``finish`` returns ``IFT(F/W)``
+(or ``F/(W+1)`` for the Wiener form, where inserted data were pre-weighted by the SNR).
+Because ``F`` and ``W`` are plain sums, partial reconstructions merge by adding them, which is
+spec §7.24's ``F_total = Σ_j F_j W_j / Σ_j W_j`` for normalised ``F_j``.
+
+Parallelism: ``strategy="slab"`` gives each thread the z-planes ``z ≡ t (mod T)`` of the shared
+volume (no write races, no extra memory; every thread computes every slice coordinate);
+``strategy="private"`` gives each thread its own accumulator pair and sums them afterwards
+(T× memory). See ``benchmarks/bench_fourier.py`` for the measured trade-off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+import scipy.fft
+
+from emflow import fourier
+from emflow._numba import jit, pjit
+from emflow.projection import _as_rotations, _as_shifts, gridding_apodization
+
+__all__ = ["Reconstructor", "reconstruct", "KERNELS"]
+
+KERNELS = {"nearest": 0, "trilinear": 1, "gauss_2": 2}
+_GAUSS2 = np.pi**2 / 4.0  # exp(-d² / (4/π²)) of EMAN's gauss_2 (I2G = 4/π²)
+
+
+@jit
+def _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem):
+    """Add one sample (px >= 0 after Friedel folding; py, pz relative to the centre) to F, W.
+
+    Only planes with ``z % zmod == zrem`` are written (the calling thread's planes). Deposits on
+    the x = 0 plane are scaled by ``x0scale`` (0.5 for the origin, which is its own mate).
+    """
+    N = F.shape[0]
+    nxh = F.shape[2]
+    if kernel == 0:
+        xx = int(np.floor(px + 0.5))
+        yy = int(np.floor(py + 0.5)) + c
+        zz = int(np.floor(pz + 0.5)) + c
+        if zz % zmod != zrem or xx >= nxh or yy < 0 or yy >= N or zz < 0 or zz >= N:
+            return
+        if xx == 0:
+            wt *= x0scale
+        F[zz, yy, xx] += complex(wt * vr, wt * vi)
+        W[zz, yy, xx] += wt
+        return
+    x0 = int(np.floor(px))
+    y0 = int(np.floor(py))
+    z0 = int(np.floor(pz))
+    fx = px - x0
+    fy = py - y0
+    fz = pz - z0
+    for dz in range(2):
+        zz = z0 + dz + c
+        if zz % zmod != zrem or zz < 0 or zz >= N:
+            continue
+        ez = fz - dz
+        for dy in range(2):
+            yy = y0 + dy + c
+            if yy < 0 or yy >= N:
+                continue
+            ey = fy - dy
+            for dx in range(2):
+                xx = x0 + dx
+                if xx >= nxh:
+                    continue
+                ex = fx - dx
+                if kernel == 1:
+                    k = (1.0 - abs(ex)) * (1.0 - abs(ey)) * (1.0 - abs(ez))
+                else:
+                    k = np.exp(-(ex * ex + ey * ey + ez * ez) * _GAUSS2)
+                w = wt * k
+                if xx == 0:
+                    w *= x0scale
+                F[zz, yy, xx] += complex(w * vr, w * vi)
+                W[zz, yy, xx] += w
+
+
+@jit
+def _insert_one(F, W, S, wsl, has_wsl, wimg, R, kernel, rmax2, zmod, zrem):
+    """Deposit one slice S (N, N//2+1; plain rfft2 layout) under rotation R."""
+    N = S.shape[0]
+    c = F.shape[0] // 2
+    for j in range(N):
+        fy = j if j < N // 2 else j - N
+        for kx in range(S.shape[1]):
+            if kx == 0 and fy < 0:  # (0, -ky) is the Friedel mate of (0, ky): insert once
+                continue
+            if kx * kx + fy * fy > rmax2:
+                continue
+            pz = R[0, 2] * kx + R[1, 2] * fy
+            px = R[0, 0] * kx + R[1, 0] * fy
+            if px < 0.0:
+                pz = -pz
+            # cheap reject of samples whose z-neighbours are not this thread's planes
+            if zmod > 1:
+                zf = int(np.floor(pz + 0.5 if kernel == 0 else pz)) + c
+                if zf % zmod != zrem and (kernel == 0 or (zf + 1) % zmod != zrem):
+                    continue
+            py = R[0, 1] * kx + R[1, 1] * fy
+            v = S[j, kx]
+            vr = v.real
+            vi = v.imag
+            if px < 0.0:  # Friedel: store the mate -p with the conjugate value
+                px = -px
+                py = -py
+                vi = -vi
+            wt = wsl[j, kx] if has_wsl else wimg
+            # the origin is its own Friedel mate: its x=0 share is doubled by hermitian_sums
+            x0scale = 0.5 if (kx == 0 and fy == 0) else 1.0
+            _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem)
+
+
+@pjit
+def _insert_slab(F, W, slices, wslices, has_wsl, wimg, rots, img_of, kernel, rmax2, nthreads):
+    for t in numba.prange(nthreads):
+        for m in range(rots.shape[0]):
+            i = img_of[m]
+            _insert_one(F, W, slices[i], wslices[i if has_wsl else 0], has_wsl, wimg[i], rots[m],
+                        kernel, rmax2, nthreads, t)
+
+
+@pjit
+def _insert_private(Fp, Wp, slices, wslices, has_wsl, wimg, rots, img_of, kernel, rmax2):
+    T = Fp.shape[0]
+    M = rots.shape[0]
+    for t in numba.prange(T):
+        for m in range(t * M // T, (t + 1) * M // T):
+            i = img_of[m]
+            _insert_one(Fp[t], Wp[t], slices[i], wslices[i if has_wsl else 0], has_wsl, wimg[i],
+                        rots[m], kernel, rmax2, 1, 0)
+
+
+@pjit
+def _reduce_private(F, W, Fp, Wp):
+    for z in numba.prange(F.shape[0]):
+        for t in range(Fp.shape[0]):
+            F[z] += Fp[t, z]
+            W[z] += Wp[t, z]
+
+
+def _resolve_sym(sym) -> np.ndarray:
+    if isinstance(sym, str):
+        if sym.lower() == "c1":
+            return np.eye(3)[None]
+        try:
+            from emflow.geometry import get_symmetry
+        except ImportError as exc:  # pragma: no cover - geometry is written in parallel
+            raise ValueError(f"symmetry {sym!r} needs emflow.geometry; pass (nsym,3,3) matrices") from exc
+        return np.asarray(get_symmetry(sym).matrices, dtype=np.float64)
+    m = np.asarray(sym, dtype=np.float64)
+    if m.ndim != 3 or m.shape[1:] != (3, 3):
+        raise ValueError(f"sym must be a symmetry name or (nsym, 3, 3) matrices, got shape {m.shape}")
+    return m
+
+
+class Reconstructor:
+    """Fourier-insertion reconstructor with mergeable accumulators (spec §5.6, §7.23–24).
+
+    Parameters
+    ----------
+    box : int
+        Real-space box ``b`` of the images and of the result (even).
+    pad : int or float
+        Fourier padding factor; the accumulator grid is ``N = pad·b`` (rounded up to even).
+    kernel : {"trilinear", "gauss_2", "nearest"}
+        Insertion kernel: trilinear (EMAN SPT default), EMAN's ``gauss_2`` (8 neighbours with
+        ``exp(-d²π²/4)``) or nearest neighbour.
+    sym : str or ndarray (nsym, 3, 3)
+        Point-group symmetry; every slice is inserted under ``R·S`` for each operator ``S``.
+        Names other than ``"c1"`` are resolved by :func:`emflow.geometry.get_symmetry`.
+    strategy : {"auto", "slab", "private"}
+        Parallel insertion scheme (module docstring). ``auto`` uses ``private`` when the extra
+        accumulators take less than 1 GiB, else ``slab``.
+    workers : int
+        ``scipy.fft`` worker threads.
+
+    Attributes
+    ----------
+    F : ndarray, complex64, (N, N, N//2+1)
+        Σ w·c·K·S (z, y fftshifted).
+    W : ndarray, float32, (N, N, N//2+1)
+        Σ w·c²·K.
+    n_inserted : int
+        Number of images inserted (symmetry copies not counted).
+    """
+
+    def __init__(self, box: int, pad: float = 2, kernel: str = "trilinear", sym="c1",
+                 strategy: str = "auto", workers: int = -1):
+        box = int(box)
+        if box < 2 or box % 2:
+            raise ValueError(f"Reconstructor: box must be even and >= 2, got {box}")
+        if kernel not in KERNELS:
+            raise ValueError(f"Reconstructor: unknown kernel {kernel!r}; use one of {sorted(KERNELS)}")
+        if strategy not in ("auto", "slab", "private"):
+            raise ValueError(f"Reconstructor: strategy must be auto, slab or private, got {strategy!r}")
+        if pad < 1:
+            raise ValueError(f"Reconstructor: pad must be >= 1, got {pad}")
+        N = int(np.ceil(box * pad))
+        N += N % 2
+        self.box, self.pad, self.n_pad, self.kernel = box, float(pad), N, kernel
+        self.sym = _resolve_sym(sym)
+        self.strategy, self.workers = strategy, workers
+        self.F = np.zeros((N, N, N // 2 + 1), dtype=np.complex64)
+        self.W = np.zeros((N, N, N // 2 + 1), dtype=np.float32)
+        self.n_inserted = 0
+
+    # ------------------------------------------------------------------ insertion
+    def _strategy(self) -> str:
+        if self.strategy != "auto":
+            return self.strategy
+        T = numba.get_num_threads()
+        extra = T * (self.F.nbytes + self.W.nbytes)
+        return "private" if (T > 1 and extra < 2**30) else "slab"
+
+    def slices_from_images(self, images, shifts=None) -> np.ndarray:
+        """Pad images to ``N×N`` (zero), FFT with a centred origin, undo ``shifts`` (phase ramp).
+
+        Returns
+        -------
+        ndarray, complex64, (n, N, N//2+1)
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        b, N = self.box, self.n_pad
+        if images.shape[1:] != (b, b):
+            raise ValueError(f"insert: images must have shape (n, {b}, {b}), got {images.shape}")
+        padded = np.zeros((images.shape[0], N, N), dtype=np.float32)
+        o = N // 2 - b // 2
+        padded[:, o:o + b, o:o + b] = images
+        S = fourier.ft(padded, axes=(-2, -1), workers=self.workers).astype(np.complex64, copy=False)
+        sh = _as_shifts(shifts, images.shape[0])
+        if sh is not None:
+            ky, kx = fourier.freq_grid((N, N))
+            # the image content sits at +t; a ramp of +t in the exponent moves it back by -t
+            ramp = np.exp(2j * np.pi * (kx[None] * sh[:, 0, None, None] + ky[None] * sh[:, 1, None, None]))
+            S *= ramp.astype(np.complex64)
+        return S
+
+    def insert(self, images, rotations, weights=None, shifts=None, ctf=None, chunk: int = 64) -> None:
+        """Insert real-space images (the projections of the map with transforms ``rotations``).
+
+        Parameters
+        ----------
+        images : ndarray, float, (n, b, b)
+        rotations : ndarray, float64, (n, 3, 3)
+            ``xform.projection`` rotations ``R`` of the images.
+        weights : ndarray, (n,), optional
+            Per-image weights ``w`` (default 1).
+        shifts : ndarray, (n, 2), optional
+            ``(tx, ty)`` pixels by which each image is shifted relative to the centred
+            projection (the translation of its ``xform.projection``); it is undone.
+        ctf : ndarray, float, (n, N, N//2+1) or (N, N//2+1), optional
+            Per-pixel Fourier weights ``c`` in the rfft layout of the *padded* slice
+            (:func:`emflow.fourier.ft` of an ``N×N`` image); data get ``c``, weights ``c²``.
+        chunk : int
+            Images transformed per batch (memory bound).
+        """
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        R = _as_rotations(rotations)
+        n = images.shape[0]
+        if R.shape[0] != n:
+            raise ValueError(f"insert: {n} images but {R.shape[0]} rotations")
+        sh = _as_shifts(shifts, n)
+        w = self._weights(weights, n)
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            S = self.slices_from_images(images[i0:i1], None if sh is None else sh[i0:i1])
+            c = None if ctf is None else (ctf if np.ndim(ctf) == 2 else ctf[i0:i1])
+            self.insert_ft(S, R[i0:i1], w[i0:i1], ctf=c)
+
+    def _weights(self, weights, n: int) -> np.ndarray:
+        if weights is None:
+            return np.ones(n, dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size == 1:
+            w = np.repeat(w, n)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have shape ({n},), got {w.shape}")
+        return w
+
+    def insert_ft(self, slices_ft, rotations, weights=None, ctf=None) -> None:
+        """Insert slices that are already Fourier transformed.
+
+        Parameters
+        ----------
+        slices_ft : ndarray, complex, (n, N, N//2+1)
+            :func:`emflow.fourier.ft` of zero-padded ``N×N`` images (centred phase origin).
+        rotations : ndarray, float64, (n, 3, 3)
+        weights : ndarray, (n,), optional
+        ctf : ndarray, float, (n, N, N//2+1) or (N, N//2+1), optional
+            As in :meth:`insert`.
+        """
+        S = np.ascontiguousarray(slices_ft, dtype=np.complex64)
+        if S.ndim == 2:
+            S = S[None]
+        N = self.n_pad
+        if S.shape[1:] != (N, N // 2 + 1):
+            raise ValueError(f"insert_ft: slices must have shape (n, {N}, {N // 2 + 1}), got {S.shape}")
+        R = _as_rotations(rotations)
+        n = S.shape[0]
+        if R.shape[0] != n:
+            raise ValueError(f"insert_ft: {n} slices but {R.shape[0]} rotations")
+        w = self._weights(weights, n)
+        if ctf is not None:
+            c = np.asarray(ctf, dtype=np.float32)
+            c = np.broadcast_to(c, (n, N, N // 2 + 1)) if c.ndim == 2 else c
+            if c.shape != (n, N, N // 2 + 1):
+                raise ValueError(f"insert_ft: ctf must have shape ({n}, {N}, {N // 2 + 1}), got {c.shape}")
+            S = S * c
+            wsl = np.ascontiguousarray(c * c, dtype=np.float32)
+            has = True
+        else:
+            wsl = np.zeros((1, 1, 1), dtype=np.float32)
+            has = False
+        nsym = self.sym.shape[0]
+        rots = np.ascontiguousarray(np.einsum("nij,sjk->nsik", R, self.sym).reshape(-1, 3, 3))
+        img_of = np.repeat(np.arange(n), nsym)
+        rmax2 = (N / 2.0 - 1.0) ** 2
+        k = KERNELS[self.kernel]
+        if self._strategy() == "slab":
+            T = numba.get_num_threads()
+            _insert_slab(self.F, self.W, S, wsl, has, w, rots, img_of, k, rmax2, T)
+        else:
+            T = min(numba.get_num_threads(), rots.shape[0])
+            Fp = np.zeros((T,) + self.F.shape, dtype=np.complex64)
+            Wp = np.zeros((T,) + self.W.shape, dtype=np.float32)
+            _insert_private(Fp, Wp, S, wsl, has, w, rots, img_of, k, rmax2)
+            _reduce_private(self.F, self.W, Fp, Wp)
+        self.n_inserted += n
+
+    # ------------------------------------------------------------------ merge / save / load
+    def _check_compatible(self, other: "Reconstructor") -> None:
+        if (other.box, other.n_pad, other.kernel) != (self.box, self.n_pad, self.kernel) or \
+                other.sym.shape != self.sym.shape or not np.allclose(other.sym, self.sym):
+            raise ValueError("merge: reconstructors differ in box, padding, kernel or symmetry "
+                             f"({self.box}/{self.n_pad}/{self.kernel} vs {other.box}/{other.n_pad}/{other.kernel})")
+
+    def merge(self, other: "Reconstructor") -> "Reconstructor":
+        """Add another partial reconstruction (same box, pad, kernel, sym) in place; returns self."""
+        self._check_compatible(other)
+        self.F += other.F
+        self.W += other.W
+        self.n_inserted += other.n_inserted
+        return self
+
+    def save(self, path) -> None:
+        """Write the accumulators to an ``.npz`` file at exactly ``path`` (use ``atomic_write``)."""
+        with open(os.fspath(path), "wb") as fh:
+            np.savez(fh, F=self.F, W=self.W, box=self.box, pad=self.pad, n_pad=self.n_pad,
+                     kernel=self.kernel, sym=self.sym, n_inserted=self.n_inserted)
+
+    @classmethod
+    def load(cls, path, strategy: str = "auto", workers: int = -1) -> "Reconstructor":
+        """Read a reconstructor written by :meth:`save`."""
+        with np.load(os.fspath(path), allow_pickle=False) as d:
+            r = cls(int(d["box"]), pad=float(d["pad"]), kernel=str(d["kernel"]), sym=d["sym"],
+                    strategy=strategy, workers=workers)
+            if r.n_pad != int(d["n_pad"]) or d["F"].shape != r.F.shape:
+                raise ValueError(f"{path}: accumulator shape {d['F'].shape} does not match box/pad")
+            r.F[...] = d["F"]
+            r.W[...] = d["W"]
+            r.n_inserted = int(d["n_inserted"])
+        return r
+
+    # ------------------------------------------------------------------ finish
+    def hermitian_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of ``F``, ``W`` with the x=0 plane made Hermitian.
+
+        Every sample was stored once in the x >= 0 half; its Friedel mate's share of the x=0
+        plane lands on the partner voxel ``(0, -y, -z)``, so ``F(0,y,z) += conj F(0,-y,-z)`` and
+        ``W(0,y,z) += W(0,-y,-z)`` (spec §5.6 "sum of the two partners").
+        """
+        F = self.F.copy()
+        W = self.W.copy()
+        N = self.n_pad
+        # partner of (z, y) in the shifted layout is (N - z, N - y) mod N (index 0 = -N/2 maps to itself)
+        idx = (-np.arange(N)) % N
+        F0 = self.F[:, :, 0]
+        W0 = self.W[:, :, 0]
+        F[:, :, 0] = F0 + np.conj(F0[idx][:, idx])
+        W[:, :, 0] = W0 + W0[idx][:, idx]
+        return F, W
+
+    def finish(self, wiener: bool = False, gridding_correct: bool = True) -> np.ndarray:
+        """The reconstructed map.
+
+        Parameters
+        ----------
+        wiener : bool
+            ``F / (W + 1)`` instead of ``F / W`` (use when the inserted data and weights were
+            pre-multiplied by the SNR, e.g. ``weights`` or ``ctf`` scaled by SNR).
+        gridding_correct : bool
+            Divide by the real-space apodisation of the insertion kernel
+            (:func:`emflow.projection.gridding_apodization`).
+
+        Returns
+        -------
+        ndarray, float32, (b, b, b)
+            Voxels where ``W = 0`` contribute 0. The accumulators are not modified.
+        """
+        F, W = self.hermitian_sums()
+        if wiener:
+            F /= (W + 1.0)
+        else:
+            nz = W > 0
+            F[nz] /= W[nz]
+            F[~nz] = 0
+        N, b = self.n_pad, self.box
+        F = scipy.fft.ifftshift(F, axes=(0, 1))
+        vol = fourier.ift(F, (N, N, N), workers=self.workers)
+        vol = fourier.crop(vol, b)
+        if gridding_correct:
+            a = gridding_apodization(N, b, self.kernel)
+            vol /= (a[:, None, None] * a[None, :, None] * a[None, None, :]).astype(np.float32)
+        return vol.astype(np.float32, copy=False)
+
+
+def reconstruct(images, rotations, weights=None, shifts=None, pad: float = 2, kernel: str = "trilinear",
+                sym="c1", wiener: bool = False, ctf=None) -> np.ndarray:
+    """One-call reconstruction: ``Reconstructor(...).insert(...)`` then ``finish(wiener)``.
+
+    Returns
+    -------
+    ndarray, float32, (b, b, b)
+    """
+    images = np.asarray(images)
+    rec = Reconstructor(images.shape[-1], pad=pad, kernel=kernel, sym=sym)
+    rec.insert(images, rotations, weights=weights, shifts=shifts, ctf=ctf)
+    return rec.finish(wiener=wiener)

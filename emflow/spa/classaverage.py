@@ -1,0 +1,259 @@
+"""Iterative class averaging against reference projections (EMAN ``e2classaverage``, spec §4.4).
+
+All classes are processed together: every step (alignment, scoring, averaging) is one batched
+call over the (particle, class) membership list, not a loop over classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+
+from emflow.errors import InputError
+from emflow.spa import align2d
+from emflow.spa import cmp as cmpmod
+from emflow.spa.classify import class_members
+
+AVERAGERS = ("mean", "ctf")
+NORMPROCS = (None, "", "none", "normalize.edgemean", "normalize")
+
+#: Wiener constant of the ``ctf`` averager: ``avg = Σ|C|·x / (Σ C² + WIENER_EPS)``
+#: (a per-particle SNR of 10 at every frequency).
+WIENER_EPS = 0.1
+
+
+@dataclass
+class ClassAverageOptions:
+    """e2classaverage options as e2refine passes them (config keys ``spa.class*``)."""
+
+    iter: int = 1
+    align: str = "rotate_translate_flip"
+    aligncmp: str = "ccc"
+    ralign: str | None = None
+    raligncmp: str = "ccc"
+    averager: str = "mean"
+    cmp: str = "frc:snrweight=1"
+    keep: float = 0.8
+    keepsig: bool = False
+    normproc: str | None = "normalize.edgemean"
+    setsfref: bool = False
+    automask: bool = False
+    maxshift: int | None = None
+    apix: float | None = None
+
+    def __post_init__(self):
+        if self.averager not in AVERAGERS:
+            raise InputError(f"unknown averager {self.averager!r}", source="spa.classaverager", fix=f"use one of {AVERAGERS}")
+        if self.normproc not in NORMPROCS:
+            raise InputError(f"unknown normproc {self.normproc!r}", source="spa.classnormproc",
+                             fix="use normalize.edgemean, normalize or null")
+        if self.align.split(":")[0] not in ("rotate_translate_flip", "rotate_translate"):
+            raise InputError(f"unknown aligner {self.align!r}", source="spa.classalign")
+        if self.ralign not in (None, "", "refine"):
+            raise InputError(f"unknown refine aligner {self.ralign!r}", source="spa.classralign")
+        if self.keep <= 0:
+            raise InputError("classkeep must be > 0", source="spa.classkeep")
+        cmpmod.parse_cmp(self.cmp, "spa.classcmp")
+        cmpmod.parse_cmp(self.aligncmp, "spa.classaligncmp")
+
+
+def normalize_stack(images: np.ndarray, normproc: str | None) -> np.ndarray:
+    """``normalize.edgemean`` (border mean to 0, σ to 1) or ``normalize`` (mean 0, σ 1) per image."""
+    x = np.asarray(images, np.float32)
+    if not normproc or normproc == "none":
+        return x.copy()
+    if normproc == "normalize.edgemean":
+        edge = np.zeros(x.shape[-2:], bool)
+        edge[[0, -1], :] = True
+        edge[:, [0, -1]] = True
+        mean = x[:, edge].mean(axis=1)
+    else:
+        mean = x.reshape(len(x), -1).mean(axis=1)
+    sd = x.reshape(len(x), -1).std(axis=1)
+    sd = np.where(sd > 0, sd, 1.0)
+    return ((x - mean[:, None, None]) / sd[:, None, None]).astype(np.float32)
+
+
+def keep_mask(sim: np.ndarray, cls: np.ndarray, keep: float, keepsig: bool) -> np.ndarray:
+    """Which members survive EMAN's per-class keep rule (lower ``sim`` is better).
+
+    ``keepsig``: keep ``sim ≤ mean + keep·σ``; else ``sim ≤ sorted(sim)[int(N·keep)]`` (keep ≥ 1
+    keeps all). A class never loses all its members: the best one is reinstated.
+    """
+    ok = np.ones(len(sim), bool)
+    for c in np.unique(cls):  # classes are few and the work per class is a sort of a short vector
+        sel = np.nonzero(cls == c)[0]
+        s = sim[sel]
+        if keepsig:
+            thr = s.mean() + keep * s.std()
+        elif keep >= 1:
+            thr = np.inf
+        else:
+            thr = np.sort(s)[min(len(s) - 1, int(len(s) * keep))]
+        k = s <= thr
+        if not k.any():
+            k[np.argmin(s)] = True
+        ok[sel] = k
+    return ok
+
+
+def _edge_correct(avgs: np.ndarray, automask: bool) -> np.ndarray:
+    """EMAN's edge treatment of running averages: circle-mean at ``nx/2−g``, Gaussian edge
+    (inner radius ``nx/2−g``, width ``g/1.3``), ``g = max(5, nx/12)``; or a 2D automask."""
+    n = avgs.shape[-1]
+    g = max(5.0, n / 12.0)
+    yy, xx = np.indices((n, n))
+    r = np.hypot(yy - n // 2, xx - n // 2)
+    ring = np.abs(r - (n / 2 - g)) < 1.0
+    out = avgs - avgs[:, ring].mean(axis=1)[:, None, None]
+    if automask:
+        smooth = scipy.ndimage.gaussian_filter(out, sigma=(0, 1.5, 1.5))
+        thr = smooth.reshape(len(out), -1).max(axis=1) * 0.15
+        mask = scipy.ndimage.binary_dilation(smooth > thr[:, None, None], iterations=2, structure=np.ones((1, 3, 3)))
+        mask = scipy.ndimage.gaussian_filter(mask.astype(np.float32), sigma=(0, 1.0, 1.0))
+        return (out * mask).astype(np.float32)
+    inner = n / 2 - g
+    edge = np.where(r <= inner, 1.0, np.exp(-((r - inner) ** 2) / (2 * (g / 1.3) ** 2)))
+    return (out * edge).astype(np.float32)
+
+
+def _average(aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, n_class: int, averager: str,
+             ctf_abs: np.ndarray | None, member_ptcl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``aligned`` members per class; returns ``(averages, counts)``."""
+    shape = aligned.shape[1:]
+    counts = np.bincount(cls[use], minlength=n_class)
+    if averager == "ctf" and ctf_abs is not None:
+        ft = scipy.fft.rfft2(aligned[use], axes=(-2, -1))
+        c = ctf_abs[member_ptcl[use]]
+        num = np.zeros((n_class,) + ft.shape[1:], np.complex128)
+        den = np.zeros((n_class,) + ft.shape[1:], np.float64)
+        np.add.at(num, cls[use], ft * c)
+        np.add.at(den, cls[use], c * c)
+        avg = scipy.fft.irfft2(num / (den + WIENER_EPS), s=shape, axes=(-2, -1))
+        avg[counts == 0] = 0
+        return avg.astype(np.float32), counts
+    acc = np.zeros((n_class,) + shape, np.float64)
+    np.add.at(acc, cls[use], aligned[use])
+    return (acc / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
+
+
+def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool):
+    r = align2d.rotate_translate_flip(moving, refs, mi, ri, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
+                                      flip=flip, apix=opts.apix)
+    if opts.ralign:
+        r = align2d.refine(moving, refs, mi, ri, r, cmp=opts.raligncmp, maxshift=opts.maxshift)
+    return r
+
+
+def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.ndarray,
+                  opts: ClassAverageOptions | None = None, *, usefilt: np.ndarray | None = None,
+                  ctf_abs: np.ndarray | None = None, particle_snr: np.ndarray | None = None,
+                  progress: Callable[[float], None] | None = None):
+    """Class averages of all classes of ``classmx`` (spec §4.4).
+
+    Parameters
+    ----------
+    particles : (n_ptcl, ny, nx) float32
+        Raw (phase-flipped) particles; the final average is built from these.
+    classmx : (7, n_ptcl, sep)
+        From :func:`emflow.spa.classify.classify`.
+    projections : (n_class, ny, nx) float32
+        Reference projection of each class.
+    usefilt : optional (n_ptcl, ny, nx)
+        Filtered copies used for alignment and scoring (EMAN ``--usefilt``).
+    ctf_abs : optional (n_ptcl, ny, nx//2+1)
+        |CTF| of each particle in rfft layout, for ``averager="ctf"``.
+    particle_snr : optional (n_ptcl, ny//2)
+        Ring SNR of each particle for ``cmp`` with ``snrweight``.
+
+    Returns
+    -------
+    averages : (n_class, ny, nx) float32
+        Zero images for empty classes (EMAN ``--storebad``).
+    info : dict
+        ``ptcl_repr`` (n_class,), ``members``/``excluded`` (lists of particle-index arrays),
+        ``quality`` (n_class,) mean final score of kept members, and ``result`` — the
+        ``cls_result`` matrix (7, n_ptcl, sep): classmx with plane 1 = used flag and planes 2–5
+        the final particle→average transform (dx, dy, dalpha, mirror).
+    """
+    opts = opts or ClassAverageOptions()
+    n_class = len(projections)
+    flip = opts.align.split(":")[0] == "rotate_translate_flip"
+    raw = normalize_stack(particles, opts.normproc)
+    ali = raw if usefilt is None else normalize_stack(usefilt, opts.normproc)
+    mp, mc = class_members(classmx, n_class)
+    refs = np.ascontiguousarray(projections, np.float32)
+    use = np.ones(len(mp), bool)
+    sim = np.zeros(len(mp))
+    steps = opts.iter + 2
+    for it in range(opts.iter + 1):
+        if it > 0:
+            use = keep_mask(sim, mc, opts.keep, opts.keepsig)
+        r = _align(ali, refs, mp, mc, opts, flip)
+        aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mp)
+        snr = None if particle_snr is None else particle_snr[mp]
+        sim = cmpmod.compare(aligned, refs[mc], opts.cmp, snr=snr, apix=opts.apix)
+        avgs, counts = _average(aligned, mc, use, n_class, opts.averager, ctf_abs, mp)
+        refs = _edge_correct(avgs, opts.automask)
+        refs[counts == 0] = projections[counts == 0]  # an empty class keeps its projection as reference
+        if progress:
+            progress((it + 1) / steps)
+    use = keep_mask(sim, mc, opts.keep, opts.keepsig)
+    # Final: align each average to its projection (no flip), compose, re-average the raw particles.
+    full = np.nonzero(np.bincount(mc[use], minlength=n_class) > 0)[0]
+    fin = {"alpha": np.zeros(n_class), "tx": np.zeros(n_class), "ty": np.zeros(n_class), "mirror": np.zeros(n_class)}
+    if len(full):
+        f = align2d.rotate_translate_flip(refs, projections, full, full, aligncmp="ccc", flip=False)
+        f = align2d.refine(refs, align2d.PreparedTargets(projections, flip=False), full, full, f, cmp="ccc")
+        for k in fin:
+            fin[k][full] = f[k]
+    tot = align2d.compose_params(tuple(fin[k][mc] for k in ("alpha", "tx", "ty", "mirror")),
+                                 (r["alpha"], r["tx"], r["ty"], r["mirror"]))
+    aligned_raw = align2d.transform_images(raw, *tot, index=mp)
+    avgs, counts = _average(aligned_raw, mc, use, n_class, opts.averager, ctf_abs, mp)
+    avgs = _finish(avgs, projections, counts, opts)
+    result = np.array(classmx, np.float32, copy=True)
+    sep_idx = _sep_positions(classmx, mp, mc)
+    result[1][:] = 0
+    result[1][mp, sep_idx] = use
+    result[2][mp, sep_idx], result[3][mp, sep_idx] = tot[1], tot[2]
+    result[4][mp, sep_idx], result[5][mp, sep_idx] = tot[0], tot[3]
+    final_sim = cmpmod.compare(aligned_raw, projections[mc], opts.cmp, snr=snr, apix=opts.apix)
+    quality = np.full(n_class, np.nan)
+    ok = counts > 0
+    quality[ok] = np.bincount(mc[use], weights=final_sim[use], minlength=n_class)[ok] / counts[ok]
+    members = np.split(mp[use], np.cumsum(np.bincount(mc[use], minlength=n_class))[:-1])
+    excluded = np.split(mp[~use], np.cumsum(np.bincount(mc[~use], minlength=n_class))[:-1])
+    if progress:
+        progress(1.0)
+    return avgs, {"ptcl_repr": counts, "members": members, "excluded": excluded, "quality": quality, "result": result}
+
+
+def _sep_positions(classmx, mp, mc):
+    """Column (sep index) of each membership entry in classmx."""
+    cls = np.asarray(classmx[0]).astype(np.int64)
+    return np.argmax(cls[mp] == mc[:, None], axis=1)
+
+
+def _finish(avgs, projections, counts, opts):
+    """Edge mean to 0, then ``normalize.toimage`` to the projection or ``filter.matchto`` (setsfref)."""
+    from emflow.filters import radial_profile, set_structure_factor
+
+    out = np.zeros_like(avgs)
+    for c in np.nonzero(counts > 0)[0]:  # per non-empty class; each step is vectorised over pixels
+        a = avgs[c]
+        if opts.setsfref:
+            a = set_structure_factor(a, radial_profile(projections[c], "power"))
+            a = normalize_stack(a[None], "normalize.edgemean")[0] * projections[c].std()
+        else:
+            p = projections[c].astype(np.float64)
+            da = a - a.mean()
+            var = (da * da).sum()
+            scale = ((p - p.mean()) * da).sum() / var if var > 0 else 1.0
+            a = scale * da + p.mean()
+        out[c] = a
+    return out

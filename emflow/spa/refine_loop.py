@@ -1,0 +1,164 @@
+"""One e2refine iteration in-process (spec §4.0): project3d → simmx → classify → classaverage → make3d.
+
+The Snakemake rules call the same stage functions one file at a time; :func:`run_iteration`
+chains them for tests and small runs, and :class:`RefineOptions` maps the ``spa:`` config
+section onto the stage option objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emflow.errors import InputError
+from emflow.spa.classaverage import ClassAverageOptions, class_average
+from emflow.spa.classify import classify
+from emflow.spa.make3d import Make3DOptions, make3d
+from emflow.spa.simmx import SimmxOptions, ctf_snr_rings, simmx, twostage_pairs
+
+PROJECTORS = ("standard", "fourier")
+
+
+@dataclass
+class RefineOptions:
+    """The e2refine options of the ``spa:`` config section (names as in the spec)."""
+
+    sym: str = "c1"
+    orientgen: str = "eman:delta=5:inc_mirror=0:perturb=0"
+    projector: str = "standard"
+    apix: float = 1.0
+    mass: float = 0.0
+    shrink: int = 1
+    twostage: int = 0
+    simcmp: str = "frc:zeromask=1:snrweight=1"
+    simalign: str = "rotate_translate_flip"
+    simaligncmp: str = "ccc"
+    simralign: str | None = None
+    simraligncmp: str = "ccc"
+    simmask: float = 0.0  # radius of the 0/1 comparison mask in px (0 = none)
+    prefilt: bool = False
+    sep: int = 1
+    classiter: int = 1
+    classcmp: str = "frc:snrweight=1"
+    classalign: str = "rotate_translate_flip"
+    classaligncmp: str = "ccc"
+    classralign: str | None = None
+    classraligncmp: str = "ccc"
+    classaverager: str = "mean"
+    classkeep: float = 0.8
+    classkeepsig: bool = False
+    classnormproc: str | None = "normalize.edgemean"
+    classrefsf: bool = False
+    classautomask: bool = False
+    pad: int = 0
+    recon: str = "fourier"
+    m3dkeep: float = 0.8
+    m3dkeepsig: bool = False
+    m3diter: int = 2
+    m3dpreprocess: str | None = "normalize.edgemean"
+    m3dpostprocess: str | None = None
+    m3dsetsf: np.ndarray | None = field(default=None, repr=False)
+    automask3d: list | None = None
+
+    @classmethod
+    def from_config(cls, spa: dict, **override) -> "RefineOptions":
+        """Build from the ``spa:`` config dict (unknown keys such as ``iter``/``path`` are ignored)."""
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in spa.items() if k in names and k != "m3dsetsf"}
+        kw.update(override)
+        return cls(**kw)
+
+    def simmx_options(self) -> SimmxOptions:
+        return SimmxOptions(align=self.simalign, aligncmp=self.simaligncmp, ralign=self.simralign or None,
+                            raligncmp=self.simraligncmp, cmp=self.simcmp, shrink=max(1, self.shrink),
+                            prefilt=self.prefilt, apix=self.apix)
+
+    def classaverage_options(self) -> ClassAverageOptions:
+        return ClassAverageOptions(iter=self.classiter, align=self.classalign, aligncmp=self.classaligncmp,
+                                   ralign=self.classralign or None, raligncmp=self.classraligncmp,
+                                   averager=self.classaverager, cmp=self.classcmp, keep=self.classkeep,
+                                   keepsig=self.classkeepsig, normproc=self.classnormproc,
+                                   setsfref=self.classrefsf, automask=self.classautomask, apix=self.apix)
+
+    def make3d_options(self) -> Make3DOptions:
+        return Make3DOptions(recon=self.recon, pad=self.pad, sym=self.sym, iter=self.m3diter, keep=self.m3dkeep,
+                             keepsig=self.m3dkeepsig, preprocess=self.m3dpreprocess,
+                             postprocess=self.m3dpostprocess, setsf=self.m3dsetsf, apix=self.apix)
+
+
+def projection_orientations(opts: RefineOptions, rng: np.random.Generator | None = None) -> np.ndarray:
+    """EMAN ``(az, alt, phi)`` degrees ``(n, 3)`` of the reference projections."""
+    from emflow.geometry.orientations import orientations_from_string
+
+    return np.asarray(orientations_from_string(opts.orientgen, sym=opts.sym, rng=rng or np.random.default_rng(0)))
+
+
+def project3d(model: np.ndarray, eulers: np.ndarray, projector: str = "standard") -> np.ndarray:
+    """Reference projections (e2project3d) followed by ``normalize.circlemean`` (e2refine)."""
+    from emflow.filters import normalize_circlemean
+    from emflow.geometry import eman_to_matrix
+    from emflow.projection import project, project_real
+
+    if projector not in PROJECTORS:
+        raise InputError(f"unknown projector {projector!r}", source="spa.projector", fix=f"use one of {PROJECTORS}")
+    R = eman_to_matrix(eulers[:, 0], eulers[:, 1], eulers[:, 2])
+    proj = project_real(model, R) if projector == "standard" else project(model, R)
+    b = proj.shape[-1]
+    yy, xx = np.indices((b, b))
+    ring = np.abs(np.hypot(yy - b // 2, xx - b // 2) - (b // 2 - 1)) < 1.0
+    proj = proj - proj[:, ring].mean(axis=1)[:, None, None]  # circle mean to 0, as normalize.circlemean
+    sd = proj.reshape(len(proj), -1).std(axis=1)
+    return (proj / np.where(sd > 0, sd, 1)[:, None, None]).astype(np.float32)
+
+
+def phase_flip_particles(stack: np.ndarray, ctfs, apix: float) -> np.ndarray:
+    """Phase-flip protein-white particles (``image = IFT(−CTF·FT(P))``, the RELION/EMAN box
+    convention of :func:`emflow.simulate.simulate_spa`) so that the result is ``|CTF|·P``.
+
+    :func:`emflow.ctf.phase_flip` multiplies by ``sign(CTF)`` with ``CTF = −sin χ``, which for
+    protein-white data gives ``−|CTF|·P``; the sign is restored here.
+    """
+    from emflow.ctf import phase_flip
+
+    return -phase_flip(np.asarray(stack, np.float32), ctfs, apix)
+
+
+def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1):
+    """``(ctf_abs (n, b, b//2+1), snr_full (n, b//2), snr_shrunk)`` for CTF-aware stages, or Nones."""
+    if not ctfs:
+        return None, None, None
+    from emflow.ctf import ctf_2d_stack
+
+    ctf_abs = np.abs(ctf_2d_stack(ctfs, (box, box), apix))
+    return ctf_abs, ctf_snr_rings(ctfs, box, apix, 1), ctf_snr_rings(ctfs, box, apix, shrink)
+
+
+def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions, *, ctfs=None,
+                  usefilt: np.ndarray | None = None, rng=None,
+                  progress: Callable[[str, float], None] | None = None) -> dict:
+    """One refinement iteration on phase-flipped particles; returns every intermediate."""
+    eulers = projection_orientations(opts, rng)
+    proj = project3d(model, eulers, opts.projector)
+    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink))
+    so = opts.simmx_options()
+    align_set = particles if usefilt is None else usefilt
+    mask = None
+    if opts.simmask > 0:
+        from emflow.masks import soft_circle
+        mask = (soft_circle(particles.shape[-1], opts.simmask, 0.0) > 0.5).astype(np.float32)
+    pairs = None
+    if opts.twostage > 0:
+        pairs = twostage_pairs(align_set, proj, so, opts.twostage, particle_snr=snr_full)
+    cb = (lambda f: progress("simmx", f)) if progress else None
+    mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=cb)
+    cls = classify(mx, opts.sep)
+    avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), usefilt=usefilt,
+                               ctf_abs=ctf_abs, particle_snr=snr_full)
+    from emflow.geometry import eman_to_matrix
+
+    R = eman_to_matrix(eulers[:, 0], eulers[:, 1], eulers[:, 2])
+    vol, m3d = make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
+    return {"eulers": eulers, "projections": proj, "simmx": mx, "classify": cls, "classes": avgs,
+            "class_info": info, "threed": vol, "make3d_info": m3d, "pairs": pairs}

@@ -1,0 +1,241 @@
+"""Similarity matrix of particles × reference projections (EMAN ``e2simmx``/``e2simmx2stage``, spec §4.2).
+
+Layout (EMAN ``--saveali``, spec §6.4): a ``(6, n_ptcl, n_proj)`` float32 array, planes
+``score, dx, dy, dalpha, mirror, scale``; row = particle, column (EMAN's x) = projection. The
+transform stored is the inverse of the projection→particle alignment, i.e. particle→projection
+frame, with translations in full-size pixels. Scores are *lower is better*.
+
+Entries that were not computed (pairs skipped by two-stage seeding or ``pairs``) hold
+``NOT_COMPUTED = +inf`` in the score plane (and 0 in the alignment planes), so ``argmin`` can
+never pick them; EMAN's −1e38 sentinel would win instead (spec §4.2 note), which we avoid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from emflow.errors import InputError
+from emflow.fourier import fourier_crop
+from emflow.spa import align2d
+from emflow.spa import cmp as cmpmod
+
+NOT_COMPUTED = np.float32(np.inf)
+PLANES = ("score", "dx", "dy", "dalpha", "mirror", "scale")
+ALIGNERS = ("rotate_translate_flip", "rotate_translate")
+
+
+@dataclass
+class SimmxOptions:
+    """Options of e2simmx as e2refine passes them (config keys ``spa.sim*``, ``shrink``, ...)."""
+
+    align: str = "rotate_translate_flip"
+    aligncmp: str = "ccc"
+    ralign: str | None = None
+    raligncmp: str = "ccc"
+    cmp: str = "frc:zeromask=1:snrweight=1"
+    shrink: int = 1
+    prefilt: bool = False
+    maxshift: int | None = None
+    apix: float | None = None
+
+    def __post_init__(self):
+        if self.align.split(":")[0] not in ALIGNERS:
+            raise InputError(f"unknown 2D aligner {self.align!r}", source="spa.simalign", fix=f"use one of {ALIGNERS}")
+        if self.ralign not in (None, "", "refine"):
+            raise InputError(f"unknown refine aligner {self.ralign!r}", source="spa.simralign", fix="use 'refine' or null")
+        if int(self.shrink) < 1:
+            raise InputError("shrink must be >= 1", source="spa.shrink")
+        cmpmod.parse_cmp(self.aligncmp, "spa.simaligncmp")
+        cmpmod.parse_cmp(self.cmp, "spa.simcmp")
+
+
+def shrink_images(images: np.ndarray, shrink: int) -> np.ndarray:
+    """Fourier-crop ``(n, ny, nx)`` images by an integer factor (EMAN ``math.fft.resample``)."""
+    if shrink <= 1:
+        return np.ascontiguousarray(images, np.float32)
+    n, ny, nx = images.shape
+    size = max(8, (ny // shrink) // 2 * 2)
+    return np.ascontiguousarray(fourier_crop(images, (n, size, size)), np.float32)
+
+
+def prefilter_projections(projections: np.ndarray, particles: np.ndarray) -> np.ndarray:
+    """EMAN ``--prefilt`` (filter.matchto): give each projection the particles' radial power.
+
+    Deviation: matched to the *mean* particle power spectrum of the block rather than pair by pair
+    (one filter per projection instead of one per pair); projections are re-masked by their own
+    nonzero support as EMAN does.
+    """
+    ny, nx = projections.shape[-2:]
+    rings = cmpmod.ring_index(ny, nx)
+    nring = rings.max() + 1
+    pp = np.abs(cmpmod.centred_rfft(particles)) ** 2
+    target = np.bincount(rings.ravel(), pp.mean(axis=0).ravel(), nring) / np.bincount(rings.ravel(), minlength=nring)
+    ft = cmpmod.centred_rfft(projections)
+    out = np.empty_like(projections)
+    for k in range(len(projections)):  # one radial filter per projection (vectorised inside)
+        cur = np.bincount(rings.ravel(), (np.abs(ft[k]) ** 2).ravel(), nring) / np.bincount(rings.ravel(), minlength=nring)
+        filt = np.sqrt(np.divide(target, cur, out=np.zeros_like(cur), where=cur > 0))
+        filt[0] = 1.0
+        img = np.fft.fftshift(np.fft.irfft2(ft[k] * filt[rings], s=(ny, nx)))
+        out[k] = np.where(projections[k] != 0, img, 0)
+    return out.astype(np.float32)
+
+
+def align_and_score(particles, projections, ptcl_idx, proj_idx, opts: SimmxOptions, *, mask=None,
+                    particle_snr=None, prepared=None, proj_fp=None, block=512):
+    """Align ``projections[proj_idx[k]]`` onto ``particles[ptcl_idx[k]]`` and score each pair.
+
+    Images are already shrunk. Returns dict of ``(n,)`` arrays ``score`` and the projection→particle
+    transform ``alpha, tx, ty, mirror`` (pixels of the given images).
+    """
+    flip = opts.align.split(":")[0] == "rotate_translate_flip"
+    tgt = prepared or align2d.PreparedTargets(particles, flip=True)
+    fp = proj_fp if proj_fp is not None else align2d.footprints(projections, tgt.nang)
+    n = len(ptcl_idx)
+    res = {k: np.zeros(n) for k in ("alpha", "tx", "ty", "mirror", "score")}
+    apix = None if opts.apix is None else opts.apix * particles_scale(opts)
+    for s in range(0, n, block):
+        sl = slice(s, min(n, s + block))
+        pi, qi = ptcl_idx[sl], proj_idx[sl]
+        r = align2d.rotate_translate_flip(projections, tgt, qi, pi, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
+                                          flip=flip, moving_fp=fp, apix=apix)
+        if opts.ralign:
+            r = align2d.refine(projections, tgt, qi, pi, r, cmp=opts.raligncmp, maxshift=opts.maxshift)
+        aligned = align2d.transform_images(projections, r["alpha"], r["tx"], r["ty"], r["mirror"], index=qi)
+        snr = None if particle_snr is None else particle_snr[pi]
+        r["score"] = cmpmod.compare(particles[pi], aligned, opts.cmp, mask=mask, snr=snr, apix=apix)
+        for k in res:
+            res[k][sl] = r[k]
+    return res
+
+
+def particles_scale(opts: SimmxOptions) -> float:
+    return float(max(1, int(opts.shrink)))
+
+
+def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | None = None, *,
+          mask: np.ndarray | None = None, particle_snr: np.ndarray | None = None,
+          pairs: np.ndarray | None = None, progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """Similarity matrix of particles × projections (see module docstring for the layout).
+
+    Parameters
+    ----------
+    particles : (n_ptcl, ny, nx) float32
+    projections : (n_proj, ny, nx) float32
+    opts : SimmxOptions
+    mask : (ny, nx) 0/1, optional
+        EMAN ``--mask`` (``simmask``): applied after alignment, before the comparison.
+    particle_snr : (n_ptcl, ny_shrunk//2) optional
+        Per-ring SNR of each particle (from its CTF) for ``snrweight``.
+    pairs : (n_ptcl, n_proj) bool, optional
+        Compute only these entries (two-stage seeding); others get :data:`NOT_COMPUTED`.
+    """
+    opts = opts or SimmxOptions()
+    if particles.shape[-2:] != projections.shape[-2:]:
+        raise InputError(f"particle box {particles.shape[-2:]} differs from projection box {projections.shape[-2:]}",
+                         source="spa.input", fix="use a starting model with the particles' box size")
+    shrink = particles_scale(opts)
+    ptcl = shrink_images(particles, int(shrink))
+    proj = shrink_images(projections, int(shrink))
+    if opts.prefilt:
+        proj = prefilter_projections(proj, ptcl)
+    m = None
+    if mask is not None:
+        m = (shrink_images(np.asarray(mask, np.float32)[None], int(shrink))[0] > 0.5).astype(np.float32)
+    npt, npr = len(ptcl), len(proj)
+    out = np.zeros((6, npt, npr), np.float32)
+    out[0] = NOT_COMPUTED
+    sel = np.ones((npt, npr), bool) if pairs is None else np.asarray(pairs, bool)
+    pi, qi = np.nonzero(sel)
+    # Projections with no contrast cannot be aligned (EMAN skips σ = 0 references).
+    flat = proj.reshape(npr, -1).std(axis=1) == 0
+    keep = ~flat[qi]
+    pi, qi = pi[keep], qi[keep]
+    tgt = align2d.PreparedTargets(ptcl, flip=True)
+    fp = align2d.footprints(proj, tgt.nang)
+    step = 4096
+    for s in range(0, len(pi), step):
+        sl = slice(s, s + step)
+        r = align_and_score(ptcl, proj, pi[sl], qi[sl], opts, mask=m, particle_snr=particle_snr, prepared=tgt, proj_fp=fp)
+        inv = align2d.invert_params(r["alpha"], r["tx"], r["ty"], r["mirror"])
+        out[0, pi[sl], qi[sl]] = r["score"]
+        out[1, pi[sl], qi[sl]] = inv[1] * shrink
+        out[2, pi[sl], qi[sl]] = inv[2] * shrink
+        out[3, pi[sl], qi[sl]] = inv[0]
+        out[4, pi[sl], qi[sl]] = inv[3]
+        out[5, pi[sl], qi[sl]] = 1.0
+        if progress:
+            progress(min(1.0, (s + step) / max(1, len(pi))))
+    return out
+
+
+def twostage_pairs(particles, projections, opts: SimmxOptions, stage1_shrink: int, *, n_best: int = 4,
+                   particle_snr=None) -> np.ndarray:
+    """Seed a two-stage simmx (``e2simmx2stage``): which (particle, projection) pairs to compute.
+
+    1. At ``stage1_shrink``, greedily choose ``n1 = 3·int(√n_proj)`` mutually dissimilar projections
+       (farthest-point: start with projection 0, add the one maximising its minimum
+       ``sqeuclidean:normto=1`` distance to the chosen centres); each projection joins its 2
+       closest centres; the aligned members are averaged into stage-1 references.
+    2. Particles × stage-1 references at ``stage1_shrink``; each particle keeps the members of its
+       ``n_best`` best stage-1 classes. Returns ``(n_ptcl, n_proj)`` bool.
+    """
+    k = int(stage1_shrink)
+    proj = shrink_images(projections, k)
+    npr = len(proj)
+    n1 = min(npr, 3 * int(np.sqrt(npr)))
+    cmp1 = "sqeuclidean:normto=1"
+    prep = align2d.PreparedTargets(proj, flip=True)
+    fp = align2d.footprints(proj, prep.nang)
+    o1 = SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=cmp1)
+    dist = np.full((n1, npr), np.inf)
+    centres = [0]
+    allq = np.arange(npr)
+    while True:
+        c = centres[-1]
+        r = align_and_score(proj, proj, np.full(npr, c), allq, o1, prepared=prep, proj_fp=fp)
+        dist[len(centres) - 1] = r["score"]
+        if len(centres) == n1:
+            break
+        mind = dist[: len(centres)].min(axis=0)
+        mind[centres] = -np.inf
+        centres.append(int(np.argmax(mind)))
+    centres_arr = np.array(centres)
+    # each projection joins its 2 closest centres; average the aligned members per centre
+    closest = np.argsort(dist, axis=0)[:2]  # (2, n_proj) indices into centres
+    member_of = np.zeros((n1, npr), bool)
+    member_of[closest[0], allq] = True
+    member_of[closest[1], allq] = True
+    ci, mj = np.nonzero(member_of)
+    al = align2d.rotate_translate_flip(proj, prep, mj, centres_arr[ci], moving_fp=fp)
+    aligned = align2d.transform_images(proj, al["alpha"], al["tx"], al["ty"], al["mirror"], index=mj)
+    stage1 = np.zeros((n1,) + proj.shape[1:], np.float64)
+    np.add.at(stage1, ci, aligned)
+    stage1 /= np.maximum(member_of.sum(axis=1), 1)[:, None, None]
+    o2 = SimmxOptions(align=opts.align, aligncmp=opts.aligncmp, cmp=opts.cmp, shrink=1,
+                      apix=None if opts.apix is None else opts.apix * k)
+    ptcl = shrink_images(particles, k)
+    snr = None
+    if particle_snr is not None:
+        nr = ptcl.shape[-2] // 2
+        snr = particle_snr[:, :nr] if particle_snr.shape[1] >= nr else None
+    sm = simmx(ptcl, stage1.astype(np.float32), o2, particle_snr=snr)
+    best = np.argsort(sm[0], axis=1)[:, : min(n_best, n1)]  # (n_ptcl, n_best) stage-1 classes
+    return member_of[best].any(axis=1)
+
+
+def ctf_snr_rings(ctfs, box: int, apix: float, shrink: int = 1) -> np.ndarray:
+    """Per-ring SNR weights ``(n, nring)`` for ``frc:snrweight=1`` from particle CTFs.
+
+    EMAN uses the CTF's SNR curve; without a measured noise model we take SNR ∝ CTF² (the signal
+    power a phase-flipped particle retains), ring ``r`` at frequency ``r/(box·apix)`` 1/Å, for the
+    ``box//shrink//2`` rings of the shrunk images.
+    """
+    from emflow.ctf import ctf_1d
+
+    nring = shrink_images(np.zeros((1, box, box), np.float32), shrink).shape[-1] // 2
+    s = np.arange(nring) / (box * apix)
+    return np.stack([np.asarray(ctf_1d(c, s), np.float64) ** 2 for c in ctfs]) if len(ctfs) else np.zeros((0, nring))

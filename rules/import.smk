@@ -1,0 +1,30 @@
+# Import stage (input.source = table | eman2_project): every tomogram's geometry, CTF and
+# picks are gathered into one EMAN2 info json that all later stages read. The demo writes
+# its info json directly (rules/simulate.smk), so this stage only runs for user data.
+
+
+rule import_tomogram:
+    input:
+        tilt_series=tilt_series,
+        user_files=user_import_files,
+    output:
+        tlt="results/import/{tomo}.tlt",
+        info="results/import/info/{tomo}_info.json",
+    params:
+        entry=tomogram_entry,
+        apix=config["microscope"]["apix"],
+        voltage_kv=config["microscope"]["voltage_kv"],
+        cs_mm=config["microscope"]["cs_mm"],
+        thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
+    log:
+        "results/logs/import/import_tomogram/{tomo}.log",
+    benchmark:
+        "results/benchmarks/import/import_tomogram/{tomo}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/import_tomogram.py"
