@@ -22,6 +22,8 @@ include: "rules/common.smk"
 include: "rules/import.smk"
 include: "rules/simulate.smk"
 include: "rules/tomogram.smk"
+include: "rules/tempmatch.smk"
+include: "rules/extract.smk"
 
 
 rule all:

@@ -11,6 +11,7 @@ import scipy.ndimage
 
 from emflow import fourier
 from emflow._numba import jit
+from emflow.ctf import CTF, ctf_1d
 from emflow.errors import InputError
 
 TILT_SCHEMES = ("dose_symmetric", "sequential")
@@ -106,7 +107,8 @@ def acquisition_order(tilts_deg: np.ndarray, scheme: str = "dose_symmetric", gro
         return order
     start = int(np.argmin(np.abs(tilts)))
     pos = [i for i in np.argsort(tilts, kind="stable") if tilts[i] > tilts[start]]
-    neg = [i for i in np.argsort(-tilts, kind="stable") if tilts[i] < tilts[start] or (tilts[i] == tilts[start] and i != start)]
+    neg = [i for i in np.argsort(-tilts, kind="stable")
+           if tilts[i] < tilts[start] or (tilts[i] == tilts[start] and i != start)]
     seq = [start]
     side = 0
     while pos or neg:
@@ -198,3 +200,25 @@ def resample_map(vol: np.ndarray, apix_in: float, apix_out: float, box: int | No
     if box is not None and box != m:
         out = fourier.pad(out, box) if box > m else fourier.crop(out, box)
     return out
+
+
+def ctf_stack(defocus_um: np.ndarray, size: int, apix: float, voltage_kv: float, cs_mm: float,
+               ampcont: float) -> np.ndarray:
+    """Non-astigmatic CTFs ``(n, size, size//2+1)`` float32 on the :func:`fourier.ft` grid.
+
+    Equal to :func:`emflow.ctf.ctf_2d_stack` without astigmatism, but evaluated on the
+    precomputed ``|s|`` grid (no per-particle angle grids).
+    """
+    s = fourier.radius_grid((size, size)) / apix
+    out = np.empty((len(defocus_um), size, size // 2 + 1), dtype=np.float32)
+    for i, d in enumerate(defocus_um):  # one vectorised grid evaluation per particle
+        out[i] = ctf_1d(CTF(defocus_um=float(d), voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont), s)
+    return out
+
+
+def shift_ramps(shifts_xy: np.ndarray, size: int) -> np.ndarray:
+    """Phase ramps ``exp(−2πi(kx·tx + ky·ty))`` (moves an image by ``+t``), complex64, separable."""
+    ky, kx = fourier.freq_grid((size, size))
+    ry = np.exp(-2j * np.pi * ky[None] * shifts_xy[:, 1, None, None]).astype(np.complex64)
+    rx = np.exp(-2j * np.pi * kx[None] * shifts_xy[:, 0, None, None]).astype(np.complex64)
+    return ry * rx

@@ -305,3 +305,52 @@ def review_figure(tomogram: np.ndarray, picks: Picks, scores: np.ndarray, thresh
     ax.legend(fontsize=8)
     fig.suptitle(title or "template-matching picks", fontsize=11)
     return fig
+
+
+# ----------------------------------------------------------------------------- STAR
+
+
+def picks_to_star_table(picks: Picks, rotations: np.ndarray | None, *, tomo_name: str,
+                        shape_zyx: tuple[int, int, int], apix_tomo: float, apix_unbin: float) -> dict:
+    """RELION particle table: unbinned corner px (RELION ≤ 4), centred Å (RELION 5), angles, score.
+
+    ``rotations[rot_index]`` is ``R_p`` (template → particle), written as
+    ``rlnAngleRot/Tilt/Psi`` via :func:`emflow.geometry.matrix_to_relion`.
+    """
+    from emflow.geometry import matrix_to_relion
+
+    centred = binned_to_unbinned(picks.xyz, shape_zyx, apix_tomo, apix_unbin)
+    scale = apix_tomo / apix_unbin
+    full_unbin = np.array([shape_zyx[2], shape_zyx[1], shape_zyx[0]]) * scale
+    corner = centred + np.floor(full_unbin / 2)
+    n = len(picks)
+    if rotations is not None and n and np.all(picks.rot_index >= 0):
+        ang = matrix_to_relion(np.asarray(rotations)[picks.rot_index]).reshape(n, 3)
+    else:
+        ang = np.zeros((n, 3))
+    return {
+        "rlnTomoName": [tomo_name] * n,
+        "rlnCoordinateX": corner[:, 0], "rlnCoordinateY": corner[:, 1], "rlnCoordinateZ": corner[:, 2],
+        "rlnCenteredCoordinateXAngst": centred[:, 0] * apix_unbin,
+        "rlnCenteredCoordinateYAngst": centred[:, 1] * apix_unbin,
+        "rlnCenteredCoordinateZAngst": centred[:, 2] * apix_unbin,
+        "rlnAngleRot": ang[:, 0], "rlnAngleTilt": ang[:, 1], "rlnAnglePsi": ang[:, 2],
+        "rlnAutopickFigureOfMerit": picks.score,
+    }
+
+
+def picks_from_star_table(table, *, shape_zyx: tuple[int, int, int], apix_tomo: float,
+                          apix_unbin: float) -> tuple[Picks, np.ndarray]:
+    """Inverse of :func:`picks_to_star_table`: ``(Picks in binned voxels, R_p (n, 3, 3))``."""
+    from emflow.geometry import relion_to_matrix
+
+    n = len(table["rlnCoordinateX"])
+    if n == 0:
+        return Picks.empty(), np.zeros((0, 3, 3))
+    scale = apix_tomo / apix_unbin
+    full_unbin = np.array([shape_zyx[2], shape_zyx[1], shape_zyx[0]]) * scale
+    corner = np.stack([np.asarray(table[f"rlnCoordinate{a}"], np.float64) for a in "XYZ"], axis=1)
+    xyz = unbinned_to_binned(corner - np.floor(full_unbin / 2), shape_zyx, apix_tomo, apix_unbin)
+    score = np.asarray(table.get("rlnAutopickFigureOfMerit", np.zeros(n)), np.float64)
+    rots = relion_to_matrix(*(np.asarray(table[k], np.float64) for k in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
+    return Picks(xyz, score, np.zeros(n, np.int64), np.arange(n, dtype=np.int64)), rots.reshape(n, 3, 3)

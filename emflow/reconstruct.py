@@ -42,11 +42,10 @@ _GAUSS2 = np.pi**2 / 4.0  # exp(-d² / (4/π²)) of EMAN's gauss_2 (I2G = 4/π²
 
 
 @jit
-def _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem):
+def _deposit(F, W, px, py, pz, vr, vi, wt, kernel, c, zmod, zrem):
     """Add one sample (px >= 0 after Friedel folding; py, pz relative to the centre) to F, W.
 
-    Only planes with ``z % zmod == zrem`` are written (the calling thread's planes). Deposits on
-    the x = 0 plane are scaled by ``x0scale`` (0.5 for the origin, which is its own mate).
+    Only planes with ``z % zmod == zrem`` are written (the calling thread's planes).
     """
     N = F.shape[0]
     nxh = F.shape[2]
@@ -56,8 +55,6 @@ def _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem):
         zz = int(np.floor(pz + 0.5)) + c
         if zz % zmod != zrem or xx >= nxh or yy < 0 or yy >= N or zz < 0 or zz >= N:
             return
-        if xx == 0:
-            wt *= x0scale
         F[zz, yy, xx] += complex(wt * vr, wt * vi)
         W[zz, yy, xx] += wt
         return
@@ -67,30 +64,67 @@ def _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem):
     fx = px - x0
     fy = py - y0
     fz = pz - z0
-    for dz in range(2):
-        zz = z0 + dz + c
-        if zz % zmod != zrem or zz < 0 or zz >= N:
-            continue
-        ez = fz - dz
-        for dy in range(2):
-            yy = y0 + dy + c
-            if yy < 0 or yy >= N:
+    if kernel == 1:
+        for dz in range(2):
+            zz = z0 + dz + c
+            if zz % zmod != zrem or zz < 0 or zz >= N:
                 continue
-            ey = fy - dy
-            for dx in range(2):
-                xx = x0 + dx
-                if xx >= nxh:
+            wz = 1.0 - abs(fz - dz)
+            for dy in range(2):
+                yy = y0 + dy + c
+                if yy < 0 or yy >= N:
                     continue
-                ex = fx - dx
-                if kernel == 1:
-                    k = (1.0 - abs(ex)) * (1.0 - abs(ey)) * (1.0 - abs(ez))
-                else:
-                    k = np.exp(-(ex * ex + ey * ey + ez * ez) * _GAUSS2)
-                w = wt * k
-                if xx == 0:
-                    w *= x0scale
-                F[zz, yy, xx] += complex(w * vr, w * vi)
+                wzy = wz * (1.0 - abs(fy - dy))
+                for dx in range(2):
+                    xx = x0 + dx
+                    if xx >= nxh:
+                        continue
+                    w = wt * wzy * (1.0 - abs(fx - dx))
+                    F[zz, yy, xx] += complex(w * vr, w * vi)
+                    W[zz, yy, xx] += w
+        return
+    # gauss_2: every voxel within 1 voxel per axis; a voxel at exactly distance 1 (sample on a
+    # grid plane) gets half weight on both sides, which keeps the kernel Friedel-symmetric.
+    # exp(-c(ex²+ey²+ez²)) is separable: three 1D weights per axis (offsets -1, 0, +1).
+    gx0, gx1, gx2 = _gauss_axis(fx)
+    gy0, gy1, gy2 = _gauss_axis(fy)
+    gz0, gz1, gz2 = _gauss_axis(fz)
+    for dz in range(-1, 2):
+        wz = gz0 if dz == -1 else (gz1 if dz == 0 else gz2)
+        if wz == 0.0:
+            continue
+        for dy in range(-1, 2):
+            wzy = wz * (gy0 if dy == -1 else (gy1 if dy == 0 else gy2))
+            if wzy == 0.0:
+                continue
+            for dx in range(-1, 2):
+                w = wt * wzy * (gx0 if dx == -1 else (gx1 if dx == 0 else gx2))
+                if w == 0.0:
+                    continue
+                xx = x0 + dx
+                yy = y0 + dy + c
+                zz = z0 + dz + c
+                im = vi
+                if xx < 0:  # only for px == 0: store on the Friedel partner voxel
+                    xx = -xx
+                    yy = 2 * c - yy
+                    zz = 2 * c - zz
+                    im = -vi
+                yy %= N  # periodic: the -N/2 plane is also +N/2
+                zz %= N
+                if zz % zmod != zrem or xx >= nxh:
+                    continue
+                F[zz, yy, xx] += complex(w * vr, w * im)
                 W[zz, yy, xx] += w
+
+
+@jit
+def _gauss_axis(f):
+    """1D gauss_2 weights of offsets -1, 0, +1 for a fractional position f in [0, 1)."""
+    if f == 0.0:  # on the grid: both neighbours at distance 1 share the weight
+        h = 0.5 * np.exp(-_GAUSS2)
+        return h, 1.0, h
+    return 0.0, np.exp(-f * f * _GAUSS2), np.exp(-(1.0 - f) * (1.0 - f) * _GAUSS2)
 
 
 @jit
@@ -110,9 +144,10 @@ def _insert_one(F, W, S, wsl, has_wsl, wimg, R, kernel, rmax2, zmod, zrem):
             if px < 0.0:
                 pz = -pz
             # cheap reject of samples whose z-neighbours are not this thread's planes
-            if zmod > 1:
+            if zmod > 1 and (kernel != 2 or abs(px) >= 1.0):
                 zf = int(np.floor(pz + 0.5 if kernel == 0 else pz)) + c
-                if zf % zmod != zrem and (kernel == 0 or (zf + 1) % zmod != zrem):
+                if zf % zmod != zrem and (kernel == 0 or (zf + 1) % zmod != zrem) and \
+                        (kernel != 2 or (zf - 1) % zmod != zrem):
                     continue
             py = R[0, 1] * kx + R[1, 1] * fy
             v = S[j, kx]
@@ -123,9 +158,9 @@ def _insert_one(F, W, S, wsl, has_wsl, wimg, R, kernel, rmax2, zmod, zrem):
                 py = -py
                 vi = -vi
             wt = wsl[j, kx] if has_wsl else wimg
-            # the origin is its own Friedel mate: its x=0 share is doubled by hermitian_sums
-            x0scale = 0.5 if (kx == 0 and fy == 0) else 1.0
-            _deposit(F, W, px, py, pz, vr, vi, wt, x0scale, kernel, c, zmod, zrem)
+            if kx == 0 and fy == 0:
+                wt *= 0.5  # the origin is its own Friedel mate (hermitian_sums adds it again)
+            _deposit(F, W, px, py, pz, vr, vi, wt, kernel, c, zmod, zrem)
 
 
 @pjit
@@ -164,7 +199,7 @@ def _resolve_sym(sym) -> np.ndarray:
             from emflow.geometry import get_symmetry
         except ImportError as exc:  # pragma: no cover - geometry is written in parallel
             raise ValueError(f"symmetry {sym!r} needs emflow.geometry; pass (nsym,3,3) matrices") from exc
-        return np.asarray(get_symmetry(sym).matrices, dtype=np.float64)
+        return np.asarray(get_symmetry(sym).reconstruction_matrices, dtype=np.float64)
     m = np.asarray(sym, dtype=np.float64)
     if m.ndim != 3 or m.shape[1:] != (3, 3):
         raise ValueError(f"sym must be a symmetry name or (nsym, 3, 3) matrices, got shape {m.shape}")
@@ -181,14 +216,16 @@ class Reconstructor:
     pad : int or float
         Fourier padding factor; the accumulator grid is ``N = pad·b`` (rounded up to even).
     kernel : {"trilinear", "gauss_2", "nearest"}
-        Insertion kernel: trilinear (EMAN SPT default), EMAN's ``gauss_2`` (8 neighbours with
-        ``exp(-d²π²/4)``) or nearest neighbour.
+        Insertion kernel: trilinear (EMAN SPT default), EMAN's ``gauss_2`` (``exp(-d²π²/4)``
+        on the voxels within 1 voxel per axis, i.e. the 8 neighbours; a sample lying exactly
+        on a grid plane gives half weight to both neighbouring planes, which keeps the kernel
+        Friedel-symmetric) or nearest neighbour.
     sym : str or ndarray (nsym, 3, 3)
         Point-group symmetry; every slice is inserted under ``R·S`` for each operator ``S``.
         Names other than ``"c1"`` are resolved by :func:`emflow.geometry.get_symmetry`.
     strategy : {"auto", "slab", "private"}
-        Parallel insertion scheme (module docstring). ``auto`` uses ``private`` when the extra
-        accumulators take less than 1 GiB, else ``slab``.
+        Parallel insertion scheme (module docstring). ``auto`` = ``slab`` (same speed as
+        ``private`` on the benchmark machine, no extra memory).
     workers : int
         ``scipy.fft`` worker threads.
 
@@ -226,9 +263,9 @@ class Reconstructor:
     def _strategy(self) -> str:
         if self.strategy != "auto":
             return self.strategy
-        T = numba.get_num_threads()
-        extra = T * (self.F.nbytes + self.W.nbytes)
-        return "private" if (T > 1 and extra < 2**30) else "slab"
+        # measured (benchmarks/bench_fourier.py, 2 threads): slab 175/38 slices/s vs private
+        # 172/42 at box 64/128; slab needs no extra memory, so it is the default
+        return "slab"
 
     def slices_from_images(self, images, shifts=None) -> np.ndarray:
         """Pad images to ``N×N`` (zero), FFT with a centred origin, undo ``shifts`` (phase ramp).

@@ -38,13 +38,15 @@ import numpy as np
 from emflow import fourier
 from emflow._phantom import (
     acquisition_order,
+    ctf_stack,
     footprint_mask,
     particle_radius_px,
     paste_patches,
     place_particles,
     resample_map,
+    shift_ramps,
 )
-from emflow.ctf import CTF, ctf_2d_stack, dose_weight
+from emflow.ctf import CTF, dose_weight
 from emflow.errors import InputError
 from emflow.geometry import matrix_to_eman, random_rotations, tilt_matrix
 from emflow.projection import VolumeProjector
@@ -56,7 +58,17 @@ __all__ = [
     "simulate_tilt_series",
     "simulate_spa",
     "noisy_picks",
+    "tilt_range",
 ]
+
+
+def tilt_range(tilt_min_deg: float, tilt_max_deg: float, step_deg: float) -> list[float]:
+    """Tilt angles ``tilt_min, tilt_min + step, …`` up to ``tilt_max`` (inclusive within 1e-6°)."""
+    if step_deg <= 0 or tilt_max_deg < tilt_min_deg:
+        raise InputError(f"tilt range {tilt_min_deg}..{tilt_max_deg} by {step_deg} is empty",
+                         source="demo.tomo.tilt_step_deg", fix="use tilt_min_deg <= tilt_max_deg and a step > 0")
+    n = int(np.floor((tilt_max_deg - tilt_min_deg) / step_deg + 1e-6)) + 1
+    return [float(tilt_min_deg + i * step_deg) for i in range(n)]
 
 
 @dataclasses.dataclass
@@ -232,10 +244,10 @@ def simulate_tilt_series(
         u, v = q[:, 0] + nx // 2, q[:, 1] + ny // 2
         iu, iv = np.round(u), np.round(v)
         centres[t] = np.stack([v, u], axis=1)
-        slices = projector.slices_ft(R_tilt[t] @ rotations, shifts=np.stack([u - iu, v - iv], axis=1), size=npad)
-        ctfs = [CTF(defocus_um=d, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont)
-                for d in df_tilt[t] - q[:, 2] * apix / 1e4]
-        slices *= ctf_2d_stack(ctfs, (npad, npad), apix) * (dose_weight((npad, npad), apix, dose[t], voltage_kv) * apix)
+        slices = projector.slices_ft(R_tilt[t] @ rotations, size=npad)
+        slices *= shift_ramps(np.stack([u - iu, v - iv], axis=1), npad)
+        slices *= ctf_stack(df_tilt[t] - q[:, 2] * apix / 1e4, npad, apix, voltage_kv, cs_mm, ampcont)
+        slices *= dose_weight((npad, npad), apix, dose[t], voltage_kv) * np.float32(apix)
         patches = fourier.ift(slices, (npad, npad), workers=workers)
         paste_patches(stack[t], patches, np.stack([iv, iu], axis=1).astype(np.int64))
         if progress is not None:
@@ -391,9 +403,9 @@ def simulate_spa(
     stack = np.empty((n, box, box), dtype=np.float32)
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
-        slices = projector.slices_ft(rotations[i0:i1], shifts=shifts[i0:i1], size=npad)
-        ctfs = [CTF(defocus_um=d, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont) for d in defocus[i0:i1]]
-        slices *= -ctf_2d_stack(ctfs, (npad, npad), apix) * np.float32(apix)
+        slices = projector.slices_ft(rotations[i0:i1], size=npad)
+        slices *= shift_ramps(shifts[i0:i1], npad)
+        slices *= ctf_stack(defocus[i0:i1], npad, apix, voltage_kv, cs_mm, ampcont) * np.float32(-apix)
         stack[i0:i1] = fourier.crop(fourier.ift(slices, (npad, npad), workers=workers), (i1 - i0, box, box))
         if progress is not None:
             progress(i1 / n)

@@ -511,3 +511,16 @@ def match_template(
     std = float(np.sqrt(max(sums[2] / n - mean * mean, 0.0)))
     stats = SearchStats(n_rotations=len(rots), n_voxels=int(sums[0] // max(len(rots), 1)), mean=float(mean), std=std)
     return MatchResult(scores=scores, best_index=best_index, rotations=rots, stats=stats)
+
+
+def dose_symmetric_exposure(tilts_deg: np.ndarray, dose_per_tilt_e_a2: float) -> np.ndarray:
+    """Accumulated exposure (e/Å²) at the middle of each tilt for a dose-symmetric scheme.
+
+    Tilts are taken in order of increasing |tilt| (positive first on ties), each adding
+    ``dose_per_tilt_e_a2``; a tilt's exposure is everything before it plus half its own.
+    """
+    t = np.asarray(tilts_deg, np.float64)
+    order = np.lexsort((-t, np.abs(t)))
+    rank = np.empty(len(t))
+    rank[order] = np.arange(len(t))
+    return (rank + 0.5) * float(dose_per_tilt_e_a2)

@@ -301,3 +301,33 @@ def _filter_images(
     f *= weights
     back = scipy.fft.irfft2(f, s=(py, px), workers=workers)
     return np.ascontiguousarray(back[:, y0 : y0 + ny, x0 : x0 + nx], dtype=np.float32)
+
+
+def central_slices(tomogram: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)):
+    """Central XY, XZ and YZ sections of a tomogram and a common display range.
+
+    Parameters
+    ----------
+    tomogram : ndarray, shape (nz, ny, nx)
+    percentiles : (float, float)
+        Display range taken over the three sections together.
+
+    Returns
+    -------
+    slices : dict
+        ``{"XY": (ny, nx), "XZ": (nz, nx), "YZ": (nz, ny)}`` float32 arrays through voxel ``n//2``.
+    limits : (float, float)
+        Grey-scale limits.
+    """
+    vol = np.asarray(tomogram)
+    if vol.ndim != 3:
+        raise ValueError(f"tomogram must be (nz, ny, nx), got shape {vol.shape}")
+    nz, ny, nx = vol.shape
+    slices = {
+        "XY": np.asarray(vol[nz // 2], dtype=np.float32),
+        "XZ": np.asarray(vol[:, ny // 2, :], dtype=np.float32),
+        "YZ": np.asarray(vol[:, :, nx // 2], dtype=np.float32),
+    }
+    values = np.concatenate([s.ravel() for s in slices.values()])
+    lo, hi = np.percentile(values, percentiles)
+    return slices, (float(lo), float(hi))

@@ -101,13 +101,14 @@ def insert_full(S_half: np.ndarray, R: np.ndarray, N: int, kernel: str = "trilin
         np.add.at(W, (idx[2, ok], idx[1, ok], idx[0, ok]), weight)
         return F, W
     p0 = np.floor(p).astype(int)
-    for d in np.ndindex(2, 2, 2):
-        q = p0 + np.array(d)[:, None]
+    for d in np.ndindex(3, 3, 3):
+        q = p0 + np.array(d)[:, None] - 1
         e = p - q
         if kernel == "trilinear":
-            k = np.prod(1 - np.abs(e), axis=0)
-        else:
-            k = np.exp(-np.sum(e * e, axis=0) * np.pi**2 / 4)
+            k = np.prod(np.clip(1 - np.abs(e), 0, None), axis=0)
+        else:  # Gaussian on |e| <= 1 per axis, half weight exactly at |e| == 1
+            half = np.prod(np.where(np.abs(e) == 1, 0.5, 1.0), axis=0)
+            k = np.where(np.all(np.abs(e) <= 1, axis=0), half * np.exp(-np.sum(e * e, axis=0) * np.pi**2 / 4), 0)
         idx = q + c
         ok = np.all((idx >= 0) & (idx < N), axis=0)
         np.add.at(F, (idx[2, ok], idx[1, ok], idx[0, ok]), weight * k[ok] * vals[ok])

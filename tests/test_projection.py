@@ -132,7 +132,7 @@ def test_projection_shifts_move_image(rng):
     # (content beyond the box wraps around, so compare by correlation)
     small = fourier.ift(vp.slices_ft(R, shifts=t, size=32), (32, 32))
     for i in range(2):
-        assert np.corrcoef(small[i].ravel(), exact(R[i], t[i]).ravel())[0, 1] > 0.995
+        assert np.corrcoef(small[i].ravel(), exact(R[i], t[i]).ravel())[0, 1] > 0.99
     np.testing.assert_allclose(projection.project_real(vol, R, shifts=t)[0],
                                exact(R[0], t[0]), atol=0.05 * exact(R[0], t[0]).max())
 

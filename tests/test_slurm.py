@@ -206,8 +206,13 @@ def _load_arrays(path: pathlib.Path) -> dict[str, np.ndarray] | None:
 # A small self-contained workflow with the shape of the real one (a source, two
 # parallel branches with a numba kernel, a merge), using emflow.workflow_log like every
 # emflow script does, so the per-job numba cache is exercised by concurrent SLURM jobs.
+# The merge is a local rule: it reads the SLURM jobs' outputs on the submit host, and
+# it saves one ~40 s polling round of the pinned plugin.
 MINI_SNAKEFILE = """
 BOX_RADII = [1, 2]
+
+# a cheap merge runs on the submit host, as report/plot rules do in the real workflow
+localrules: all, mini_summary
 
 rule all:
     input: "results/summary.json"
@@ -298,28 +303,30 @@ MINI_SCRIPTS = {
 }
 
 
-def write_mini_workflow(workdir: pathlib.Path) -> list[str]:
-    """Write the mini workflow into ``workdir``; returns its rule log files."""
+def write_mini_workflow(workdir: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Write the mini workflow into ``workdir``; returns the logs of (SLURM jobs, local jobs)."""
     (workdir / "scripts").mkdir(parents=True)
     (workdir / "Snakefile").write_text(MINI_SNAKEFILE)
     (workdir / "scripts" / "mini_kernels.py").write_text(MINI_KERNELS)
     for name, body in MINI_SCRIPTS.items():
         (workdir / "scripts" / name).write_text(textwrap.dedent(body))
-    return ["logs/mini_noise.log", "logs/mini_blur_r1.log", "logs/mini_blur_r2.log", "logs/mini_summary.log"]
+    return ["logs/mini_noise.log", "logs/mini_blur_r1.log", "logs/mini_blur_r2.log"], ["logs/mini_summary.log"]
 
 
 def test_mini_workflow_slurm_equals_local(slurm_cluster, tmp_path):
     local, slurm = tmp_path / "local", tmp_path / "slurm"
-    logs = write_mini_workflow(local)
+    slurm_logs, local_logs = write_mini_workflow(local)
     write_mini_workflow(slurm)
 
     _, t_local = run_snakemake(local, "local", ["--cores", "2"], _clean_env())
     stderr, t_slurm = run_snakemake(slurm, "slurm", slurm_args(slurm_cluster), slurm_env(slurm_cluster))
-    print(f"\n[slurm] mini workflow (4 jobs, 3 levels): local {t_local:.1f} s, SLURM {t_slurm:.1f} s")
+    print(f"\n[slurm] mini workflow (3 SLURM jobs in 2 levels + 1 local): local {t_local:.1f} s, SLURM {t_slurm:.1f} s")
 
-    assert_ran_under_slurm(stderr, slurm, logs)
-    for log in logs:
-        assert "SLURM_JOB_ID=none" in (local / log).read_text(), f"local job {log} ran inside SLURM?"
+    assert_ran_under_slurm(stderr, slurm, slurm_logs)
+    for log in local_logs:
+        assert "SLURM_JOB_ID=none" in (slurm / log).read_text(), f"local rule {log} ran inside SLURM"
+    for log in slurm_logs + local_logs:
+        assert "SLURM_JOB_ID=none" in (local / log).read_text(), f"local run's {log} ran inside SLURM"
     n = assert_same_outputs(local, slurm)
     assert n == 4
     # both runs actually computed: white noise box-averaged over w^3 voxels has

@@ -123,21 +123,20 @@ def transform_from_dict(d, source=None) -> tuple[np.ndarray, np.ndarray]:
         m = np.array(_matrix_values(d["matrix"], source)).reshape(3, 4)
         return m[:, :3].copy(), m[:, 3].copy()
     kind = str(d.get("type", "eman")).lower()
+    names = {"eman": ("az", "alt", "phi"), "2d": ("alpha",)}.get(kind)
+    if names is None:
+        raise InputError(f"Transform type {kind!r} is not supported (only 'eman', '2d' and matrices)",
+                         source=source, fix="convert the file with e2proclst.py in EMAN2")
     try:
-        if kind == "eman":
-            R = eman_euler_matrix(float(d.get("az", 0)), float(d.get("alt", 0)), float(d.get("phi", 0)))
-        elif kind == "2d":
-            R = eman_euler_matrix(float(d.get("alpha", 0)), 0.0, 0.0)
-        else:
-            raise InputError(f"Transform type {kind!r} is not supported (only 'eman', '2d' and matrices)",
-                             source=source, fix="convert the file with e2proclst.py in EMAN2")
+        angles = [float(d.get(k, 0)) for k in names]
         t = np.array([float(d.get(k, 0)) for k in ("tx", "ty", "tz")])
     except (TypeError, ValueError):
         raise InputError("Transform parameters are not numbers", source=source) from None
+    if not (all(math.isfinite(a) for a in angles) and np.isfinite(t).all()):
+        raise InputError("Transform contains NaN or Inf", source=source)
+    R = eman_euler_matrix(*angles, 0.0, 0.0) if kind == "2d" else eman_euler_matrix(*angles)
     if d.get("mirror") not in (None, 0, False, "0"):
         raise InputError("mirrored Transforms are not supported", source=source)
-    if not (np.isfinite(R).all() and np.isfinite(t).all()):
-        raise InputError("Transform contains NaN or Inf", source=source)
     return R, t
 
 

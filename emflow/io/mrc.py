@@ -50,6 +50,15 @@ def _header_shape(header) -> tuple[int, int, int]:
     return int(header.nz), int(header.ny), int(header.nx)
 
 
+def _voxel_sizes(header) -> tuple[float, float, float]:
+    """Voxel size (x, y, z) in Å = cell length / sampling; 0 where the header leaves it unset."""
+    out = []
+    for cell, m in ((header.cella.x, header.mx), (header.cella.y, header.my), (header.cella.z, header.mz)):
+        cell, m = float(cell), int(m)
+        out.append(cell / m if m > 0 and np.isfinite(cell) else 0.0)
+    return tuple(out)
+
+
 def _validate_header(header, path) -> None:
     nz, ny, nx = _header_shape(header)
     if min(nx, ny, nz) <= 0:
@@ -92,7 +101,7 @@ def read_mrc_header(path: str | os.PathLike) -> dict:
     with _open(path, header_only=True) as m:
         h = m.header
         _validate_header(h, path)
-        vs = m.voxel_size
+        vs = _voxel_sizes(h)
         labels = []
         for i in range(min(int(h.nlabl), 10) if 0 <= int(h.nlabl) else 0):
             labels.append(bytes(h.label[i]).decode("ascii", "replace").rstrip("\x00 "))
@@ -100,8 +109,8 @@ def read_mrc_header(path: str | os.PathLike) -> dict:
         dtype_name = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16", 101: "uint8"}[mode]
         return {
             "shape": _header_shape(h),
-            "apix": float(vs.x),
-            "apix_xyz": (float(vs.x), float(vs.y), float(vs.z)),
+            "apix": vs[0],
+            "apix_xyz": vs,
             "mode": mode,
             "dtype": dtype_name,
             "origin_a": (float(h.origin.x), float(h.origin.y), float(h.origin.z)),
@@ -142,7 +151,7 @@ def _read_mmap(path, expect_apix, apix_tol) -> tuple[np.ndarray, float]:
     with _open(path, header_only=True) as mrc:
         h = mrc.header
         _validate_header(h, path)
-        apix = _check_apix(float(mrc.voxel_size.x), path, expect_apix, apix_tol)
+        apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol)
         mode = int(h.mode)
         if mode == 101:
             raise InputError("4-bit MRC (mode 101) cannot be memory-mapped", source=path,
@@ -195,7 +204,7 @@ def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | N
             _validate_header(mrc.header, path)
             if mrc.data is None:
                 raise _truncation_error(mrc.header, path)
-            apix = _check_apix(float(mrc.voxel_size.x), path, expect_apix, apix_tol)
+            apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol)
             out = np.array(mrc.data, dtype=np.float32, copy=True)
     if out.ndim == 3 and out.shape[0] == 1:
         out = out[0]

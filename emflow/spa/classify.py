@@ -35,8 +35,6 @@ def classify(simmx: np.ndarray, sep: int = 1) -> np.ndarray:
     if not 1 <= int(sep) <= npr:
         raise InputError(f"sep={sep} must be between 1 and the number of projections ({npr})", source="spa.sep")
     score = simmx[0].astype(np.float64).copy()
-    finite = np.isfinite(score)
-    rowmax = np.where(finite, score, -np.inf).max(axis=1)
     rows = np.arange(npt)
     out = np.zeros((7, npt, int(sep)), np.float32)
     for s in range(int(sep)):  # sep is small (1–3); each pass is vectorised over particles
@@ -47,9 +45,10 @@ def classify(simmx: np.ndarray, sep: int = 1) -> np.ndarray:
         for plane in range(1, 5):
             out[plane + 1, :, s] = np.where(valid, simmx[plane, rows, best], 0)
         out[6, :, s] = np.where(valid, simmx[5, rows, best] if simmx.shape[0] > 5 else 1.0, 0)
-        # EMAN replaces the taken entry by the row maximum; ranking then continues among the rest
-        # (ties with the row max are harmless: argmin picks a strictly better entry first).
-        score[rows, best] = np.where(valid, rowmax, np.inf)
+        # EMAN replaces the taken entry by the row maximum so the next pass takes the next best.
+        # We remove it (+inf) instead: the same ranking, except that EMAN can re-pick a class
+        # when every remaining entry equals the row maximum (e.g. one computed entry).
+        score[rows, best] = np.inf
     return out
 
 

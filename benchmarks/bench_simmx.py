@@ -1,0 +1,95 @@
+"""Benchmark of one e2refine iteration, stage by stage, and the simmx cost per pair.
+
+Simulates N proteasome particles (box 64, 3.275 Å/px, SNR 0.08, CTF) and ~500 reference
+projections (c1, eman delta=7.5 → 372, or the count closest to --nproj), then times project3d,
+simmx, classify, classaverage and make3d. The physical yardstick measured in the same run is one
+2D FFT pair (rfft2 + irfft2 of a batch of box×box images, per image): simmx's per-pair cost is
+reported as a multiple of it. Writes JSON (stdout and --out).
+
+Usage: python benchmarks/bench_simmx.py [--n 200] [--nproj 500] [--box 64] [--out bench.json]
+(N is scaled down from a production 10⁴–10⁵ on small machines; time scales linearly in N·nproj.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import scipy.fft
+
+
+def fft_pair_seconds(box: int, batch: int = 512, repeat: int = 5) -> float:
+    x = np.random.default_rng(0).normal(size=(batch, box, box)).astype(np.float32)
+    scipy.fft.irfft2(scipy.fft.rfft2(x, axes=(-2, -1), workers=-1), s=(box, box), axes=(-2, -1), workers=-1)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        scipy.fft.irfft2(scipy.fft.rfft2(x, axes=(-2, -1), workers=-1), s=(box, box), axes=(-2, -1), workers=-1)
+    return (time.perf_counter() - t) / (repeat * batch)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--nproj", type=int, default=500)
+    ap.add_argument("--box", type=int, default=64)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import mrcfile
+
+    from emflow.data import __file__ as data_init
+    from emflow.geometry import eman_to_matrix
+    from emflow.simulate import resample_map, simulate_spa
+    from emflow.spa.classaverage import class_average
+    from emflow.spa.classify import classify
+    from emflow.spa.make3d import make3d
+    from emflow.spa.refine_loop import RefineOptions, ctf_arrays, phase_flip_particles, project3d
+    from emflow.spa.simmx import simmx
+
+    with mrcfile.open(data_init.replace("__init__.py", "proteasome20S_3j9i_2p62A_box80.mrc.gz")) as m:
+        ref, ap_ref = np.asarray(m.data, np.float32), float(m.voxel_size.x)
+    box, apix = args.box, 3.275 * 64 / args.box
+    stack, truth = simulate_spa(ref, ap_ref, apix=apix, box=box, n=args.n, rng=np.random.default_rng(0), snr=0.08)
+    vol = resample_map(ref, ap_ref, apix, box=box)
+    ctfs = truth.ctfs()
+    particles = phase_flip_particles(stack, ctfs, apix)
+    from emflow.geometry.orientations import orientations
+    eul = np.asarray(orientations("eman", sym="c1", n=args.nproj))
+    opts = RefineOptions(sym="c1", apix=apix)
+    R = eman_to_matrix(eul[:, 0], eul[:, 1], eul[:, 2])
+    ctf_abs, snr_full, snr_sh = ctf_arrays(ctfs, box, apix)
+    # warm-up (numba compilation) on a tiny problem, not timed
+    w = simmx(particles[:2], project3d(vol, eul[:3]), opts.simmx_options(), particle_snr=snr_sh[:2])
+    class_average(particles[:2], classify(w), project3d(vol, eul[:3]), opts.classaverage_options())
+    times = {}
+    t = time.perf_counter()
+    proj = project3d(vol, eul)
+    times["project3d"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mx = simmx(particles, proj, opts.simmx_options(), particle_snr=snr_sh)
+    times["simmx"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cls = classify(mx)
+    times["classify"] = time.perf_counter() - t
+    t = time.perf_counter()
+    avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), ctf_abs=ctf_abs, particle_snr=snr_full)
+    times["classaverage"] = time.perf_counter() - t
+    t = time.perf_counter()
+    make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
+    times["make3d"] = time.perf_counter() - t
+    pair = fft_pair_seconds(box)
+    per_pair = times["simmx"] / (len(particles) * len(proj))
+    out = {"n_particles": len(particles), "n_projections": len(proj), "box": box, "cpus": os.cpu_count(),
+           "seconds": times, "iteration_seconds": sum(times.values()),
+           "simmx_seconds_per_pair": per_pair, "fft_pair_seconds": pair, "simmx_pair_over_fft_pair": per_pair / pair}
+    print(json.dumps(out, indent=1))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

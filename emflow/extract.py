@@ -1,0 +1,495 @@
+"""Subtilt extraction and per-particle reconstruction from a tilt series (spec §3.2, e2spt_extract).
+
+For every picked particle ``p`` (px from the tomogram centre) and every tilt ``t``:
+
+1. ``R_t = geometry.tilt_matrix(tilt_t, rot_t, offtilt_t)`` (the same matrix the simulator and the
+   tomogram reconstruction use); the particle's centre lands in the (shrunk) tilt image at
+   ``c = (R_t p)_xy + (tx_t, ty_t)/shrink + (nx//2, ny//2)`` at depth ``z_t = (R_t p)_z``.
+2. A ``pad2d × pad2d`` subtilt is cropped centred on ``round(c)`` (zero fill outside the image); the
+   residual ``d = c − round(c)`` (in [−½, ½)) is kept in ``xform.projection = (R_t, d)``.
+3. Contrast is inverted (protein bright), the subtilt is normalised (edge mean 0, σ 1), pixels
+   beyond ±8σ are set to 0 and a soft circular mask (radius ``pad2d/2 − w``, ``w = (pad2d − box)/4``,
+   Gaussian fall-off ``w/2``) is applied.
+4. CTF phase flip with the particle's own defocus ``df_t − z_t·apix/10⁴`` µm (the defocus gradient
+   across a tilted specimen). With :mod:`emflow.ctf`'s sign (``CTF = −sin χ``, protein dark), the
+   inverted image carries ``−CTF``; it is multiplied by ``sign(−CTF)``, so the stored subtilt is
+   ``|CTF|·object`` (protein bright at every frequency).
+5. The subtilts of a particle are inserted (trilinear, :class:`emflow.reconstruct.Reconstructor`
+   on the ``pad2d³`` grid, after undoing ``d``) and the result is clipped to ``box³`` and normalised
+   (edge mean 0, σ 1). Particles with fewer than ``min_tilt_fraction · ntilt`` usable subtilts get a
+   zero volume.
+
+The 3D particle is in the tomogram frame: a particle with orientation ``R_p`` reconstructs
+``ref(R_p⁻¹ r)`` (CONVENTIONS).
+
+Picks: :func:`read_picks` reads the EMAN2 info json (``boxes_3d``, unbinned px from the centre,
+filtered by class name), a RELION STAR or a text file (both unbinned px from the corner, via
+:func:`emflow.importer.read_picks`). :func:`check_picks` rejects coordinates outside the tomogram
+(always an :class:`InputError`: a unit or convention mix-up) and boxes that do not fit inside the
+untilted image (an :class:`InputError` unless ``skip_edge``, then they are excluded and reported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from emflow import fourier
+from emflow.ctf import CTF, ctf_2d_stack
+from emflow.errors import InputError
+from emflow.geometry import tilt_matrix
+from emflow.importer import read_picks as _read_picks_any
+from emflow.io import boxes_from_info, read_info_json, tlt_params
+from emflow.masks import soft_circle
+from emflow.reconstruct import Reconstructor
+
+__all__ = [
+    "TiltGeometry", "ExtractParams", "ExtractResult", "extraction_boxes", "read_picks", "check_picks",
+    "prepare_tilt_series", "extract_particles", "subtilt_headers", "particle_headers",
+]
+
+CLAMP_SIGMA = 8.0  # EMAN: pixels beyond ±8σ after normalisation are set to 0
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclasses.dataclass(frozen=True)
+class TiltGeometry:
+    """Alignment and CTF of one tilt series (from its EMAN2 info json).
+
+    Attributes
+    ----------
+    params : ndarray float64 (ntilt, 5)
+        ``tlt_params`` rows ``[tx, ty, rot, tilt, offtilt]`` (tx, ty unbinned px; angles deg).
+    apix_unbin : float
+        Å/px of the tilt series.
+    defocus_um, phase_deg : ndarray (ntilt,) or None
+        Mid-plane defocus (µm, underfocus positive) and phase shift per tilt; None: no CTF known.
+    voltage_kv, cs_mm, ampcont : float
+        Microscope (ampcont a fraction).
+    """
+
+    params: np.ndarray
+    apix_unbin: float
+    defocus_um: np.ndarray | None
+    phase_deg: np.ndarray | None
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    ampcont: float = 0.1
+
+    @property
+    def n_tilts(self) -> int:
+        return int(self.params.shape[0])
+
+    @property
+    def rotations(self) -> np.ndarray:
+        """``R_t`` float64 (ntilt, 3, 3)."""
+        return tilt_matrix(self.params[:, 3], self.params[:, 2], self.params[:, 4])
+
+    @classmethod
+    def from_info(cls, info: Mapping, *, apix: float, voltage_kv: float, cs_mm: float, ampcont: float,
+                  source=None) -> "TiltGeometry":
+        """Geometry of an info dict; ``apix``/``voltage_kv``/``cs_mm`` fill keys the info lacks."""
+        params = tlt_params(info, source=source)
+        n = params.shape[0]
+        df = info.get("defocus")
+        if df is not None and len(df) != n:
+            raise InputError(f"has {len(df)} defocus values for {n} tilts", source=source,
+                             fix="re-run the CTF estimation for this tilt series")
+        phase = info.get("phase") or [0.0] * n
+        if len(phase) != n:
+            raise InputError(f"has {len(phase)} phase values for {n} tilts", source=source,
+                             fix="re-run the CTF estimation for this tilt series")
+        return cls(params=params, apix_unbin=float(info.get("apix_unbin", apix)),
+                   defocus_um=None if df is None else np.asarray(df, dtype=np.float64),
+                   phase_deg=np.asarray(phase, dtype=np.float64),
+                   voltage_kv=float(info.get("voltage", voltage_kv)), cs_mm=float(info.get("cs", cs_mm)),
+                   ampcont=float(ampcont))
+
+
+def extraction_boxes(boxsize_unbin: int, shrink: int = 1, padtwod: float = 2.0) -> tuple[int, int]:
+    """``(box, pad2d)`` in shrunk px: ``box = good_size(boxsize_unbin // shrink)``,
+    ``pad2d = good_size(box · padtwod)`` (spec §3.2 step 1)."""
+    if boxsize_unbin < 2 or shrink < 1 or padtwod < 1:
+        raise ValueError(f"extraction_boxes: bad boxsize_unbin={boxsize_unbin}, shrink={shrink}, "
+                         f"padtwod={padtwod}")
+    box = fourier.good_size(int(boxsize_unbin / shrink))
+    return box, fourier.good_size(int(np.ceil(box * padtwod)))
+
+
+def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> tuple[np.ndarray, int | None]:
+    """Pick positions ``(n, 3)`` float64, unbinned px from the tomogram centre, and the class box size.
+
+    Parameters
+    ----------
+    path : str or path
+        EMAN2 info json (``boxes_3d`` of class ``label``), RELION STAR or text ``x y z`` (unbinned
+        px from the tomogram corner; ``label`` is ignored).
+    label : str or None
+        Class name in the info json's ``class_list``.
+    shape_xyz_unbin : (nx, ny, nz)
+        Tomogram size in unbinned px (to convert corner-based coordinates).
+
+    Returns
+    -------
+    coords : ndarray (n, 3)
+    boxsize_unbin : int or None
+        ``class_list[...]["boxsize"]`` of ``label`` when the file is an info json and has one.
+    """
+    path = pathlib.Path(path)
+    if path.suffix != ".json":
+        return _read_picks_any(path, tuple(int(v) for v in shape_xyz_unbin)), None
+    info = read_info_json(path)
+    coords, _, _ = boxes_from_info(info, label=label, source=path)
+    boxsize = None
+    for v in (info.get("class_list") or {}).values():
+        if v.get("name") == label and "boxsize" in v:
+            boxsize = int(v["boxsize"])
+    return coords, boxsize
+
+
+def check_picks(coords_unbin: np.ndarray, shape_xyz_unbin, boxsize_unbin: int, *, source, skip_edge: bool,
+                fix_key: str = "extract.skip_edge") -> tuple[np.ndarray, list[dict]]:
+    """Validate pick positions against the tomogram.
+
+    A pick outside the tomogram (``|x| > nx/2``, ``|y| > ny/2`` or ``|z| > nz/2``) always raises: it
+    means binned/unbinned or corner/centre coordinates were mixed up. A pick whose box does not fit
+    inside the untilted image (``|x| + box/2 > nx/2`` or likewise in y) raises unless ``skip_edge``;
+    then it is excluded and reported.
+
+    Returns
+    -------
+    keep : ndarray bool (n,)
+    excluded : list of dict
+        ``{"index": i, "xyz_unbin": [...], "reason": ...}`` for every excluded pick.
+    """
+    c = np.asarray(coords_unbin, dtype=np.float64).reshape(-1, 3)
+    half = np.asarray(shape_xyz_unbin, dtype=np.float64) / 2.0
+    outside = np.any(np.abs(c) > half, axis=1)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"particle {i} at {np.round(c[i], 1).tolist()} (unbinned px from the centre) lies outside the "
+            f"tomogram of {list(map(int, shape_xyz_unbin))} unbinned px ({int(outside.sum())} such picks)",
+            source=source,
+            fix="check that the coordinates are unbinned pixels (info json: from the tomogram centre; "
+                "STAR/text: from the corner) and belong to this tomogram")
+    near = np.any(np.abs(c[:, :2]) + boxsize_unbin / 2.0 > half[:2], axis=1)
+    excluded = [{"index": int(i), "xyz_unbin": c[i].tolist(),
+                 "reason": f"box of {boxsize_unbin} px crosses the image edge"} for i in np.flatnonzero(near)]
+    if near.any() and not skip_edge:
+        i = excluded[0]["index"]
+        raise InputError(
+            f"particle {i} at {np.round(c[i], 1).tolist()} is within half a box ({boxsize_unbin / 2:g} px) of "
+            f"the image edge ({len(excluded)} such picks)", source=source,
+            fix=f"set {fix_key}: true to skip such particles, or remove the picks")
+    return ~near, excluded
+
+
+def prepare_tilt_series(stack: np.ndarray, shrink: int = 1) -> np.ndarray:
+    """Mean-shrink every tilt image by ``shrink`` and normalise it to mean 0, σ 1 (spec §3.2 step 4).
+
+    Parameters
+    ----------
+    stack : ndarray (ntilt, ny, nx)
+
+    Returns
+    -------
+    ndarray float32 (ntilt, ny // shrink, nx // shrink)
+    """
+    s = np.asarray(stack, dtype=np.float32)
+    if s.ndim != 3:
+        raise ValueError(f"prepare_tilt_series: stack must be (ntilt, ny, nx), got {s.shape}")
+    if shrink > 1:
+        s = fourier.bin_mean(s, (1, shrink, shrink))
+    mean = s.mean(axis=(1, 2), dtype=np.float64)[:, None, None]
+    sd = s.std(axis=(1, 2), dtype=np.float64)[:, None, None]
+    return ((s - mean) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- extraction
+@dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    """Extraction settings (sizes in shrunk px).
+
+    Attributes
+    ----------
+    box, pad2d : int
+        3D box and subtilt size (see :func:`extraction_boxes`).
+    shrink : int
+        Mean-shrink factor of the tilt images.
+    maxtilt_deg : float
+        Tilts with ``|tilt| > maxtilt_deg`` are skipped.
+    phase_flip : bool
+        CTF phase flipping (needs a defocus per tilt).
+    depth_defocus : bool
+        Correct each particle's defocus for its depth (``df − z·apix/10⁴``); False uses the
+        mid-plane defocus (for comparison only).
+    mask_subtilts : bool
+        Apply the soft circular mask.
+    min_tilt_fraction : float
+        Particles with fewer usable subtilts than this fraction of all tilts get a zero volume.
+    """
+
+    box: int
+    pad2d: int
+    shrink: int = 1
+    maxtilt_deg: float = 90.0
+    phase_flip: bool = True
+    depth_defocus: bool = True
+    mask_subtilts: bool = True
+    min_tilt_fraction: float = 0.2
+
+
+@dataclasses.dataclass
+class ExtractResult:
+    """Subtilts (particle-major, tilt order within a particle) and 3D particles of one tomogram.
+
+    Attributes
+    ----------
+    subtilts : ndarray float32 (m, pad2d, pad2d)
+    particle, tilt_id : ndarray int64 (m,)
+        Particle index (``model_id``) and tilt index of each subtilt.
+    rotations : ndarray float64 (m, 3, 3)
+        ``xform.projection`` rotation ``R_t``.
+    shifts : ndarray float64 (m, 2)
+        Residual ``(dx, dy)`` px (``xform.projection`` translation).
+    crop_xy : ndarray int64 (m, 2)
+        Integer centre of the crop in the (shrunk) tilt image.
+    depth : ndarray float64 (m,)
+        ``z_t`` (shrunk px).
+    defocus_um : ndarray float64 (m,) or None
+        Defocus used for the phase flip.
+    volumes : ndarray float32 (n, box, box, box)
+    n_subtilts : ndarray int64 (n,)
+    zero_volume : ndarray bool (n,)
+    apix : float
+        Pixel size of subtilts and volumes (Å/px).
+    """
+
+    subtilts: np.ndarray
+    particle: np.ndarray
+    tilt_id: np.ndarray
+    rotations: np.ndarray
+    shifts: np.ndarray
+    crop_xy: np.ndarray
+    depth: np.ndarray
+    defocus_um: np.ndarray | None
+    volumes: np.ndarray
+    n_subtilts: np.ndarray
+    zero_volume: np.ndarray
+    apix: float
+
+
+def _crop_stack(stack: np.ndarray, tilt_idx: np.ndarray, centres: np.ndarray, n: int) -> np.ndarray:
+    """``n × n`` crops of ``stack[tilt_idx]`` centred on integer ``centres`` (m, 2) (x, y); zero outside."""
+    _, ny, nx = stack.shape
+    off = np.arange(n) - n // 2
+    cols = centres[:, 0, None] + off[None]
+    rows = centres[:, 1, None] + off[None]
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    crops = stack[tilt_idx[:, None, None], np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    crops *= inside
+    return crops
+
+
+def _normalise_subtilts(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Invert, normalise to edge mean 0 / σ 1, clamp ±8σ → 0 (in place). Returns (crops, σ > 0)."""
+    crops *= -1.0
+    n = crops.shape[-1]
+    edge_sum = (crops[:, 0, :].sum(axis=1, dtype=np.float64) + crops[:, -1, :].sum(axis=1, dtype=np.float64)
+                + crops[:, 1:-1, 0].sum(axis=1, dtype=np.float64) + crops[:, 1:-1, -1].sum(axis=1, dtype=np.float64))
+    edge_mean = edge_sum / (4 * n - 4)
+    sd = crops.std(axis=(1, 2), dtype=np.float64)
+    ok = sd > 0
+    crops -= edge_mean[:, None, None].astype(np.float32)
+    crops /= np.where(ok, sd, 1.0)[:, None, None].astype(np.float32)
+    crops[np.abs(crops) > CLAMP_SIGMA] = 0.0
+    return crops, ok
+
+
+def _flip_signs(defocus_um: np.ndarray, phase_deg: np.ndarray, geom: TiltGeometry, n: int,
+                apix: float) -> np.ndarray:
+    """``sign(−CTF)`` (float32, (m, n, n//2+1), rfft layout of :func:`fourier.ft`) per subtilt."""
+    ctfs = [CTF(defocus_um=float(d), voltage_kv=geom.voltage_kv, cs_mm=geom.cs_mm, ampcont=geom.ampcont,
+                phase_shift_deg=float(p)) for d, p in zip(defocus_um, phase_deg)]
+    c = ctf_2d_stack(ctfs, (n, n), apix)
+    return np.where(c > 0, np.float32(-1.0), np.float32(1.0))
+
+
+def _shift_ramps(shifts: np.ndarray, n: int) -> np.ndarray:
+    """Phase ramps (m, n, n//2+1) that move image content by ``−shifts`` (x, y)."""
+    ky, kx = fourier.freq_grid((n, n))
+    # separable: exp(2πi(kx·dx + ky·dy)) = exp(2πi kx·dx) · exp(2πi ky·dy)
+    ex = np.exp(2j * np.pi * kx[None] * shifts[:, 0, None, None]).astype(np.complex64)
+    ey = np.exp(2j * np.pi * ky[None] * shifts[:, 1, None, None]).astype(np.complex64)
+    return ex * ey
+
+
+def extract_particles(
+    stack: np.ndarray,
+    geom: TiltGeometry,
+    coords_unbin: np.ndarray,
+    params: ExtractParams,
+    *,
+    progress: Callable[[float], None] | None = None,
+    workers: int = -1,
+    chunk_bytes: int = 2**28,
+) -> ExtractResult:
+    """Extract subtilts of every particle and reconstruct each particle (module docstring).
+
+    Parameters
+    ----------
+    stack : ndarray (ntilt, ny, nx)
+        The tilt series as from :func:`prepare_tilt_series` (already shrunk and normalised),
+        protein dark.
+    geom : TiltGeometry
+    coords_unbin : ndarray (n, 3)
+        Particle centres, unbinned px from the tomogram centre (x, y, z).
+    params : ExtractParams
+    progress : callable, optional
+        Called with the fraction of particles done.
+    workers : int
+        ``scipy.fft`` threads.
+    chunk_bytes : int
+        Approximate memory for the subtilts of one batch of particles.
+
+    Returns
+    -------
+    ExtractResult
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    ntilt, ny, nx = stack.shape
+    if ntilt != geom.n_tilts:
+        raise InputError(f"tilt series has {ntilt} images but the alignment has {geom.n_tilts} tilts",
+                         source="tlt_params", fix="use the info json made for this tilt series")
+    if params.pad2d < params.box or params.box % 2 or params.pad2d % 2:
+        raise ValueError(f"extract_particles: need even box <= pad2d, got {params.box}, {params.pad2d}")
+    flip = params.phase_flip and geom.defocus_um is not None
+    shrink, n2, box = int(params.shrink), int(params.pad2d), int(params.box)
+    apix = geom.apix_unbin * shrink
+    coords = np.asarray(coords_unbin, dtype=np.float64).reshape(-1, 3) / shrink
+    npart = coords.shape[0]
+
+    R = geom.rotations
+    tshift = geom.params[:, :2] / shrink
+    use_tilt = np.abs(geom.params[:, 3]) <= params.maxtilt_deg
+    w = (n2 - box) / 4.0
+    mask = soft_circle(n2, n2 / 2.0 - w, w / 2.0) if params.mask_subtilts and w > 0 else None
+    # few slices into a large grid: per-thread z-slabs beat private accumulators (no T× zeroing)
+    rec = Reconstructor(n2, pad=1, kernel="trilinear", strategy="slab", workers=workers)
+
+    out: dict[str, list] = {k: [] for k in ("sub", "part", "tilt", "shift", "crop", "depth", "df")}
+    volumes = np.zeros((npart, box, box, box), dtype=np.float32)
+    n_sub = np.zeros(npart, dtype=np.int64)
+    per_chunk = max(1, int(chunk_bytes // max(1, 12 * ntilt * n2 * n2)))
+    for p0 in range(0, npart, per_chunk):
+        pidx = np.arange(p0, min(npart, p0 + per_chunk))
+        q = np.einsum("tij,pj->pti", R, coords[pidx])  # (p, t, 3): position in each tilt
+        centre = q[..., :2] + tshift[None] + np.array([nx // 2, ny // 2])
+        ic = np.floor(centre + 0.5)
+        inside = (ic[..., 0] >= 0) & (ic[..., 0] < nx) & (ic[..., 1] >= 0) & (ic[..., 1] < ny) & use_tilt[None]
+        pp, tt = np.nonzero(inside)  # particle-major, tilt order within a particle
+        crops = _crop_stack(stack, tt, ic[pp, tt].astype(np.int64), n2)
+        crops, ok = _normalise_subtilts(crops)
+        pp, tt, crops = pp[ok], tt[ok], crops[ok]
+        if pp.size == 0:  # every particle of this batch lies outside all images
+            continue
+        if mask is not None:
+            crops *= mask
+        dxy = centre[pp, tt] - ic[pp, tt]
+        F = fourier.ft(crops, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+        df = None
+        if geom.defocus_um is not None:
+            df = geom.defocus_um[tt].copy()
+            if params.depth_defocus:
+                df -= q[pp, tt, 2] * apix / 1e4
+        if flip:
+            F *= _flip_signs(df, geom.phase_deg[tt], geom, n2, apix)
+            crops = fourier.ift(F, (n2, n2), workers=workers).astype(np.float32, copy=False)
+        F *= _shift_ramps(dxy, n2)
+        gp = pidx[pp]
+        for k, i in enumerate(pidx):
+            sel = pp == k
+            n_sub[i] = int(sel.sum())
+            if n_sub[i] < params.min_tilt_fraction * ntilt or n_sub[i] == 0:
+                continue
+            rec.F[...] = 0
+            rec.W[...] = 0
+            rec.insert_ft(F[sel], R[tt[sel]])
+            vol = fourier.crop(rec.finish(), box)
+            volumes[i] = _normalise_edge(vol)
+            if progress is not None:
+                progress((i + 1) / npart)
+        out["sub"].append(crops)
+        out["part"].append(gp)
+        out["tilt"].append(tt)
+        out["shift"].append(dxy)
+        out["crop"].append(ic[pp, tt].astype(np.int64))
+        out["depth"].append(q[pp, tt, 2])
+        out["df"].append(df if df is not None else np.zeros(0))
+        if progress is not None:
+            progress((pidx[-1] + 1) / npart)
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+    tilt_id = cat["tilt"].astype(np.int64)
+    return ExtractResult(
+        subtilts=cat["sub"].reshape(-1, n2, n2).astype(np.float32, copy=False),
+        particle=cat["part"].astype(np.int64), tilt_id=tilt_id,
+        rotations=R[tilt_id], shifts=cat["shift"].reshape(-1, 2), crop_xy=cat["crop"].reshape(-1, 2),
+        depth=cat["depth"], defocus_um=cat["df"] if geom.defocus_um is not None else None,
+        volumes=volumes, n_subtilts=n_sub, zero_volume=~np.any(volumes != 0, axis=(1, 2, 3)), apix=apix)
+
+
+def _normalise_edge(vol: np.ndarray) -> np.ndarray:
+    """EMAN ``normalize.edgemean`` of one volume (edge-voxel mean 0, σ 1)."""
+    edge = np.ones(vol.shape, dtype=bool)
+    edge[1:-1, 1:-1, 1:-1] = False
+    sd = float(vol.std(dtype=np.float64))
+    return ((vol - vol[edge].mean(dtype=np.float64)) / (sd if sd > 0 else 1.0)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- headers
+def subtilt_headers(res: ExtractResult, coords_unbin: np.ndarray, geom: TiltGeometry, *,
+                    file_threed: str) -> list[dict]:
+    """EMAN2 headers of the subtilts (``xform.projection``, ``ptcl_source_coord[_3d]``, ``tilt_id``,
+    ``model_id``, ``ctf``, ``file_threed``, ``apix``); ``ptcl_source_coord_3d`` is in unbinned px
+    from the tomogram centre, ``ptcl_source_coord`` is ``[x_int, y_int, depth]`` in shrunk px."""
+    from emflow.io import ctf_to_dict, transform_to_dict
+
+    heads = []
+    for k in range(res.subtilts.shape[0]):
+        dx, dy = res.shifts[k]
+        h = {
+            "xform.projection": transform_to_dict(res.rotations[k], (float(dx), float(dy), 0.0)),
+            "ptcl_source_coord": [float(res.crop_xy[k, 0]), float(res.crop_xy[k, 1]), float(res.depth[k])],
+            "ptcl_source_coord_3d": [float(v) for v in coords_unbin[res.particle[k]]],
+            "tilt_id": int(res.tilt_id[k]),
+            "model_id": int(res.particle[k]),
+            "file_threed": file_threed,
+            "apix": float(res.apix),
+        }
+        if res.defocus_um is not None:
+            h["ctf"] = ctf_to_dict({"defocus": float(res.defocus_um[k]), "voltage": geom.voltage_kv,
+                                    "cs": geom.cs_mm, "ampcont": geom.ampcont, "apix": res.apix})
+        heads.append(h)
+    return heads
+
+
+def particle_headers(res: ExtractResult, coords_unbin: np.ndarray, *, file_twod: str) -> list[dict]:
+    """EMAN2 headers of the 3D particles: ``class_ptcl_src``/``file_twod`` (subtilt file),
+    ``class_ptcl_idxs`` (its subtilts' indices there), ``ptcl_source_coord`` (unbinned px from the
+    tomogram centre), ``model_id``, ``apix_x/y/z``."""
+    heads = []
+    for i in range(res.volumes.shape[0]):
+        idxs = np.flatnonzero(res.particle == i)
+        heads.append({
+            "class_ptcl_src": file_twod, "file_twod": file_twod,
+            "class_ptcl_idxs": [int(v) for v in idxs],
+            "ptcl_source_coord": [float(v) for v in coords_unbin[i]],
+            "model_id": int(i),
+            "apix_x": float(res.apix), "apix_y": float(res.apix), "apix_z": float(res.apix),
+        })
+    return heads

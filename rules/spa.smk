@@ -1,0 +1,292 @@
+# Workflow B, the e2refine single-particle loop (issue #5): per iteration XX
+#   project3d → simmx (scattered over particle chunks, gathered) → classify → classaverage → make3d
+# with EMAN2's file names under results/spa/<spa.path>/:
+#   particles.hdf (phase-flipped input with CTF headers), threed_00.mrc (starting model),
+#   projections_XX.hdf, simmx_XX.hdf, classify_XX.hdf, classes_XX.hdf, cls_result_XX.hdf,
+#   threed_XX.hdf/.mrc, threed_filt_XX.mrc (mass/automask; the next iteration's model),
+#   fsc_XX_YY.txt (iteration-to-iteration), fsc_truth_XX.txt (demo), convergence.png,
+#   classes_XX.png, summary.json.
+
+import math
+
+SPA = config["spa"]
+SPA_DIR = f"results/spa/{SPA['path']}"
+SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
+
+
+def spa_n_particles():
+    """Number of particles (known before the run: demo setting or the user stack's header)."""
+    if DEMO and not config["input"]["spa_particles"]:
+        return config["demo"]["spa"]["n_particles"]
+    from emflow.io import read_mrc_header, hdf_count
+
+    path = spa_particles()
+    return hdf_count(path) if str(path).endswith(".hdf") else read_mrc_header(path)["shape"][0]
+
+
+SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))]
+
+
+def spa_previous_model(wildcards):
+    """Model of iteration it−1 (threed_filt, i.e. after mass normalisation / automask)."""
+    prev = int(wildcards.it) - 1
+    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_filt_{prev:02d}.mrc"
+
+
+def spa_simmx_chunks(wildcards):
+    return [f"{SPA_DIR}/simmx_{wildcards.it}/chunk_{c}.npz" for c in SPA_CHUNKS]
+
+
+def spa_truth_map():
+    """The demo's true map (FSC vs truth, truth_lowpass30 starting model); none for user data."""
+    return [truth_map_spa()] if DEMO and not config["input"]["spa_particles"] else []
+
+
+def spa_start_inputs(wildcards):
+    sm = SPA["startingmodel"]
+    if sm in ("truth_lowpass30", "blob"):
+        return spa_truth_map() if sm == "truth_lowpass30" else []
+    return [sm]
+
+
+def spa_fsc_previous(wildcards):
+    prev = int(wildcards.it) - 1
+    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_{prev:02d}.mrc"
+
+
+def spa_usefilt(wildcards):
+    return [SPA["usefilt"]] if SPA["usefilt"] else []
+
+
+if config["workflows"]["single_particle"]:
+    FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
+
+
+rule spa_prepare:
+    input:
+        particles=spa_particles(),
+        star=spa_particles_star() or [],
+    output:
+        particles=f"{SPA_DIR}/particles.hdf",
+    params:
+        spa=SPA,
+        microscope=config["microscope"],
+        demo_apix=config["demo"]["spa"]["apix"],
+    log:
+        f"results/logs/spa/spa_prepare/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_prepare/{SPA['path']}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_prepare.py"
+
+
+rule spa_startmodel:
+    input:
+        particles=f"{SPA_DIR}/particles.hdf",
+        source=spa_start_inputs,
+    output:
+        model=f"{SPA_DIR}/threed_00.mrc",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_startmodel/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_startmodel/{SPA['path']}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_startmodel.py"
+
+
+rule spa_project3d:
+    input:
+        model=spa_previous_model,
+    output:
+        projections=f"{SPA_DIR}/projections_{{it}}.hdf",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_project3d/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_project3d/{SPA['path']}_{{it}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_project3d.py"
+
+
+rule spa_simmx:
+    input:
+        particles=f"{SPA_DIR}/particles.hdf",
+        projections=f"{SPA_DIR}/projections_{{it}}.hdf",
+        usefilt=spa_usefilt,
+    output:
+        chunk=f"{SPA_DIR}/simmx_{{it}}/chunk_{{chunk}}.npz",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_simmx/{SPA['path']}_{{it}}_{{chunk}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_simmx/{SPA['path']}_{{it}}_{{chunk}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_simmx.py"
+
+
+rule spa_simmx_gather:
+    input:
+        chunks=spa_simmx_chunks,
+        projections=f"{SPA_DIR}/projections_{{it}}.hdf",
+        particles=f"{SPA_DIR}/particles.hdf",
+    output:
+        simmx=f"{SPA_DIR}/simmx_{{it}}.hdf",
+    log:
+        f"results/logs/spa/spa_simmx_gather/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_simmx_gather/{SPA['path']}_{{it}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_simmx_gather.py"
+
+
+rule spa_classify:
+    input:
+        simmx=f"{SPA_DIR}/simmx_{{it}}.hdf",
+    output:
+        classify=f"{SPA_DIR}/classify_{{it}}.hdf",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_classify/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_classify/{SPA['path']}_{{it}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_classify.py"
+
+
+rule spa_classaverage:
+    input:
+        particles=f"{SPA_DIR}/particles.hdf",
+        classify=f"{SPA_DIR}/classify_{{it}}.hdf",
+        projections=f"{SPA_DIR}/projections_{{it}}.hdf",
+        usefilt=spa_usefilt,
+    output:
+        classes=f"{SPA_DIR}/classes_{{it}}.hdf",
+        result=f"{SPA_DIR}/cls_result_{{it}}.hdf",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_classaverage/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_classaverage/{SPA['path']}_{{it}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_classaverage.py"
+
+
+rule spa_make3d:
+    input:
+        classes=f"{SPA_DIR}/classes_{{it}}.hdf",
+    output:
+        threed=f"{SPA_DIR}/threed_{{it}}.hdf",
+        threed_mrc=f"{SPA_DIR}/threed_{{it}}.mrc",
+        threed_filt=f"{SPA_DIR}/threed_filt_{{it}}.mrc",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_make3d/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_make3d/{SPA['path']}_{{it}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_make3d.py"
+
+
+rule spa_fsc:
+    input:
+        threed=f"{SPA_DIR}/threed_{{it}}.mrc",
+        previous=spa_fsc_previous,
+        truth=spa_truth_map(),
+    output:
+        fsc=f"{SPA_DIR}/fsc_{{it}}.txt",
+        fsc_truth=f"{SPA_DIR}/fsc_truth_{{it}}.txt",
+    params:
+        spa=SPA,
+    log:
+        f"results/logs/spa/spa_fsc/{SPA['path']}_{{it}}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_fsc/{SPA['path']}_{{it}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_fsc.py"
+
+
+rule spa_report:
+    input:
+        fsc=expand(f"{SPA_DIR}/fsc_{{it}}.txt", it=SPA_ITERS),
+        fsc_truth=expand(f"{SPA_DIR}/fsc_truth_{{it}}.txt", it=SPA_ITERS),
+        classes=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.hdf",
+    output:
+        convergence=f"{SPA_DIR}/convergence.png",
+        gallery=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png",
+        summary=f"{SPA_DIR}/summary.json",
+    params:
+        spa=SPA,
+        iters=SPA_ITERS,
+    log:
+        f"results/logs/spa/spa_report/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_report/{SPA['path']}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_report.py"

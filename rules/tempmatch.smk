@@ -1,0 +1,103 @@
+# Template matching (reference-based picking, issue #3 items 5-6): FLCF search with
+# missing-wedge/CTF/exposure-weighted templates on the binned tomogram, peak extraction
+# with a false-alarm or sigma threshold, then pick filtering and a review picture.
+#
+# results/tempmatch/{tomo}__scores.mrc     best FLCF score per voxel
+# results/tempmatch/{tomo}__angles.mrc     index of the best orientation per voxel
+# results/tempmatch/{tomo}__angles.json    the orientation list (EMAN az, alt, phi) + null statistics
+# results/tempmatch/{tomo}__candidates.star  peaks above threshold (RELION STAR)
+# results/picks/{tomo}__picks.star         filtered picks;  results/picks/info/{tomo}_info.json
+# results/picks/{tomo}__review.png         slices with picks + score histogram
+
+
+def picks_mask_input(wildcards):
+    """Optional user mask (MRC, binned tomogram grid) restricting picks; none by default."""
+    return [config["picks"]["mask"]] if config["picks"]["mask"] else []
+
+
+rule tempmatch_search:
+    input:
+        tomogram=binned_tomogram,
+        template=tempmatch_template(),
+        info=info_json,
+        tlt=tilt_angles,
+    output:
+        scores="results/tempmatch/{tomo}__scores.mrc",
+        angle_map="results/tempmatch/{tomo}__angles.mrc",
+        angles="results/tempmatch/{tomo}__angles.json",
+    params:
+        tm=config["tempmatch"],
+        microscope=config["microscope"],
+    log:
+        "results/logs/tempmatch/tempmatch_search/{tomo}.log",
+    benchmark:
+        "results/benchmarks/tempmatch/tempmatch_search/{tomo}.tsv"
+    threads: config["tempmatch"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tempmatch_search.py"
+
+
+rule tempmatch_extract:
+    input:
+        scores="results/tempmatch/{tomo}__scores.mrc",
+        angle_map="results/tempmatch/{tomo}__angles.mrc",
+        angles="results/tempmatch/{tomo}__angles.json",
+        info=info_json,
+    output:
+        candidates="results/tempmatch/{tomo}__candidates.star",
+        summary="results/tempmatch/{tomo}__candidates.json",
+    params:
+        picks=config["picks"],
+        microscope=config["microscope"],
+    log:
+        "results/logs/tempmatch/tempmatch_extract/{tomo}.log",
+    benchmark:
+        "results/benchmarks/tempmatch/tempmatch_extract/{tomo}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tempmatch_extract.py"
+
+
+rule picks_filter:
+    input:
+        candidates="results/tempmatch/{tomo}__candidates.star",
+        summary="results/tempmatch/{tomo}__candidates.json",
+        scores="results/tempmatch/{tomo}__scores.mrc",
+        tomogram=binned_tomogram,
+        info=info_json,
+        mask=picks_mask_input,
+    output:
+        star="results/picks/{tomo}__picks.star",
+        info="results/picks/info/{tomo}_info.json",
+        review="results/picks/{tomo}__review.png",
+    params:
+        picks=config["picks"],
+        microscope=config["microscope"],
+    log:
+        "results/logs/picks/picks_filter/{tomo}.log",
+    benchmark:
+        "results/benchmarks/picks/picks_filter/{tomo}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tempmatch_filter.py"
+
+
+if config["workflows"]["subtomogram"]:
+    FINAL_TARGETS.extend(
+        expand("results/picks/{tomo}__{kind}", tomo=tomogram_names(), kind=["picks.star", "review.png"])
+    )

@@ -1,0 +1,53 @@
+# Tomogram reconstruction: weighted back-projection of each tilt series at the binning of
+# config tomogram.bin, using the geometry in the tomogram's info json (tlt_params), plus a
+# quick-look picture of its central slices for the report.
+
+
+if config["workflows"]["subtomogram"]:
+    FINAL_TARGETS.extend(
+        f"results/tomograms/{name}__bin{BIN}_slices.png" for name in tomogram_names()
+    )
+
+
+rule tomogram_reconstruct:
+    input:
+        tilt_series=tilt_series,
+        info=info_json,
+    output:
+        tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
+    params:
+        thickness_px=config["tomogram"]["thickness_px"],
+        radial_filter=config["tomogram"]["radial_filter"],
+        lowpass=config["tomogram"]["lowpass"],
+        apix=config["microscope"]["apix"],
+    log:
+        "results/logs/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.log",
+    benchmark:
+        "results/benchmarks/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tomogram_reconstruct.py"
+
+
+rule tomogram_slices:
+    input:
+        tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
+    output:
+        png="results/tomograms/{tomo}__bin{bin}_slices.png",
+    log:
+        "results/logs/tomogram/tomogram_slices/{tomo}__bin{bin}.log",
+    benchmark:
+        "results/benchmarks/tomogram/tomogram_slices/{tomo}__bin{bin}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tomogram_slices.py"

@@ -1,0 +1,27 @@
+"""Snakemake adapter: per-tomogram 3D particle files of one label → sets/<label>.lst (e2spt_buildsets)."""
+
+from emflow.workflow_log import setup_logging
+
+log = setup_logging(snakemake)  # noqa: F821
+
+import json  # noqa: E402
+
+from emflow.sets import set_entries, write_set  # noqa: E402
+
+
+def main(particles3d: list, summaries: list, out_lst: str, spliteo: bool) -> None:
+    groups = []
+    for path, summary_path in zip(particles3d, summaries):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        coords = [p["xyz_unbin"] for p in summary["particle_table"]]
+        log.info("%s: %d particles", path, len(coords))
+        groups.append((path, coords))
+    entries = set_entries(groups, spliteo=spliteo)
+    write_set(out_lst, entries)
+    n_odd = sum(e.meta.get("class", 0) for e in entries)
+    log.info("%s: %d particles (%d class 1, %d class 0)", out_lst, len(entries), n_odd, len(entries) - n_odd)
+
+
+main(list(snakemake.input.particles3d), list(snakemake.input.summaries), snakemake.output.lst,  # noqa: F821
+     snakemake.params.spliteo)  # noqa: F821

@@ -1,0 +1,23 @@
+"""spa_fsc: FSC of threed_XX against the previous model (convergence) and, for the demo, the truth."""
+from emflow.workflow_log import setup_logging
+
+log = setup_logging(snakemake)  # noqa: F821
+
+from emflow.fsc import fsc, resolution  # noqa: E402
+from emflow.io import atomic_write, read_mrc, write_fsc_txt  # noqa: E402
+
+smk = snakemake  # noqa: F821
+vol, apix = read_mrc(smk.input.threed)
+prev, _ = read_mrc(smk.input.previous)
+c = fsc(vol, prev)
+write_fsc_txt(smk.output.fsc, c.freq[1:] / apix, c.fsc[1:])
+log.info("iteration %s vs previous: FSC 0.5 at %.1f Å", smk.wildcards.it, resolution(c, apix, 0.5))
+if smk.input.truth:
+    truth, _ = read_mrc(smk.input.truth[0])
+    t = fsc(vol, truth)
+    write_fsc_txt(smk.output.fsc_truth, t.freq[1:] / apix, t.fsc[1:])
+    log.info("iteration %s vs truth: FSC 0.5 at %.1f Å, 0.143 at %.1f Å", smk.wildcards.it,
+             resolution(t, apix, 0.5), resolution(t, apix, 0.143))
+else:
+    with atomic_write(smk.output.fsc_truth) as tmp, open(tmp, "w") as fh:
+        fh.write("# no ground truth for user data\n")

@@ -1,0 +1,60 @@
+"""spa_report: convergence plot (FSC vs truth and iteration-to-iteration), class gallery, summary json."""
+from emflow.workflow_log import setup_logging
+
+log = setup_logging(snakemake)  # noqa: F821
+
+import json  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from emflow.io import atomic_write, read_hdf_stack, read_fsc_txt  # noqa: E402
+
+smk = snakemake  # noqa: F821
+
+
+def crossing(freq, curve, thr):
+    below = np.nonzero(curve < thr)[0]
+    return float(1.0 / freq[below[0] - 1]) if len(below) and below[0] > 0 else (float(1 / freq[-1]) if not len(below) else None)
+
+
+summary = {"iterations": []}
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+for it, fpath, tpath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth):
+    f, c = read_fsc_txt(fpath)
+    axes[1].plot(f, c, label=f"it {it} vs {int(it) - 1:02d}")
+    entry = {"iter": it, "fsc_prev_0.5_A": crossing(f, c, 0.5)}
+    with open(tpath) as fh:
+        has_truth = not fh.readline().startswith("# no ground truth")
+    if has_truth:
+        ft, ct = read_fsc_txt(tpath)
+        axes[0].plot(ft, ct, label=f"it {it}")
+        entry["fsc_truth_0.5_A"] = crossing(ft, ct, 0.5)
+        entry["fsc_truth_0.143_A"] = crossing(ft, ct, 0.143)
+    summary["iterations"].append(entry)
+for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.axhline(0.143, color="grey", lw=0.5, ls="--")
+    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", title=title, ylim=(-0.1, 1.02))
+    ax.legend(fontsize=7)
+fig.tight_layout()
+with atomic_write(smk.output.convergence, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
+avgs, headers = read_hdf_stack(smk.input.classes)
+order = np.argsort([-h.get("ptcl_repr", 0) for h in headers])[:48]
+ncol = 8
+nrow = max(1, int(np.ceil(len(order) / ncol)))
+fig, axs = plt.subplots(nrow, ncol, figsize=(ncol * 1.2, nrow * 1.3), squeeze=False)
+for ax in axs.ravel():
+    ax.axis("off")
+for ax, c in zip(axs.ravel(), order):
+    ax.imshow(avgs[c], cmap="gray")
+    ax.set_title(f"{c}: {headers[c].get('ptcl_repr', 0)}", fontsize=6)
+with atomic_write(smk.output.gallery, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
+with atomic_write(smk.output.summary) as tmp, open(tmp, "w") as fh:
+    json.dump(summary, fh, indent=1)
+log.info("summary: %s", summary["iterations"][-1])

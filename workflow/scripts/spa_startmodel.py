@@ -1,0 +1,31 @@
+"""spa_startmodel: threed_00.mrc from `spa.startingmodel` (truth_lowpass30 | blob | a map path)."""
+from emflow.workflow_log import setup_logging
+
+log = setup_logging(snakemake)  # noqa: F821
+
+import numpy as np  # noqa: E402
+
+from emflow.errors import InputError  # noqa: E402
+from emflow.filters import lowpass_tophat  # noqa: E402
+from emflow.io import read_hdf_stack, read_mrc, write_mrc  # noqa: E402
+from emflow.masks import soft_sphere  # noqa: E402
+
+smk = snakemake  # noqa: F821
+spa = smk.params.spa
+stack, headers = read_hdf_stack(smk.input.particles, indices=[0])
+box, apix = stack.shape[-1], float(headers[0].get("apix_x", 1.0))
+kind = spa["startingmodel"]
+if kind == "blob":
+    model = soft_sphere(box, box * 0.3, box * 0.05)
+else:
+    source = smk.input.source[0] if kind == "truth_lowpass30" else kind
+    model, mapix = read_mrc(source)
+    if model.shape != (box, box, box):
+        raise InputError(f"starting model box {model.shape} differs from particle box {box}", source="spa.startingmodel",
+                         fix="resample the model to the particles' box and pixel size")
+    if abs(mapix - apix) > 0.01 * apix:
+        log.warning("starting model pixel size %.3f differs from particles' %.3f", mapix, apix)
+    if kind == "truth_lowpass30":
+        model = lowpass_tophat(model, apix, 30.0)
+write_mrc(smk.output.model, np.asarray(model, np.float32), apix)
+log.info("starting model %s (box %d, %.3f Å/px)", kind, box, apix)
