@@ -24,6 +24,10 @@ include: "rules/simulate.smk"
 include: "rules/tomogram.smk"
 include: "rules/tempmatch.smk"
 include: "rules/extract.smk"
+include: "rules/spa.smk"
+include: "rules/report.smk"
+include: "rules/initial_model.smk"
+include: "rules/spt_refine.smk"
 
 
 rule all:

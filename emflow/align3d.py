@@ -152,7 +152,11 @@ def _frc_body(vft, scale, proj, rots, qx, qy, shell, nshell, w, pdat, dpow, out)
     for job in numba.prange(nrot * K):
         i = job // K
         k = job % K
-        M = proj[k] @ rots[i]
+        M = np.empty((3, 3))
+        for a in range(3):
+            for bb in range(3):
+                M[a, bb] = proj[k, a, 0] * rots[i, 0, bb] + proj[k, a, 1] * rots[i, 1, bb] + \
+                    proj[k, a, 2] * rots[i, 2, bb]
         spow = np.zeros(nshell)
         cross = np.zeros((nt, nshell))
         for p in range(npix):
@@ -175,10 +179,14 @@ def _frc_body(vft, scale, proj, rots, qx, qy, shell, nshell, w, pdat, dpow, out)
             ai = 0.0
             for dz in range(2):
                 wz = fz if dz else 1.0 - fz
-                zz = (z0 + dz) % N
+                zz = z0 + dz
+                if zz >= N:  # the DFT is periodic: +N/2 is -N/2
+                    zz -= N
                 for dy in range(2):
                     wzy = wz * (fy if dy else 1.0 - fy)
-                    yy = (y0 + dy) % N
+                    yy = y0 + dy
+                    if yy >= N:
+                        yy -= N
                     for dx in range(2):
                         xx = x0 + dx
                         if xx >= nxh:
@@ -377,13 +385,17 @@ def _refine(projector, particle, R0, t0, minp, maxp, astep, maxshift, maxiter, R
             return 1.0
         return float(score_orientations(projector, particle, R, t[None], minp, maxp)[0, 0])
 
-    simplex = np.zeros((7, 6))
-    for i in range(6):
-        simplex[i + 1, i] = 1.0 if i < 3 else astep
-    res = scipy.optimize.minimize(objective, np.zeros(6), method="Nelder-Mead",
-                                  options={"maxiter": maxiter, "initial_simplex": simplex,
-                                           "xatol": 0.05, "fatol": 1e-5})
-    R, t = unpack(res.x)
+    # one restart with a half-size simplex: Nelder–Mead stalls on collapsed simplices
+    x = np.zeros(6)
+    for size in (1.0, 0.5):
+        simplex = np.tile(x, (7, 1))
+        for i in range(6):
+            simplex[i + 1, i] += size * (1.0 if i < 3 else astep)
+        res = scipy.optimize.minimize(objective, x, method="Nelder-Mead",
+                                      options={"maxiter": maxiter, "initial_simplex": simplex,
+                                               "xatol": 0.05, "fatol": 1e-5})
+        x = res.x
+    R, t = unpack(x)
     return R, t, float(res.fun)
 
 

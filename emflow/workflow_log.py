@@ -100,7 +100,28 @@ def setup_logging(smk=None, level: int = logging.INFO) -> logging.Logger:
         set_threads(smk.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(smk.threads))
         log.info("rule %s, wildcards %s, %d thread(s)", smk.rule, dict(smk.wildcards), smk.threads)
+        _log_uncaught_exceptions(log)
     return log
+
+
+def _log_uncaught_exceptions(log: logging.Logger) -> None:
+    """Write the error that ends a script into its log file too (Snakemake only shows it on the console).
+
+    Bad input (:class:`~emflow.errors.InputError`) is logged as its message alone, which names the file
+    or key and the fix; anything else with its traceback.
+    """
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        from emflow.errors import InputError
+
+        if issubclass(exc_type, InputError):
+            log.error("bad input: %s", exc)
+        else:
+            log.error("%s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def progress_logger(

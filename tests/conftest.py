@@ -38,3 +38,20 @@ def shared_map(shared_data):
 def rng() -> np.random.Generator:
     """A seeded random generator (every test is deterministic)."""
     return np.random.default_rng(1234)
+
+
+# ---- BEGIN issue #7 block (report/determinism engineer): shared tiny-workflow run ----------------
+# Self-contained; the helpers live in tests/workflow_run.py. Set EMFLOW_TINY_WORKFLOW_DIR to an
+# existing finished run (a repository copy with results/) to reuse it instead of running again.
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> pathlib.Path:
+    """Repository copy in which ``snakemake --cores 2 --configfile .test/config.yaml`` has run."""
+    from workflow_run import run_workflow
+
+    reuse = os.environ.get("EMFLOW_TINY_WORKFLOW_DIR")
+    if reuse and (pathlib.Path(reuse) / "results").is_dir():
+        return pathlib.Path(reuse)
+    workdir = tmp_path_factory.mktemp("tiny_workflow")
+    run_workflow(workdir)
+    return workdir
+# ---- END issue #7 block -----------------------------------------------------------------------

@@ -16,8 +16,10 @@ decodes to ``q / (2**bits - 1) * (max - min) + min`` (``HdfIO2::read_data``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 
 import h5py
@@ -26,7 +28,7 @@ import numpy as np
 from emflow.errors import InputError
 from emflow.io._atomic import atomic_write
 from emflow.io.eman_objects import (
-    TRANSFORM_CLASS, ctf_from_string, ctf_to_string, is_ctf_dict, is_transform_dict,
+    TRANSFORM_CLASS, ctf_from_string, ctf_to_string, is_ctf_dict, is_transform_dict, transform_from_dict,
 )
 
 _GROUP = "/MDF/images"
@@ -38,67 +40,118 @@ _TRANSFORM_DTYPE = np.dtype([(name, "<f4") for name in _TRANSFORM_FIELDS])
 
 
 # ----------------------------------------------------------------------------- attribute codec
-def _write_string_attr(group: h5py.Group, name: str, text: str) -> None:
-    """Fixed-length, null-terminated C string with a scalar dataspace (EMAN's STRING)."""
+# h5py's high-level ``attrs`` costs ~1 ms per attribute (dtype inference, type and dataspace
+# creation, an existence check, locking); a stack of 40,000 subtilts with ~15 keys each spends
+# minutes there. We call the low-level h5a/h5d/h5g API with type ids and dataspaces built once.
+# The types are those ``attrs.create`` made from the same numpy dtypes, so files are unchanged.
+def _htype(dtype) -> h5py.h5t.TypeID:
+    return h5py.h5t.py_create(np.dtype(dtype), logical=True)
+
+
+_T_I8, _T_I32, _T_F32, _T_F64 = (_htype(t) for t in ("<i1", "<i4", "<f4", "<f8"))
+_T_XFORM = _htype(_TRANSFORM_DTYPE)
+_TRUE, _FALSE = np.array([ord("T")], np.int8), np.array([ord("F")], np.int8)
+_SCALAR_SPACE = h5py.h5s.create(h5py.h5s.SCALAR)
+_SPACES: dict[tuple, h5py.h5s.SpaceID] = {}
+_STRING_TYPES: dict[int, h5py.h5t.TypeID] = {}
+_LCPL = h5py.h5p.create(h5py.h5p.LINK_CREATE)  # what h5py's create_group/create_dataset pass
+_LCPL.set_create_intermediate_group(True)
+_LCPL.set_char_encoding(h5py.h5t.CSET_ASCII)
+_DCPL_PLAIN = h5py.h5p.create(h5py.h5p.DATASET_CREATE)  # h5py default: contiguous, no mtime
+_DCPL_PLAIN.set_obj_track_times(False)
+
+
+def _space(shape: tuple) -> h5py.h5s.SpaceID:
+    space = _SPACES.get(shape)
+    if space is None:
+        space = _SPACES[shape] = h5py.h5s.create_simple(shape)
+    return space
+
+
+def _string_type(nbytes: int) -> h5py.h5t.TypeID:
+    """EMAN's STRING: fixed-length C string, null-terminated, ASCII character set."""
+    tid = _STRING_TYPES.get(nbytes)
+    if tid is None:
+        tid = h5py.h5t.C_S1.copy()
+        tid.set_size(nbytes)
+        tid.set_strpad(h5py.h5t.STR_NULLTERM)
+        _STRING_TYPES[nbytes] = tid
+    return tid
+
+
+def _encode_string(text: str):
     raw = text.encode("utf-8") + b"\x00"
-    tid = h5py.h5t.C_S1.copy()
-    tid.set_size(len(raw))
-    tid.set_strpad(h5py.h5t.STR_NULLTERM)
-    space = h5py.h5s.create(h5py.h5s.SCALAR)
-    bname = name.encode("utf-8")
-    if h5py.h5a.exists(group.id, bname):
-        h5py.h5a.delete(group.id, bname)
-    attr = h5py.h5a.create(group.id, bname, tid, space)
-    attr.write(np.array(raw, dtype=f"S{len(raw)}"))
+    # HDF5 used to convert these from NULLPAD, which cuts at the first embedded null; keep that
+    data = np.array(raw.split(b"\x00", 1)[0].ljust(len(raw), b"\x00"), dtype=f"S{len(raw)}")
+    return _string_type(len(raw)), _SCALAR_SPACE, data
 
 
-def _encode_attr(group: h5py.Group, key: str, value) -> None:
-    name = _PREFIX + key
-    attrs = group.attrs
+def _encode_array(arr: np.ndarray, tid, dtype):
+    flat = np.ascontiguousarray(arr, dtype=dtype).ravel()
+    return tid, _space(flat.shape), flat
+
+
+def _encode_value(key: str, value):
+    """``(type id, dataspace, contiguous numpy data)`` of one header value, EMAN2's encoding."""
+    if isinstance(value, (bool, np.bool_)):
+        return _T_I8, _space((1,)), (_TRUE if value else _FALSE)
+    if isinstance(value, (int, np.integer)):
+        if -(2**31) <= int(value) < 2**31:
+            return _T_I32, _space((1,)), np.array([int(value)], dtype=np.int32)
+        return _T_F64, _space((1,)), np.array([float(value)], dtype=np.float64)
+    if isinstance(value, (float, np.floating)):
+        return _T_F64, _space((1,)), np.array([float(value)], dtype=np.float64)
+    if isinstance(value, str):
+        return _encode_string(value)
     if is_transform_dict(value):
-        from emflow.io.eman_objects import transform_from_dict
-
         R, t = transform_from_dict(value, source=key)
         m = np.concatenate([R, t[:, None]], axis=1).ravel()
-        attrs.create(name, np.array([tuple(m)], dtype=_TRANSFORM_DTYPE))
-    elif is_ctf_dict(value):
-        _write_string_attr(group, name, ctf_to_string(value))
-    elif isinstance(value, (bool, np.bool_)):
-        attrs.create(name, np.array([ord("T") if value else ord("F")], dtype=np.int8))
-    elif isinstance(value, (int, np.integer)):
-        if -(2**31) <= int(value) < 2**31:
-            attrs.create(name, np.array([int(value)], dtype=np.int32))
-        else:
-            attrs.create(name, np.array([float(value)], dtype=np.float64))
-    elif isinstance(value, (float, np.floating)):
-        attrs.create(name, np.array([float(value)], dtype=np.float64))
-    elif isinstance(value, str):
-        _write_string_attr(group, name, value)
-    elif isinstance(value, (list, tuple, np.ndarray)):
+        return _T_XFORM, _space((1,)), np.array([tuple(m)], dtype=_TRANSFORM_DTYPE)
+    if is_ctf_dict(value):
+        return _encode_string(ctf_to_string(value))
+    if isinstance(value, (list, tuple, np.ndarray)):
         arr = np.asarray(value)
         if arr.dtype.kind in "iub" and arr.ndim <= 1:
             if arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
                 raise ValueError(f"header key {key!r}: integers do not fit in int32")
-            attrs.create(name, arr.astype(np.int32).ravel())
-        elif arr.dtype.kind == "f" and arr.ndim <= 1:
-            attrs.create(name, arr.astype(np.float32).ravel())
-        elif arr.size == 0:
-            attrs.create(name, np.zeros(0, dtype=np.float32))
+            return _encode_array(arr, _T_I32, np.int32)
+        if arr.dtype.kind == "f" and arr.ndim <= 1:
+            return _encode_array(arr, _T_F32, np.float32)
+        if arr.size == 0:
+            return _encode_array(np.zeros(0, np.float32), _T_F32, np.float32)
+        raise TypeError(f"header key {key!r}: EMAN2 HDF headers hold only flat lists of numbers, "
+                        f"got {arr.dtype} array of shape {arr.shape}")
+    raise TypeError(f"header key {key!r}: cannot store a {type(value).__name__} in an EMAN2 HDF header")
+
+
+class _HeaderEncoder:
+    """Encodes header values, reusing the encoding when a key repeats the previous image's value
+    (``apix_x``, ``file_threed``, CTF of a tilt, ...), which is most keys in an extraction."""
+
+    def __init__(self):
+        self._last: dict[str, tuple] = {}
+
+    def write(self, gid, key: str, value) -> None:
+        last = self._last.get(key)
+        if (last is not None and type(last[0]) is type(value) and not isinstance(value, np.ndarray)
+                and last[0] == value):
+            bname, tid, space, data = last[1]
         else:
-            raise TypeError(f"header key {key!r}: EMAN2 HDF headers hold only flat lists of numbers, "
-                            f"got {arr.dtype} array of shape {arr.shape}")
-    else:
-        raise TypeError(f"header key {key!r}: cannot store a {type(value).__name__} in an EMAN2 HDF header")
+            tid, space, data = _encode_value(key, value)
+            bname = (_PREFIX + key).encode("utf-8")
+            if not isinstance(value, np.ndarray):
+                self._last[key] = (value, (bname, tid, space, data))
+        # groups are new, so no attribute with this name exists yet
+        h5py.h5a.create(gid, bname, tid, space).write(data, mtype=tid)
 
 
-def _decode_attr(attr_value, dtype: np.dtype):
+def _decode_attr(arr: np.ndarray, dtype: np.dtype):
     if dtype.names is not None:
         if len(dtype.names) == 12:
-            rec = np.asarray(attr_value).ravel()[0]
+            rec = arr.ravel()[0]
             return {"__class__": TRANSFORM_CLASS, "matrix": [float(rec[i]) for i in range(12)]}
         return None
-    arr = np.asarray(attr_value)
-    if dtype.kind in "SUO" or isinstance(attr_value, (str, bytes)):
+    if dtype.kind in "SUO":
         text = arr.ravel()[0] if arr.ndim else arr.item()
         if isinstance(text, bytes):
             text = text.split(b"\x00", 1)[0].decode("utf-8", "replace")
@@ -111,31 +164,50 @@ def _decode_attr(attr_value, dtype: np.dtype):
         return text
     flat = arr.ravel()
     if dtype.kind in "iu" and dtype.itemsize == 1:
-        values = [bool(v == ord("T")) for v in flat]
-    elif dtype.kind in "iu":
-        values = [int(v) for v in flat]
+        values = [v == ord("T") for v in flat.tolist()]
+    elif dtype.kind in "iub":
+        values = [bool(v) for v in flat.tolist()] if dtype.kind == "b" else flat.tolist()
     elif dtype.kind == "f":
-        values = [float(v) for v in flat]
-    elif dtype.kind == "b":
-        values = [bool(v) for v in flat]
+        values = flat.astype(np.float64).tolist()
     else:
         return None
     return values[0] if len(values) == 1 else values
 
 
-def _read_header(group: h5py.Group) -> dict:
+_MEMORY_TYPES: dict[np.dtype, h5py.h5t.TypeID] = {}
+
+
+def _read_attr(attr) -> np.ndarray | None:
+    shape = attr.shape
+    if shape is None:  # null dataspace
+        return None
+    dtype = attr.dtype
+    mtype = _MEMORY_TYPES.get(dtype) if dtype.kind != "O" else None  # 'O': dtypes equal, metadata differ
+    if mtype is None:
+        mtype = h5py.h5t.py_create(dtype)
+        if dtype.kind != "O":
+            _MEMORY_TYPES[dtype] = mtype
+    arr = np.empty(shape, dtype=dtype)
+    attr.read(arr, mtype=mtype)
+    return arr
+
+
+def _read_header(gid) -> dict:
+    """All ``EMAN.*`` attributes of one image group, in one pass by index (name order)."""
     header = {}
-    for name in group.attrs:
-        if not name.startswith(_PREFIX):
-            continue
-        key = name[len(_PREFIX):]
+    prefix = _PREFIX.encode()
+    for idx in range(h5py.h5a.get_num_attrs(gid)):
         try:
-            attr = group.attrs.get_id(name)
-            value = _decode_attr(group.attrs[name], attr.dtype)
+            attr = h5py.h5a.open(gid, index=idx)
+            name = attr.name
+            if not name.startswith(prefix):
+                continue
+            arr = _read_attr(attr)
+            value = None if arr is None else _decode_attr(arr, arr.dtype)
         except (OSError, TypeError, ValueError, KeyError):
             continue  # EMAN2 also skips attributes it cannot read
         if value is not None:
-            header[key] = value
+            header[name[len(prefix):].decode("utf-8", "replace")] = value
     return header
 
 
@@ -171,18 +243,30 @@ def hdf_count(path: str | os.PathLike) -> int:
             raise InputError(f"damaged HDF5 file ({exc})", source=path, fix="re-copy or regenerate it") from None
 
 
-def _decode_image(group: h5py.Group, header: dict, path, index: int) -> np.ndarray:
-    if "image" not in group:
+def _decode_image(gid, header: dict, path, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The image of one group as float32; read straight into ``out`` when its shape matches."""
+    if b"image" not in gid:
         raise InputError(f"image {index} has no data (no 'image' dataset)", source=path)
-    data = group["image"][()]
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu":
+    dset = h5py.h5d.open(gid, b"image")
+    dtype, shape = dset.dtype, dset.shape
+    if dtype.kind not in "fiu" or shape is None:
         raise InputError(f"image {index} has unsupported data type", source=path)
+    if out is not None and out.shape == shape:
+        data = out
+    else:
+        data = np.empty(shape, np.float32)
+    if dtype.kind == "f":  # HDF5 converts float64 / big-endian to native float32 while reading
+        dset.read(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=_T_F32)
+        return data
+    raw = np.empty(shape, dtype)
+    dset.read(h5py.h5s.ALL, h5py.h5s.ALL, raw)
     bits = header.get("stored_renderbits")
-    data = data.astype(np.float32)
     if isinstance(bits, int) and bits > 0 and "stored_rendermin" in header and "stored_rendermax" in header:
         lo, hi = float(header["stored_rendermin"]), float(header["stored_rendermax"])
         rumax = float((1 << bits) - 1)
-        data = (data / rumax * (hi - lo) + lo).astype(np.float32)
+        data[...] = raw.astype(np.float32) / rumax * (hi - lo) + lo  # float32 arithmetic, as EMAN2
+    else:
+        data[...] = raw
     return data
 
 
@@ -211,18 +295,24 @@ def read_hdf_stack(path: str | os.PathLike, indices=None) -> tuple[np.ndarray, l
                 wanted = list(range(n))
             else:
                 wanted = [int(i) for i in np.atleast_1d(np.asarray(indices, dtype=np.int64))]
-            images, headers = [], []
-            for i in wanted:
+            stack, headers, odd = None, [], []  # odd: (position, image) whose shape differs
+            group_id = f[_GROUP].id
+            for pos, i in enumerate(wanted):
                 j = i + n if i < 0 else i
                 if not 0 <= j < n:
                     raise InputError(f"image {i} requested but the file has {n} images", source=path)
-                key = f"{_GROUP}/{j}"
-                if key not in f:
+                name = str(j).encode()
+                if name not in group_id:
                     raise InputError(f"image {j} is missing from the file", source=path,
                                      fix="the file is incomplete; regenerate it")
-                group = f[key]
-                header = _read_header(group)
-                images.append(_decode_image(group, header, path, j))
+                gid = h5py.h5g.open(group_id, name)
+                header = _read_header(gid)
+                image = _decode_image(gid, header, path, j, None if stack is None else stack[pos])
+                if stack is None:  # the first image fixes the shape of the output
+                    stack = np.empty((len(wanted),) + image.shape, np.float32)
+                    stack[pos] = image
+                elif image.shape != stack.shape[1:]:
+                    odd.append(image.shape)
                 for k in _RENDER_KEYS:
                     header.pop(k, None)
                 headers.append(header)
@@ -231,13 +321,13 @@ def read_hdf_stack(path: str | os.PathLike, indices=None) -> tuple[np.ndarray, l
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise InputError(f"damaged HDF5 file ({type(exc).__name__}: {exc})", source=path,
                              fix="the file is truncated or damaged; re-copy or regenerate it") from None
-    if not images:
+    if stack is None:
         return np.zeros((0, 0, 0), dtype=np.float32), headers
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
+    if odd:
+        shapes = {stack.shape[1:], *odd}
         raise InputError(f"images have different shapes {sorted(shapes)}", source=path,
                          fix="read them one at a time with indices=[i]")
-    return np.stack(images), headers
+    return stack, headers
 
 
 # ----------------------------------------------------------------------------- writing
@@ -251,38 +341,143 @@ def _quantise(img: np.ndarray, bits: int) -> tuple[np.ndarray, float, float, int
     return np.clip(scaled, 0, rumax).astype(dtype), lo, hi, 0
 
 
-def _write_images(f: h5py.File, start: int, images: Sequence[np.ndarray], headers, apix, bits) -> None:
-    if _GROUP not in f:
-        f.require_group(_GROUP)
-    group = f[_GROUP]
-    for k, img in enumerate(images):
-        idx = start + k
-        g = group.create_group(str(idx))
-        img = np.asarray(img, dtype=np.float32)
-        header = dict(headers[k]) if headers is not None else {}
+def _compressed_dcpl(shape: tuple) -> h5py.h5p.PropDCID:
+    """Chunks of at most 256² per section, deflate level 1 (as EMAN2 and our old h5py path)."""
+    chunks = (min(shape[0], 256), min(shape[1], 256)) if len(shape) == 2 else \
+        (1, min(shape[1], 256), min(shape[2], 256))
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_chunk(chunks)
+    dcpl.set_deflate(1)
+    dcpl.set_obj_track_times(False)
+    return dcpl
+
+
+def _as_image_list(images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+        image_list = list(images)
+    elif isinstance(images, np.ndarray):
+        raise ValueError(f"images must be (n, ny, nx) or (n, nz, ny, nx), got shape {images.shape}")
+    else:
+        image_list = [np.asarray(im) for im in images]
+    for im in image_list:
+        if im.ndim not in (2, 3):
+            raise ValueError(f"each image must be 2D or 3D, got shape {im.shape}")
+    return image_list
+
+
+class HdfStackWriter:
+    """Stream images into an EMAN2 HDF stack, chunk by chunk, atomically.
+
+    Writes into a temporary file next to ``path`` (see :func:`emflow.io.atomic_write`) that
+    replaces ``path`` when the ``with`` block ends without an exception; if it raises, the
+    temporary file is removed and ``path`` is left as it was. Callers never need to hold all
+    images in memory::
+
+        with HdfStackWriter("particles/t__ptcl.hdf", apix=5.24) as out:
+            for images, headers in chunks:
+                out.append(images, headers)
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final file name.
+    apix : float, optional
+        Sets ``apix_x/y/z`` unless a header already has them.
+    bits : int
+        0: float32. 1..16: EMAN2's lossy integer compression with this many bits (uint8 /
+        uint16 between each image's min and max, deflate level 1).
+    append : bool
+        Start from a copy of the existing ``path`` and add images after its last one.
+    """
+
+    def __init__(self, path: str | os.PathLike, apix: float | None = None, bits: int = 0,
+                 append: bool = False):
+        if not 0 <= int(bits) <= 16:
+            raise ValueError(f"bits must be 0 (float) or 1..16, got {bits}")
+        self.path = os.fspath(path)
+        self.apix = None if apix is None else float(apix)
+        self.bits = int(bits)
+        self.append_to_existing = bool(append)
+        self.count = 0
+        self._file = None
+        self._stack = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __enter__(self) -> HdfStackWriter:
+        if self._stack is not None:
+            raise RuntimeError("HdfStackWriter is already open")
+        stack = contextlib.ExitStack()
+        try:
+            tmp = stack.enter_context(atomic_write(self.path))
+            mode = "w"
+            if self.append_to_existing and os.path.exists(self.path):
+                self.count = hdf_count(self.path)
+                shutil.copyfile(self.path, tmp)
+                mode = "a"
+            self._file = stack.enter_context(h5py.File(tmp, mode))
+            self._images = self._file.require_group(_GROUP).id
+        except BaseException:
+            stack.__exit__(*sys.exc_info())
+            raise
+        self._stack = stack
+        self._encoder = _HeaderEncoder()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, self._stack = self._stack, None
+        try:
+            if exc_type is None:
+                self._file[_GROUP].attrs.create("imageid_max", np.array([self.count - 1], dtype=np.int32))
+        except BaseException:
+            self._images = self._file = None
+            if not stack.__exit__(*sys.exc_info()):
+                raise
+            return False
+        self._images = self._file = None
+        return stack.__exit__(exc_type, exc, tb)
+
+    def append(self, images, headers: Sequence[Mapping] | None = None) -> range:
+        """Add images (array ``(n, ny, nx)`` / ``(n, nz, ny, nx)`` or a list of 2D/3D arrays)
+        with one header dict each (see :func:`write_hdf_stack`); returns their indices."""
+        if self._stack is None:
+            raise RuntimeError("use HdfStackWriter in a 'with' block before appending")
+        image_list = _as_image_list(images)
+        if headers is not None and len(headers) != len(image_list):
+            raise ValueError(f"{len(headers)} headers for {len(image_list)} images")
+        start = self.count
+        for k, img in enumerate(image_list):
+            self._write_one(start + k, np.ascontiguousarray(img, dtype=np.float32),
+                            headers[k] if headers is not None else {})
+            self.count += 1
+        return range(start, self.count)
+
+    def _write_one(self, index: int, img: np.ndarray, header: Mapping) -> None:
+        gid = h5py.h5g.create(self._images, str(index).encode(), lcpl=_LCPL)
+        header = dict(header)
         shape_xyz = img.shape[::-1] + (1,) * (3 - img.ndim)
         header.update(nx=int(shape_xyz[0]), ny=int(shape_xyz[1]), nz=int(shape_xyz[2]))
-        if apix is not None:
-            for axis in "xyz":
-                header.setdefault(f"apix_{axis}", float(apix))
+        if self.apix is not None:
+            for key in ("apix_x", "apix_y", "apix_z"):
+                header.setdefault(key, self.apix)
         header.update(minimum=float(img.min()), maximum=float(img.max()),
                       mean=float(img.mean(dtype=np.float64)), sigma=float(img.std(dtype=np.float64)))
+        encoder = self._encoder
         for key, value in header.items():
-            if key in _RENDER_KEYS:
-                continue
-            _encode_attr(g, key, value)
-        if bits:
-            q, lo, hi, trunc = _quantise(img, bits)
-            chunks = (min(img.shape[0], 256), min(img.shape[1], 256)) if img.ndim == 2 else \
-                (1, min(img.shape[1], 256), min(img.shape[2], 256))
-            g.create_dataset("image", data=q, chunks=chunks, compression="gzip", compression_opts=1)
-            _encode_attr(g, "stored_rendermin", float(lo))
-            _encode_attr(g, "stored_rendermax", float(hi))
-            _encode_attr(g, "stored_renderbits", int(bits))
-            _encode_attr(g, "stored_truncated", int(trunc))
+            if key not in _RENDER_KEYS:
+                encoder.write(gid, key, value)
+        if self.bits:
+            q, lo, hi, trunc = _quantise(img, self.bits)
+            dset = h5py.h5d.create(gid, b"image", _htype(q.dtype), _space(q.shape),
+                                   dcpl=_compressed_dcpl(q.shape), lcpl=_LCPL)
+            dset.write(h5py.h5s.ALL, h5py.h5s.ALL, q)
+            for key, value in (("stored_rendermin", lo), ("stored_rendermax", hi),
+                               ("stored_renderbits", self.bits), ("stored_truncated", int(trunc))):
+                encoder.write(gid, key, value)
         else:
-            g.create_dataset("image", data=img)
-    group.attrs.create("imageid_max", np.array([start + len(images) - 1], dtype=np.int32))
+            dset = h5py.h5d.create(gid, b"image", _T_F32, _space(img.shape), dcpl=_DCPL_PLAIN, lcpl=_LCPL)
+            dset.write(h5py.h5s.ALL, h5py.h5s.ALL, img, mtype=_T_F32)
 
 
 def write_hdf_stack(path: str | os.PathLike, images, headers: Sequence[Mapping] | None = None,
@@ -305,28 +500,13 @@ def write_hdf_stack(path: str | os.PathLike, images, headers: Sequence[Mapping] 
     bits : int
         0: float32. 1..16: EMAN2's lossy integer compression with this many bits (uint8 / uint16
         between the image min and max, deflate level 1).
+
+    See Also
+    --------
+    HdfStackWriter : the same, streamed in chunks.
     """
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
-        image_list = list(images)
-    elif isinstance(images, np.ndarray):
-        raise ValueError(f"images must be (n, ny, nx) or (n, nz, ny, nx), got shape {images.shape}")
-    else:
-        image_list = [np.asarray(im) for im in images]
-    for im in image_list:
-        if im.ndim not in (2, 3):
-            raise ValueError(f"each image must be 2D or 3D, got shape {im.shape}")
+    image_list = _as_image_list(images)
     if headers is not None and len(headers) != len(image_list):
         raise ValueError(f"{len(headers)} headers for {len(image_list)} images")
-    if not 0 <= int(bits) <= 16:
-        raise ValueError(f"bits must be 0 (float) or 1..16, got {bits}")
-    path = os.fspath(path)
-    with atomic_write(path) as tmp:
-        start = 0
-        if append and os.path.exists(path):
-            start = hdf_count(path)
-            shutil.copyfile(path, tmp)
-            mode = "a"
-        else:
-            mode = "w"
-        with h5py.File(tmp, mode) as f:
-            _write_images(f, start, image_list, headers, apix, int(bits))
+    with HdfStackWriter(path, apix=apix, bits=bits, append=append) as out:
+        out.append(image_list, headers)

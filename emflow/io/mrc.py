@@ -29,12 +29,9 @@ def _is_gz(path) -> bool:
 
 
 def _open(path, header_only: bool = False):
-    """Open with mrcfile in permissive mode (we do our own, clearer validation)."""
+    """Open with mrcfile in permissive mode after our own, cheaper and clearer, header checks."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError("MRC file does not exist", source=path, fix="check the path")
-    if os.path.isdir(path):
-        raise InputError("expected an MRC file but this is a folder", source=path)
+    _prevalidate(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -85,6 +82,55 @@ def _truncation_error(header, path) -> InputError:
         have = f"file has {max(have_bytes, 0)} data bytes"
     return InputError(f"file is truncated: header says {nx}x{ny}x{nz} {dtype} = {nbytes} bytes, {have}",
                       source=path, fix="re-copy the file (the transfer or the program writing it was interrupted)")
+
+
+def _prevalidate(path) -> None:
+    """Check the raw 1024-byte header before mrcfile sees it.
+
+    mrcfile allocates the extended header and the data block at the sizes the header states, so a
+    damaged header (random bytes, nsymbt = 2 GB) would cost gigabytes and minutes before failing.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("MRC file does not exist", source=path, fix="check the path")
+    if os.path.isdir(path):
+        raise InputError("expected an MRC file but this is a folder", source=path)
+    gz = _is_gz(path)
+    try:
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:
+            raw = f.read(1024)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read MRC header ({exc})", source=path,
+                         fix="re-copy the file; a .gz file may be damaged") from None
+    if len(raw) < 1024:
+        raise InputError(f"file is too short for an MRC file ({len(raw)} bytes; the header alone is 1024)",
+                         source=path, fix="re-copy the file")
+    hdr = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE)[0]
+    machst = bytes(hdr["machst"])
+    if machst[:2] == b"\x11\x11":
+        hdr = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE.newbyteorder(">"))[0]
+    _validate_header(_RawHeader(hdr), path)
+    nz, ny, nx = int(hdr["nz"]), int(hdr["ny"]), int(hdr["nx"])
+    nsymbt = int(hdr["nsymbt"])
+    if nsymbt < 0:
+        raise InputError(f"header has a negative extended-header size ({nsymbt})", source=path,
+                         fix="the file is damaged; re-copy or regenerate it")
+    if not gz:
+        nbytes = int(np.ceil(nx * ny * nz * _MODE_BYTES[int(hdr["mode"])]))
+        have = os.path.getsize(path) - 1024 - nsymbt
+        if have < nbytes:
+            raise _truncation_error(_RawHeader(hdr), path)
+
+
+class _RawHeader:
+    """Attribute view (``h.nx``) of a raw header record, like mrcfile's header."""
+
+    def __init__(self, rec):
+        self._rec = rec
+
+    def __getattr__(self, name):
+        return self._rec[name]
 
 
 def read_mrc_header(path: str | os.PathLike) -> dict:

@@ -131,10 +131,16 @@ def frc(image, with_, *, zeromask=0, snrweight=0, sweight=1, ampweight=0, minres
     tanh band-pass from ``minres``/``maxres`` (Å); without it only ``r < ny/2`` limits the sum.
     """
     s = frc_curves(image, with_, zeromask=bool(zeromask))
-    ny = _stack(image).shape[-2]
+    return frc_score_from_sums(s, _stack(image).shape[-2], sweight=sweight, snrweight=snrweight,
+                               ampweight=ampweight, minres=minres, maxres=maxres, snr=snr, apix=apix)
+
+
+def frc_score_from_sums(s, ny, *, zeromask=0, snrweight=0, sweight=1, ampweight=0, minres=200.0, maxres=8.0,
+                        snr=None, apix=None) -> np.ndarray:
+    """The ``frc`` score from ring sums ``s`` ``(n, 5, nring)`` (see :func:`frc_curves`)."""
     denom = np.sqrt(s[:, 1] * s[:, 2])
     curve = np.divide(s[:, 0], denom, out=np.zeros_like(denom), where=denom > 0)
-    w = np.broadcast_to(band_weights(ny // 2, ny, apix, minres, maxres), curve.shape).copy()
+    w = np.broadcast_to(band_weights(s.shape[-1], ny, apix, minres, maxres), curve.shape).copy()
     if sweight:
         w *= s[:, 4]
     if snrweight and snr is not None:
@@ -150,8 +156,14 @@ def phase(image, with_, *, zeromask=0, snrweight=0, ampweight=0, minres=500.0, m
           snr: np.ndarray | None = None, apix: float | None = None) -> np.ndarray:
     """EMAN ``phase``: weighted mean phase error (radians) over rings ``r < ny/2``."""
     s = frc_curves(image, with_, zeromask=bool(zeromask))
-    ny = _stack(image).shape[-2]
-    w = np.broadcast_to(band_weights(ny // 2, ny, apix, minres, maxres), s[:, 0].shape).copy()
+    return phase_score_from_sums(s, _stack(image).shape[-2], snrweight=snrweight, ampweight=ampweight,
+                                 minres=minres, maxres=maxres, snr=snr, apix=apix)
+
+
+def phase_score_from_sums(s, ny, *, zeromask=0, snrweight=0, ampweight=0, minres=500.0, maxres=10.0,
+                          snr=None, apix=None) -> np.ndarray:
+    """The ``phase`` score from ring sums ``s`` ``(n, 5, nring)`` (see :func:`frc_curves`)."""
+    w = np.broadcast_to(band_weights(s.shape[-1], ny, apix, minres, maxres), s[:, 0].shape).copy()
     if snrweight and snr is not None:
         w *= np.maximum(np.asarray(snr, np.float64), 0.001)
     if ampweight:

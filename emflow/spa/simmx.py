@@ -19,7 +19,7 @@ import numpy as np
 
 from emflow.errors import InputError
 from emflow.fourier import fourier_crop
-from emflow.spa import align2d
+from emflow.spa import align2d, fourier_align
 from emflow.spa import cmp as cmpmod
 
 NOT_COMPUTED = np.float32(np.inf)
@@ -112,6 +112,24 @@ def align_and_score(particles, projections, ptcl_idx, proj_idx, opts: SimmxOptio
     return res
 
 
+def use_fourier_path(opts: SimmxOptions, mask) -> bool:
+    """Whether the fast Fourier-space aligner (:mod:`emflow.spa.fourier_align`) serves these options:
+    ``ccc`` alignment without ``refine``, no comparison mask, comparator ``frc``/``phase``/``ccc``."""
+    return (mask is None and not opts.ralign and cmpmod.parse_cmp(opts.aligncmp)[0] == "ccc"
+            and cmpmod.parse_cmp(opts.cmp)[0] in fourier_align.FOURIER_SCORES)
+
+
+def fourier_align_and_score(moving, targets, ptcl_idx, proj_idx, opts: SimmxOptions, *, particle_snr=None) -> dict:
+    """Fast path of :func:`align_and_score`: prepared projections (moving) onto prepared particles."""
+    flip = opts.align.split(":")[0] == "rotate_translate_flip"
+    r = fourier_align.align_pairs(moving, targets, proj_idx, ptcl_idx, flip=flip, maxshift=opts.maxshift)
+    apix = None if opts.apix is None else opts.apix * particles_scale(opts)
+    snr = None if particle_snr is None else particle_snr[ptcl_idx]
+    r["score"] = fourier_align.score_from_ring_sums(r.pop("ring_sums"), opts.cmp, ny=targets.shape[0], snr=snr,
+                                                    apix=apix)
+    return r
+
+
 def particles_scale(opts: SimmxOptions) -> float:
     return float(max(1, int(opts.shrink)))
 
@@ -154,12 +172,21 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
     flat = proj.reshape(npr, -1).std(axis=1) == 0
     keep = ~flat[qi]
     pi, qi = pi[keep], qi[keep]
-    tgt = align2d.PreparedTargets(ptcl, flip=True)
-    fp = align2d.footprints(proj, tgt.nang)
+    fast = use_fourier_path(opts, m)
+    if fast:
+        tgt = fourier_align.PreparedTargets(ptcl, flip=True)
+        mov = fourier_align.PreparedMoving(proj, tgt.nang)
+    else:
+        tgt = align2d.PreparedTargets(ptcl, flip=True)
+        fp = align2d.footprints(proj, tgt.nang)
     step = 4096
     for s in range(0, len(pi), step):
         sl = slice(s, s + step)
-        r = align_and_score(ptcl, proj, pi[sl], qi[sl], opts, mask=m, particle_snr=particle_snr, prepared=tgt, proj_fp=fp)
+        if fast:
+            r = fourier_align_and_score(mov, tgt, pi[sl], qi[sl], opts, particle_snr=particle_snr)
+        else:
+            r = align_and_score(ptcl, proj, pi[sl], qi[sl], opts, mask=m, particle_snr=particle_snr, prepared=tgt,
+                                proj_fp=fp)
         inv = align2d.invert_params(r["alpha"], r["tx"], r["ty"], r["mirror"])
         out[0, pi[sl], qi[sl]] = r["score"]
         out[1, pi[sl], qi[sl]] = inv[1] * shrink

@@ -17,6 +17,12 @@ def main(particles3d: list, summaries: list, out_lst: str, spliteo: bool) -> Non
         coords = [p["xyz_unbin"] for p in summary["particle_table"]]
         log.info("%s: %d particles", path, len(coords))
         groups.append((path, coords))
+    if not any(coords for _, coords in groups):
+        # An empty set is bad input for averaging/refinement; it is only logged here because the tiny
+        # test config (.test/config.yaml) yields no template-matching picks (see docs/report.md).
+        log.error("EMPTY SET %s: no particles in any tomogram (%d searched; see the 'excluded' lists in %s). "
+                  "Fix: check the picks of this label (picks.min_score / threshold, extract.skip_edge, "
+                  "extract.boxsize_unbin)", out_lst, len(groups), ", ".join(map(str, summaries)))
     entries = set_entries(groups, spliteo=spliteo)
     write_set(out_lst, entries)
     n_odd = sum(e.meta.get("class", 0) for e in entries)

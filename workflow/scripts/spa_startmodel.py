@@ -20,11 +20,14 @@ if kind == "blob":
 else:
     source = smk.input.source[0] if kind == "truth_lowpass30" else kind
     model, mapix = read_mrc(source)
+    resample = (f"resample the model to box {box} at {apix:.3f} Å/px, e.g. `e2proc3d.py {source} model_resampled.mrc "
+                f"--scale={mapix / apix:.4f} --clip={box} --apix={apix:.3f}`, and set spa.startingmodel to the result")
     if model.shape != (box, box, box):
         raise InputError(f"starting model box {model.shape} differs from particle box {box}", source="spa.startingmodel",
-                         fix="resample the model to the particles' box and pixel size")
+                         fix=resample)
     if abs(mapix - apix) > 0.01 * apix:
-        log.warning("starting model pixel size %.3f differs from particles' %.3f", mapix, apix)
+        raise InputError(f"starting model pixel size {mapix:.3f} Å differs from the particles' {apix:.3f} Å",
+                         source="spa.startingmodel", fix=resample)
     if kind == "truth_lowpass30":
         model = lowpass_tophat(model, apix, 30.0)
 write_mrc(smk.output.model, np.asarray(model, np.float32), apix)

@@ -17,7 +17,7 @@ def main(tilt_series: str, info_path: str, out_tomogram: str, bin: int, thicknes
     info = read_info_json(info_path)
     params = tlt_params(info, source=info_path)
     apix_unbin = float(info.get("apix_unbin", apix))
-    stack, _ = read_mrc(tilt_series, mmap=True, expect_apix=apix_unbin)
+    stack, _ = read_mrc(tilt_series, mmap=True, expect_apix=apix_unbin, check_nan=True)  # NaN would fill the tomogram
     if stack.ndim != 3 or stack.shape[0] != len(params):
         raise InputError(f"{len(params)} tilts in tlt_params but the stack has shape {stack.shape}",
                          source=info_path, fix=f"use the info json that belongs to {tilt_series}")

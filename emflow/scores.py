@@ -1,0 +1,225 @@
+"""Scoring demo results against the simulation's ground truth (``results/demo_scores.json``).
+
+Pure functions: they take arrays (or the already-parsed truth/FSC data) and return numbers, so the
+report script stays a thin adapter. Conventions as in ``docs/CONVENTIONS.md``: positions ``(x, y, z)``
+in unbinned px from the tomogram centre, rotations ``R_p`` (reference → particle) as ``(n, 3, 3)``,
+FSC frequencies in 1/Å.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.optimize
+
+
+@dataclasses.dataclass(frozen=True)
+class PickScores:
+    """Picks matched one-to-one to true positions.
+
+    Attributes
+    ----------
+    n_picks, n_truth, true_positives : int
+    precision, recall, f1 : float
+        ``tp/n_picks``, ``tp/n_truth`` and their harmonic mean (0 when undefined).
+    pairs : ndarray int (tp, 2)
+        ``(pick index, truth index)`` of every match.
+    distances_px : ndarray float (tp,)
+        Distance of each matched pick from its true position (unbinned px).
+    tolerance_px : float
+        A pick counts only when it lies within this distance of its matched true position.
+    """
+
+    n_picks: int
+    n_truth: int
+    true_positives: int
+    precision: float
+    recall: float
+    f1: float
+    pairs: np.ndarray
+    distances_px: np.ndarray
+    tolerance_px: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (without the per-pair arrays, plus the median matched distance)."""
+        return {
+            "n_picks": self.n_picks, "n_truth": self.n_truth, "true_positives": self.true_positives,
+            "false_positives": self.n_picks - self.true_positives,
+            "false_negatives": self.n_truth - self.true_positives,
+            "precision": self.precision, "recall": self.recall, "f1": self.f1,
+            "tolerance_px": self.tolerance_px,
+            "median_distance_px": float(np.median(self.distances_px)) if len(self.distances_px) else None,
+        }
+
+
+def match_picks(picks_xyz: np.ndarray, truth_xyz: np.ndarray, tolerance_px: float) -> PickScores:
+    """Score picks against true positions with an optimal one-to-one assignment.
+
+    A greedy nearest-neighbour match can pair two picks with one particle or steal a particle from
+    the pick that needed it; the Hungarian assignment (minimum total distance, pairs farther than
+    ``tolerance_px`` forbidden) gives each particle at most one pick and maximises the matches.
+
+    Parameters
+    ----------
+    picks_xyz : (n, 3) array
+        Picked positions (x, y, z), unbinned px from the tomogram centre.
+    truth_xyz : (m, 3) array
+        True positions in the same frame.
+    tolerance_px : float
+        Largest distance (unbinned px) at which a pick still counts as finding the particle;
+        the demo uses the particle radius.
+    """
+    p = np.asarray(picks_xyz, np.float64).reshape(-1, 3)
+    t = np.asarray(truth_xyz, np.float64).reshape(-1, 3)
+    if tolerance_px <= 0:
+        raise ValueError(f"tolerance_px must be > 0, got {tolerance_px}")
+    pairs = np.zeros((0, 2), np.int64)
+    dist = np.zeros(0)
+    if len(p) and len(t):
+        d = np.linalg.norm(p[:, None, :] - t[None, :, :], axis=-1)
+        # Forbidden pairs get a cost larger than any allowed total, so they are only used when
+        # nothing else is possible, and are then dropped below.
+        big = tolerance_px * (len(p) + len(t) + 1) * 10.0
+        rows, cols = scipy.optimize.linear_sum_assignment(np.where(d <= tolerance_px, d, big))
+        ok = d[rows, cols] <= tolerance_px
+        pairs = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
+        dist = d[rows[ok], cols[ok]]
+    tp = len(pairs)
+    precision = tp / len(p) if len(p) else 0.0
+    recall = tp / len(t) if len(t) else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return PickScores(len(p), len(t), tp, float(precision), float(recall), float(f1), pairs, dist,
+                      float(tolerance_px))
+
+
+def orientation_errors(rot_est: np.ndarray, rot_true: np.ndarray, sym_matrices: np.ndarray | None = None) -> np.ndarray:
+    """Angular error (degrees) of each estimated orientation, up to the particle's symmetry.
+
+    A particle ``ref(R_p⁻¹ r)`` of a map with symmetry operators ``S`` (``ref(S r) = ref(r)``) is
+    the same for every ``R_p · S``, so the error is ``min_S angle(R_est, R_true · S)``.
+
+    Parameters
+    ----------
+    rot_est, rot_true : (n, 3, 3) arrays
+        Estimated and true ``R_p`` (reference → particle).
+    sym_matrices : (nsym, 3, 3) array, optional
+        Symmetry operators of the reference (identity when omitted).
+
+    Returns
+    -------
+    ndarray float64 (n,)
+        Rotation angle of ``R_est⁻¹ · R_true · S`` minimised over ``S``, in [0, 180].
+    """
+    a = np.asarray(rot_est, np.float64).reshape(-1, 3, 3)
+    b = np.asarray(rot_true, np.float64).reshape(-1, 3, 3)
+    if a.shape != b.shape:
+        raise ValueError(f"rot_est {a.shape} and rot_true {b.shape} differ in shape")
+    sym = np.eye(3)[None] if sym_matrices is None else np.asarray(sym_matrices, np.float64).reshape(-1, 3, 3)
+    # trace(Aᵀ B S) for every particle and operator; angle = arccos((trace − 1) / 2)
+    rel = np.einsum("nji,njk->nik", a, b)  # Aᵀ B
+    traces = np.einsum("nik,ski->ns", rel, sym)
+    cos = np.clip((traces.max(axis=1) - 1.0) / 2.0, -1.0, 1.0)
+    return np.degrees(np.arccos(cos))
+
+
+def fsc_crossing(freq_inv_a: np.ndarray, fsc: np.ndarray, threshold: float) -> float | None:
+    """Resolution (Å) where an FSC curve first falls below ``threshold``, linearly interpolated.
+
+    Parameters
+    ----------
+    freq_inv_a : (n,) array
+        Spatial frequency of each shell (1/Å), increasing, without the DC shell.
+    fsc : (n,) array
+        FSC per shell.
+
+    Returns
+    -------
+    float or None
+        ``1/f`` at the crossing; the last shell's resolution when the curve never drops below the
+        threshold (the map is at least that good); ``None`` when even the first shell is below.
+    """
+    f = np.asarray(freq_inv_a, np.float64)
+    c = np.asarray(fsc, np.float64)
+    below = np.flatnonzero(c < threshold)
+    if not len(below):
+        return float(1.0 / f[-1])
+    i = int(below[0])
+    if i == 0:
+        return None
+    # linear interpolation between shells i-1 (above) and i (below)
+    w = (c[i - 1] - threshold) / (c[i - 1] - c[i])
+    return float(1.0 / (f[i - 1] + w * (f[i] - f[i - 1])))
+
+
+def fsc_summary(freq_inv_a: np.ndarray, fsc: np.ndarray, thresholds=(0.5, 0.143)) -> dict:
+    """``{"fsc_0.5_A": ..., "fsc_0.143_A": ...}`` crossings of one curve (see :func:`fsc_crossing`)."""
+    return {f"fsc_{thr:g}_A": fsc_crossing(freq_inv_a, fsc, thr) for thr in thresholds}
+
+
+def read_benchmarks(root: str) -> list[dict]:
+    """Parse every Snakemake ``benchmark:`` table under ``root/<stage>/<rule>/<job>.tsv``.
+
+    Returns
+    -------
+    list of dict
+        ``{"stage", "rule", "job", "seconds", "max_rss_mb"}`` per job (the last row of a table when
+        ``repeat()`` wrote several), sorted by path. Unreadable or empty tables are skipped: a
+        benchmark is information, not an input a run should fail on.
+    """
+    import csv
+    import pathlib
+
+    out = []
+    base = pathlib.Path(root)
+    for path in sorted(base.glob("*/*/*.tsv")):
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t"))
+            row = rows[-1]
+            seconds = float(row["s"])
+        except (OSError, KeyError, IndexError, ValueError):
+            continue
+        try:
+            rss = float(row.get("max_rss", "nan"))
+        except ValueError:
+            rss = float("nan")
+        stage, rule = path.parent.parent.name, path.parent.name
+        out.append({"stage": stage, "rule": rule, "job": path.stem, "seconds": seconds,
+                    "max_rss_mb": rss if np.isfinite(rss) else None})
+    return out
+
+
+def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, truth: dict,
+                         sym_matrices: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Score one tomogram's picks against its simulation truth.
+
+    Parameters
+    ----------
+    picks_xyz : (n, 3) array
+        Picks (x, y, z) in unbinned px from the tomogram centre.
+    picks_rot : (n, 3, 3) array or None
+        Their orientations ``R_p`` (template → particle); ``None`` skips the orientation score.
+    truth : dict
+        The demo's ``{tomo}_truth.json`` (``particles[i]["xyz_px"]``, ``["matrix"]``, ``radius_px``),
+        positions in the same frame and pixel size as ``picks_xyz``.
+    sym_matrices : (nsym, 3, 3) array, optional
+        Symmetry of the template (orientations equal up to it count as equal).
+
+    Returns
+    -------
+    summary : dict
+        :meth:`PickScores.to_dict` plus ``median_orientation_error_deg`` (``None`` without matches).
+    errors_deg : ndarray (tp,)
+        Orientation error of every matched pick.
+    """
+    parts = truth.get("particles", [])
+    t_xyz = np.array([p["xyz_px"] for p in parts], np.float64).reshape(-1, 3)
+    res = match_picks(picks_xyz, t_xyz, tolerance_px=float(truth["radius_px"]))
+    errors = np.zeros(0)
+    if picks_rot is not None and res.true_positives:
+        t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
+        errors = orientation_errors(np.asarray(picks_rot)[res.pairs[:, 0]], t_rot[res.pairs[:, 1]], sym_matrices)
+    out = res.to_dict()
+    out["median_orientation_error_deg"] = float(np.median(errors)) if len(errors) else None
+    return out, errors

@@ -1,0 +1,40 @@
+# Initial model by subtilt SGD (issue #3 item 4; spec §3.5 e2spt_sgd_new). Reads the particle set
+# of the manual picks (results/sets/{extract.label}.lst, rules/extract.smk) and writes
+#
+# results/initial_model/sptsgd_01/output_cls{ic}.mrc/.hdf   final map of class ic
+# results/initial_model/sptsgd_01/output_all_cls{ic}.hdf    the map after every iteration
+# results/initial_model/sptsgd_01/score.txt                 alignment scores of every iteration
+# results/initial_model/sptsgd_01/slices.png, convergence.png
+
+INITIAL_MODEL = config["initial_model"]
+SGD_DIR = "results/initial_model/sptsgd_01"
+
+
+rule initial_model_sgd:
+    input:
+        lst=f"results/sets/{config['extract']['label']}.lst",
+    output:
+        maps_mrc=expand(SGD_DIR + "/output_cls{ic}.mrc", ic=range(INITIAL_MODEL["ncls"])),
+        maps_hdf=expand(SGD_DIR + "/output_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
+        history=expand(SGD_DIR + "/output_all_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
+        scores=SGD_DIR + "/score.txt",
+        slices_png=SGD_DIR + "/slices.png",
+        convergence_png=SGD_DIR + "/convergence.png",
+    params:
+        cfg=INITIAL_MODEL,
+    log:
+        "results/logs/initial_model/initial_model_sgd/sptsgd_01.log",
+    benchmark:
+        "results/benchmarks/initial_model/initial_model_sgd/sptsgd_01.tsv"
+    threads: INITIAL_MODEL["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/initial_model_sgd.py"
+
+
+if config["workflows"]["subtomogram"]:
+    FINAL_TARGETS.append(SGD_DIR + "/output_cls0.mrc")

@@ -1,0 +1,278 @@
+# Report (issue #7): the pictures users look at, collected by `snakemake --report results/report.html`.
+# Must be the LAST include of the Snakefile: it looks at the rules and FINAL_TARGETS of every stage.
+#
+# Stages plug in by adding entries (in their own .smk, or here while they land) to three registries:
+#   REPORT_FIGURES[name] = {"source": png, "category": ..., "subcategory": ..., "caption": rst text}
+#       an existing PNG of a stage, copied into the report by rule report_figure
+#   REPORT_MAPS[name] = {"map": mrc, "category": ..., "caption": rst text}
+#       a map drawn as central sections + projection by rule report_map
+#   REPORT_FSC[name] = {"files": [fsc txt, ...], "labels": [...], "title": ..., "category": ..., "caption": ...}
+#       FSC curves (emflow.io.read_fsc_txt format) on one plot by rule report_fsc
+# Outputs: results/report/{figures,maps,fsc}/<name>.png, results/report/runtimes.png,
+#          results/demo_scores.json + results/report/demo_scores.png (demo only).
+
+REPORT_FIGURES = globals().get("REPORT_FIGURES", {})
+REPORT_MAPS = globals().get("REPORT_MAPS", {})
+REPORT_FSC = globals().get("REPORT_FSC", {})
+
+
+def _has_rule(name):
+    return any(r.name == name for r in workflow.rules)
+
+
+# ------------------------------------------------------------------ registrations of existing stages
+if config["workflows"]["subtomogram"]:
+    for _t in tomogram_names():
+        REPORT_FIGURES[f"tomogram_{_t}"] = {
+            "source": f"results/tomograms/{_t}__bin{BIN}_slices.png",
+            "category": "1. Tomograms", "subcategory": _t,
+            "caption": f"Central XY, XZ and YZ slices of tomogram **{_t}** (weighted back-projection at bin "
+                       f"{BIN}), shared grey scale (1st–99th percentile). Particles should be visible as "
+                       "compact blobs; streaks along z are the missing wedge.",
+        }
+        if _has_rule("picks_filter"):
+            REPORT_FIGURES[f"picks_{_t}"] = {
+                "source": f"results/picks/{_t}__review.png",
+                "category": "2. Template matching", "subcategory": _t,
+                "caption": f"Template-matching picks of **{_t}**: tomogram slices with the accepted picks "
+                           "circled, and the histogram of FLCF scores with the detection threshold. A clear "
+                           "tail of high scores separated from the noise peak means reliable picks.",
+            }
+
+if config["workflows"]["single_particle"] and _has_rule("spa_report"):
+    REPORT_FIGURES["spa_convergence"] = {
+        "source": f"{SPA_DIR}/convergence.png", "category": "3. Single particle", "subcategory": "refinement",
+        "caption": "Convergence of the e2refine loop: FSC against the true map (demo) and between "
+                   "successive iterations. Curves that stop moving mean the refinement has converged.",
+    }
+    REPORT_FIGURES["spa_classes"] = {
+        "source": f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png", "category": "3. Single particle",
+        "subcategory": "class averages",
+        "caption": f"Class averages of the last iteration ({SPA_ITERS[-1]}), most populated first; the "
+                   "title of each is class number: particles. They should look like clean projections.",
+    }
+    REPORT_MAPS["spa_final"] = {
+        "map": f"{SPA_DIR}/threed_filt_{SPA_ITERS[-1]}.mrc", "category": "3. Single particle",
+        "caption": f"Final single-particle map (iteration {SPA_ITERS[-1]}, after mass normalisation / mask).",
+    }
+    if DEMO and not config["input"]["spa_particles"]:
+        REPORT_FSC["spa_fsc_truth"] = {
+            "files": [f"{SPA_DIR}/fsc_truth_{it}.txt" for it in SPA_ITERS],
+            "labels": [f"iteration {it}" for it in SPA_ITERS],
+            "title": "SPA map vs truth, per iteration", "category": "3. Single particle",
+            "caption": "FSC of each iteration's map against the true map (demo only). The crossings of "
+                       "0.5 and 0.143 are the resolutions reported in demo_scores.json.",
+        }
+
+if DEMO:
+    REPORT_MAPS["truth_tomo"] = {
+        "map": truth_map_tomo(), "category": "5. Demo ground truth",
+        "caption": "The true map of the demo tomograms' particle (resampled from the bundled PDB-derived "
+                   "structure), the template for template matching.",
+    }
+    if config["workflows"]["single_particle"]:
+        REPORT_MAPS["truth_spa"] = {
+            "map": truth_map_spa(), "category": "5. Demo ground truth",
+            "caption": "The true map of the demo single-particle set.",
+        }
+
+
+REPORT_TARGETS = (
+    [f"results/report/figures/{name}.png" for name in REPORT_FIGURES]
+    + [f"results/report/maps/{name}.png" for name in REPORT_MAPS]
+    + [f"results/report/fsc/{name}.png" for name in REPORT_FSC]
+    + (["results/demo_scores.json", "results/report/demo_scores.png"] if DEMO else [])
+)
+# The run-time chart waits for every stage and every other report figure, so it shows them all.
+REPORT_STAGE_TARGETS = list(FINAL_TARGETS) + REPORT_TARGETS
+FINAL_TARGETS.extend(REPORT_TARGETS + ["results/report/runtimes.png"])
+
+
+report: "../report/workflow.rst"
+
+
+# ------------------------------------------------------------------ input functions (named: no lambdas)
+def report_figure_source(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["source"]
+
+
+def report_figure_caption(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["caption"]
+
+
+def report_figure_category(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["category"]
+
+
+def report_figure_subcategory(wildcards):
+    return REPORT_FIGURES[wildcards.fig].get("subcategory", "")
+
+
+def report_map_source(wildcards):
+    return REPORT_MAPS[wildcards.map]["map"]
+
+
+def report_map_caption(wildcards):
+    return REPORT_MAPS[wildcards.map]["caption"]
+
+
+def report_map_category(wildcards):
+    return REPORT_MAPS[wildcards.map]["category"]
+
+
+def report_fsc_sources(wildcards):
+    return REPORT_FSC[wildcards.fsc]["files"]
+
+
+def report_fsc_entry(wildcards):
+    entry = REPORT_FSC[wildcards.fsc]
+    return {"labels": list(entry["labels"]), "title": entry["title"]}
+
+
+def report_fsc_caption(wildcards):
+    return REPORT_FSC[wildcards.fsc]["caption"]
+
+
+def report_fsc_category(wildcards):
+    return REPORT_FSC[wildcards.fsc]["category"]
+
+
+def report_demo_inputs(wildcards):
+    """Picks and truth of every demo tomogram, plus the SPA FSC-vs-truth of the last iteration."""
+    inputs = {"truth": [], "picks": []}
+    if config["workflows"]["subtomogram"] and _has_rule("picks_filter"):
+        inputs["truth"] = [truth_file_tomo(_Tomo(t)) for t in tomogram_names()]
+        inputs["picks"] = [f"results/picks/{t}__picks.star" for t in tomogram_names()]
+    inputs["spa_fsc_truth"] = REPORT_FSC["spa_fsc_truth"]["files"][-1:] if "spa_fsc_truth" in REPORT_FSC else []
+    return inputs
+
+
+class _Tomo:
+    """Stand-in wildcards object for input functions that expect `wildcards.tomo`."""
+
+    def __init__(self, tomo):
+        self.tomo = tomo
+
+
+REPORT_NAME = "[A-Za-z0-9_.-]+"
+
+
+rule report_figure:
+    input:
+        png=report_figure_source,
+    output:
+        png=report("results/report/figures/{fig}.png", caption="../report/figure.rst",
+                   category=report_figure_category, subcategory=report_figure_subcategory,
+                   labels={"figure": "{fig}"}),
+    wildcard_constraints:
+        fig=REPORT_NAME,
+    params:
+        caption=report_figure_caption,
+    log:
+        "results/logs/report/report_figure/{fig}.log",
+    benchmark:
+        "results/benchmarks/report/report_figure/{fig}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/report_figure.py"
+
+
+rule report_map:
+    input:
+        map=report_map_source,
+    output:
+        png=report("results/report/maps/{map}.png", caption="../report/figure.rst",
+                   category=report_map_category, subcategory="maps", labels={"map": "{map}"}),
+    wildcard_constraints:
+        map=REPORT_NAME,
+    params:
+        caption=report_map_caption,
+    log:
+        "results/logs/report/report_map/{map}.log",
+    benchmark:
+        "results/benchmarks/report/report_map/{map}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/report_map.py"
+
+
+rule report_fsc:
+    input:
+        fsc=report_fsc_sources,
+    output:
+        png=report("results/report/fsc/{fsc}.png", caption="../report/figure.rst",
+                   category=report_fsc_category, subcategory="FSC", labels={"FSC": "{fsc}"}),
+    wildcard_constraints:
+        fsc=REPORT_NAME,
+    params:
+        entry=report_fsc_entry,
+        caption=report_fsc_caption,
+    log:
+        "results/logs/report/report_fsc/{fsc}.log",
+    benchmark:
+        "results/benchmarks/report/report_fsc/{fsc}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/report_fsc.py"
+
+
+rule report_demo_scores:
+    input:
+        unpack(report_demo_inputs),
+    output:
+        scores="results/demo_scores.json",
+        png=report("results/report/demo_scores.png", caption="../report/demo_scores.rst",
+                   category="5. Demo ground truth", subcategory="scores", labels={"figure": "demo scores"}),
+    params:
+        sym=config["tempmatch"]["sym"],
+        apix=config["microscope"]["apix"],
+    log:
+        "results/logs/report/report_demo_scores/demo.log",
+    benchmark:
+        "results/benchmarks/report/report_demo_scores/demo.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/report_demo_scores.py"
+
+
+rule report_runtimes:
+    input:
+        stages=REPORT_STAGE_TARGETS,
+    output:
+        png=report("results/report/runtimes.png", caption="../report/runtimes.rst",
+                   category="6. Run times", labels={"figure": "wall time per rule"}),
+        table="results/report/runtimes.tsv",
+    params:
+        benchmarks="results/benchmarks",
+    log:
+        "results/logs/report/report_runtimes/all.log",
+    benchmark:
+        "results/benchmarks/report/report_runtimes/all.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/report_runtimes.py"

@@ -1,0 +1,228 @@
+# Subtilt refinement (issue #4; spec §3.6-3.10, e2spt_refine_new): gold-standard even/odd
+# refinement with p (particle), t/r (subtilt shift/rotation) and d (defocus) iterations.
+#
+# {path}/particle_info_3d.lst, particle_info_2d.lst   run metadata (checkpoint: sets the chunk count)
+# {path}/threed_00_even/odd.hdf                      references (tophat at startres)
+# per iteration XX = 01..N (letters of spt_refine.iters):
+#   chunks/align_XX_CCC.npz  -> aliptcls3d_XX.lst, aliptcls2d_XX.lst     (scatter / gather)
+#   chunks/rec_XX_CCC.npz    -> threed_XX(.hdf/.mrc), threed_XX_even/odd.hdf, fsc_*_XX.txt,
+#                               mask_XX.hdf, resolution_XX.json, fsc_XX.png
+# {path}/particles_final.star  final particles (RELION 3.1+); truth_eval.json (demo only)
+
+from emflow.spt_refine import chunk_ranges, parse_iters
+
+SPT = config["spt_refine"]
+SPT_PATH = SPT["path"]
+SPT_ITERS = parse_iters(SPT["iters"])
+SPT_LAST = f"{len(SPT_ITERS):02d}"
+
+
+def spt_ptcls_label():
+    """Set to refine: spt_refine.ptcls, else the template-matching set when picks are filtered, else the manual set."""
+    if SPT["ptcls"]:
+        return SPT["ptcls"]
+    if any(r.name == "picks_filter" for r in workflow.rules):
+        return config["picks"]["label"]
+    return config["extract"]["label"]
+
+
+def spt_reference():
+    """spt_refine.ref, else the SGD initial model (rules/initial_model.smk)."""
+    return SPT["ref"] or "results/initial_model/sptsgd_01/output_cls0.hdf"
+
+
+def spt_chunk_ids(wildcards):
+    """Chunk numbers (000, 001, ...) of the run, known once particle_info_3d.lst exists."""
+    info = checkpoints.spt_refine_setup.get().output.info3d
+    from emflow.io import read_lst
+
+    n = len(read_lst(info))
+    return [f"{c:03d}" for c in range(len(chunk_ranges(n, SPT["chunk_size"])))]
+
+
+def spt_prev(wildcards):
+    """Inputs of iteration `it` from iteration it-1: alignments, half maps, resolution."""
+    p = f"{SPT_PATH}/%s_{int(wildcards.it) - 1:02d}%s"
+    return {"ali3d": p % ("aliptcls3d", ".lst"), "ali2d": p % ("aliptcls2d", ".lst"),
+            "even": p % ("threed", "_even.hdf"), "odd": p % ("threed", "_odd.hdf"),
+            "res": p % ("resolution", ".json")}
+
+
+def spt_prev_res(wildcards):
+    """resolution_XX.json of the previous iteration."""
+    return f"{SPT_PATH}/resolution_{int(wildcards.it) - 1:02d}.json"
+
+
+def spt_align_chunks(wildcards):
+    return expand(f"{SPT_PATH}/chunks/align_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
+
+
+def spt_rec_chunks(wildcards):
+    return expand(f"{SPT_PATH}/chunks/rec_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
+
+
+checkpoint spt_refine_setup:
+    input:
+        lst=f"results/sets/{spt_ptcls_label()}.lst",
+        ref=spt_reference(),
+    output:
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+        ali3d=f"{SPT_PATH}/aliptcls3d_00.lst",
+        ali2d=f"{SPT_PATH}/aliptcls2d_00.lst",
+        even=f"{SPT_PATH}/threed_00_even.hdf",
+        odd=f"{SPT_PATH}/threed_00_odd.hdf",
+        threed=f"{SPT_PATH}/threed_00.hdf",
+        res=f"{SPT_PATH}/resolution_00.json",
+        params=f"{SPT_PATH}/0_spt_params.json",
+    params:
+        spt=SPT,
+        shrink=config["extract"]["shrink"],
+    log:
+        "results/logs/spt_refine/spt_refine_setup/setup.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_setup/setup.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_setup.py"
+
+
+rule spt_refine_align:
+    input:
+        unpack(spt_prev),
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+    output:
+        chunk=f"{SPT_PATH}/chunks/align_{{it}}_{{chunk}}.npz",
+    params:
+        spt=SPT,
+        iters=SPT_ITERS,
+        microscope=config["microscope"],
+    log:
+        "results/logs/spt_refine/spt_refine_align/{it}_{chunk}.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_align/{it}_{chunk}.tsv"
+    threads: SPT["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_align.py"
+
+
+rule spt_refine_gather:
+    input:
+        unpack(spt_prev),
+        chunks=spt_align_chunks,
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+    output:
+        ali3d=f"{SPT_PATH}/aliptcls3d_{{it}}.lst",
+        ali2d=f"{SPT_PATH}/aliptcls2d_{{it}}.lst",
+    log:
+        "results/logs/spt_refine/spt_refine_gather/{it}.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_gather/{it}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_gather.py"
+
+
+rule spt_refine_make3d:
+    input:
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+        ali3d=f"{SPT_PATH}/aliptcls3d_{{it}}.lst",
+        ali2d=f"{SPT_PATH}/aliptcls2d_{{it}}.lst",
+        even=f"{SPT_PATH}/threed_00_even.hdf",
+    output:
+        rec=f"{SPT_PATH}/chunks/rec_{{it}}_{{chunk}}.npz",
+    params:
+        spt=SPT,
+        microscope=config["microscope"],
+    log:
+        "results/logs/spt_refine/spt_refine_make3d/{it}_{chunk}.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_make3d/{it}_{chunk}.tsv"
+    threads: SPT["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_make3d.py"
+
+
+rule spt_refine_postprocess:
+    input:
+        recs=spt_rec_chunks,
+        res_in=spt_prev_res,
+    output:
+        threed=f"{SPT_PATH}/threed_{{it}}.hdf",
+        threed_mrc=f"{SPT_PATH}/threed_{{it}}.mrc",
+        even=f"{SPT_PATH}/threed_{{it}}_even.hdf",
+        odd=f"{SPT_PATH}/threed_{{it}}_odd.hdf",
+        fsc_unmasked=f"{SPT_PATH}/fsc_unmasked_{{it}}.txt",
+        fsc_masked=f"{SPT_PATH}/fsc_masked_{{it}}.txt",
+        fsc_tight=f"{SPT_PATH}/fsc_maskedtight_{{it}}.txt",
+        mask=f"{SPT_PATH}/mask_{{it}}.hdf",
+        res=f"{SPT_PATH}/resolution_{{it}}.json",
+        png=f"{SPT_PATH}/fsc_{{it}}.png",
+    params:
+        spt=SPT,
+        iters=SPT_ITERS,
+    log:
+        "results/logs/spt_refine/spt_refine_postprocess/{it}.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_postprocess/{it}.tsv"
+    threads: SPT["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_postprocess.py"
+
+
+rule spt_refine_export:
+    input:
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+        ali3d=f"{SPT_PATH}/aliptcls3d_{SPT_LAST}.lst",
+        ali2d=f"{SPT_PATH}/aliptcls2d_{SPT_LAST}.lst",
+        threed=f"{SPT_PATH}/threed_{SPT_LAST}.hdf",
+    output:
+        star=f"{SPT_PATH}/particles_final.star",
+    params:
+        microscope=config["microscope"],
+        shrink=config["extract"]["shrink"],
+    log:
+        "results/logs/spt_refine/spt_refine_export/final.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_export/final.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_export.py"
+
+
+if config["workflows"]["subtomogram"]:
+    FINAL_TARGETS.append(f"{SPT_PATH}/particles_final.star")

@@ -1,0 +1,202 @@
+"""Helpers for the tests that run the emflow Snakemake workflow (test_slurm, test_rerun, test_scale).
+
+Each test works in a temporary copy of the workflow (``Snakefile``, ``rules/``, ``workflow/``,
+``config/``, ``envs/``, ``.test/``, ``profiles/``), never in the repository itself.
+
+All runs share one numba cache (``EMFLOW_SHARED_NUMBA_CACHE``, see ``emflow.workflow_log``):
+the kernels live in the installed ``emflow`` package, so a cache filled by one copy is valid for
+every other copy, and only the first run of a session (or machine) pays for compilation. numba
+checks each cached entry against its source file's timestamp, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", ".test", "profiles"]
+SNAKEMAKE_TIMEOUT_S = 600
+# results/ subfolders that record how a run went, not what it computed (timestamps, durations)
+# (the run-time report is drawn from the benchmarks)
+RUN_RECORDS = ("results/logs", "results/benchmarks", "results/report/runtimes")
+
+
+def shared_numba_cache() -> pathlib.Path:
+    """One numba cache for all test runs on this machine (``$EMFLOW_TEST_NUMBA_CACHE`` overrides)."""
+    path = os.environ.get("EMFLOW_TEST_NUMBA_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"emflow-test-numba-cache-{os.getuid()}"
+    )
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment without SLURM job variables or a Snakemake profile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
+    # the slurm plugin asks getpass.getuser() (reads $USER first) when it guesses an account
+    env.setdefault("USER", pwd.getpwuid(os.getuid()).pw_name)
+    env.pop("NUMBA_CACHE_DIR", None)
+    env["EMFLOW_SHARED_NUMBA_CACHE"] = str(shared_numba_cache())
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def copy_workflow(dest: pathlib.Path) -> pathlib.Path:
+    """Copy the workflow (not results, logs or caches) into the new folder ``dest``."""
+    dest.mkdir(parents=True)
+    for name in WORKFLOW_PARTS:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "results", "logs"))
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def copy_run(src: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    """Copy a finished run (workflow, results and ``.snakemake`` records) keeping timestamps."""
+    shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("slurm_logs", "numba_cache"))
+    return dest
+
+
+def snakemake_cmd(profile: str | None, args: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "snakemake"]
+    if profile:
+        cmd += ["--profile", str(REPO / "profiles" / profile)]
+    return cmd + list(args)
+
+
+def run_snakemake(workdir: pathlib.Path, profile: str | None, args: list[str], env: dict[str, str] | None = None,
+                  timeout: float = SNAKEMAKE_TIMEOUT_S, check: bool = True) -> tuple[str, float]:
+    """Run snakemake in ``workdir``; returns (stdout + stderr, wall seconds). Fails the test on error."""
+    cmd = snakemake_cmd(profile, args)
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=workdir, env=env or clean_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    seconds = time.monotonic() - t0
+    if check and res.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed (rc {res.returncode}) in {workdir}:\n{res.stdout[-6000:]}")
+    return res.stdout, seconds
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """``{rule: number of jobs}`` from Snakemake's "Job stats" table (without ``total``).
+
+    Empty when Snakemake printed "Nothing to be done".
+    """
+    lines = output.splitlines()
+    try:
+        start = lines.index("Job stats:")
+    except ValueError:
+        if "Nothing to be done" in output:
+            return {}
+        raise AssertionError(f"no job stats table in the snakemake output:\n{output[-3000:]}") from None
+    counts = {}
+    for line in lines[start + 3:]:  # skip the "job count" header and the dashes
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            break
+        counts[fields[0]] = int(fields[1])
+    counts.pop("total", None)
+    return counts
+
+
+def dry_run(workdir: pathlib.Path, args: list[str], env: dict[str, str] | None = None) -> dict[str, int]:
+    """Jobs per rule that ``snakemake -n`` (local profile) would run with ``args``."""
+    out, _ = run_snakemake(workdir, "local", ["-n", "--cores", "2", *args], env)
+    return job_counts(out)
+
+
+def result_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """Files under ``root/results`` that hold computed results (not logs or benchmarks), relative."""
+    files = []
+    for p in (root / "results").rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not str(rel).startswith(RUN_RECORDS):
+            files.append(rel)
+    return sorted(files)
+
+
+def assert_same_outputs(ref: pathlib.Path, other: pathlib.Path, rel_tol: float = 1e-5,
+                        png_tol: int = 2) -> dict[str, int]:
+    """Every result file of one run exists in the other with the same content.
+
+    Byte-identical is required for everything except
+
+    * array files (``.npy``, ``.npz``, ``.mrc``/``.mrcs``/``.map``, ``.hdf``/``.h5``): the arrays must
+      agree to ``rel_tol`` times the array's largest magnitude. Reductions in numba ``prange`` loops
+      and multi-threaded FFTs sum in an order that depends on the thread count, which differs between
+      a local run (``--cores``) and a SLURM job (``--cpus-per-task``): float32 rounding differences.
+    * ``.png`` pictures: decoded pixels may differ by ``png_tol`` grey levels (the same rounding,
+      seen through a colour map).
+
+    Returns ``{"identical": n, "within_tolerance": m}``.
+    """
+    files_ref, files_other = result_files(ref), result_files(other)
+    assert files_ref, f"no results under {ref}/results"
+    assert files_ref == files_other, (
+        f"the runs made different files: only in {ref}: {sorted(set(files_ref) - set(files_other))}, "
+        f"only in {other}: {sorted(set(files_other) - set(files_ref))}"
+    )
+    counts = {"identical": 0, "within_tolerance": 0}
+    for rel in files_ref:
+        a, b = (ref / rel).read_bytes(), (other / rel).read_bytes()
+        if a == b:
+            counts["identical"] += 1
+            continue
+        arrays_a, arrays_b = load_arrays(ref / rel), load_arrays(other / rel)
+        assert arrays_a is not None, f"{rel} differs between the runs (and is not an array/picture file)"
+        assert arrays_a.keys() == arrays_b.keys(), rel
+        for key, x in arrays_a.items():
+            y = arrays_b[key]
+            assert x.shape == y.shape and x.dtype == y.dtype, f"{rel}:{key}"
+            if rel.suffix == ".png":
+                diff = np.abs(x.astype(np.int32) - y.astype(np.int32)) if x.dtype != np.float32 else np.abs(x - y) * 255
+                assert diff.max() <= png_tol, f"{rel}: pixels differ by up to {diff.max()}"
+            elif x.dtype.kind in "fc":
+                scale = max(float(np.max(np.abs(x))), 1e-30) if x.size else 1.0
+                np.testing.assert_allclose(y, x, rtol=0, atol=rel_tol * scale, err_msg=f"{rel}:{key}")
+            else:
+                np.testing.assert_array_equal(y, x, err_msg=f"{rel}:{key}")
+        counts["within_tolerance"] += 1
+    return counts
+
+
+def load_arrays(path: pathlib.Path) -> dict[str, np.ndarray] | None:
+    """The arrays in an array or picture file by name, or None for other kinds of file."""
+    suffixes = "".join(path.suffixes)
+    if suffixes.endswith(".npy"):
+        return {"": np.load(path)}
+    if suffixes.endswith(".npz"):
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    if suffixes.endswith((".mrc", ".mrcs", ".map")):
+        import mrcfile
+
+        with mrcfile.open(path, permissive=True) as m:
+            return {"": np.asarray(m.data).copy()}
+    if suffixes.endswith((".hdf", ".h5")):
+        import h5py
+
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+    if suffixes.endswith(".png"):
+        import matplotlib.image
+
+        return {"": matplotlib.image.imread(str(path))}
+    return None

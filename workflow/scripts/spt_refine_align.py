@@ -1,0 +1,47 @@
+"""Snakemake adapter: one chunk of particles, one iteration (p: align3d; t/r/d: subtilt refinement) -> npz."""
+
+from emflow.workflow_log import progress_logger, setup_logging
+
+log = setup_logging(snakemake)  # noqa: F821
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from emflow.io import atomic_write  # noqa: E402
+from emflow.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
+from emflow.spt_refine import AlignParams, align_mode, align_particles_p, chunk_ranges  # noqa: E402
+from emflow.subtilt_refine import refine_subtilts  # noqa: E402
+
+smk = snakemake  # noqa: F821
+inp, out, spt = smk.input, smk.output, smk.params.spt
+it, chunk = int(smk.wildcards.it), int(smk.wildcards.chunk)
+kind = smk.params.iters[it - 1]
+table = read_tables(inp.info3d, inp.info2d)
+state = read_state(table, inp.ali3d, inp.ali2d)
+even, apix = read_map(inp.even)
+odd, _ = read_map(inp.odd)
+refs = [even, odd] if spt["goldstandard"] else [0.5 * (even + odd)] * 2
+with open(inp.res) as f:
+    res_a = float(json.load(f)["maxres_a"])
+a, b = chunk_ranges(table.n3d, spt["chunk_size"])[chunk]
+parts = np.arange(a, b)
+loader = ImageLoader(table, even.shape[0])
+prog = progress_logger(log, f"iteration {it} ({kind}) particles {a}-{b - 1}", 1.0)
+minres = spt["minres"] or None
+if kind == "p":
+    mode = align_mode(smk.params.iters, it, spt["localrefine"])
+    new = align_particles_p(table, state, parts, loader, refs, apix,
+                            AlignParams(maxres_a=res_a, minres_a=minres, mode=mode, sym=spt["sym"],
+                                        maxang_deg=spt["maxang"], maxshift_px=spt["maxshift"],
+                                        delta_deg=spt["delta_deg"], npos=spt["npos"]), progress=prog)
+    log.info("p (%s) at %.1f Å: mean score %.4f", mode, res_a, float(new.score3d[parts].mean()))
+else:
+    # neighbours may lie outside the chunk: the loader serves any subtilt of the run
+    new = refine_subtilts(table, state, table.rows_of(parts), loader, refs, apix, kind, res_a, minres,
+                          smooth=spt["smooth"], smooth_n=spt["smoothN"], maxshift_px=spt["maxshift"],
+                          microscope=smk.params.microscope, progress=prog)
+rows = table.rows_of(parts)
+with atomic_write(out.chunk) as tmp, open(tmp, "wb") as f:
+    np.savez(f, particles=parts, rows=rows, rot=new.rot[parts], shift=new.shift[parts], score3d=new.score3d[parts],
+             drot=new.drot[rows], dshift=new.dshift[rows], score2d=new.score2d[rows], ddef_um=new.ddef_um[rows])
