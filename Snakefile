@@ -25,9 +25,9 @@ include: "rules/tomogram.smk"
 include: "rules/tempmatch.smk"
 include: "rules/extract.smk"
 include: "rules/spa.smk"
-include: "rules/report.smk"
 include: "rules/initial_model.smk"
 include: "rules/spt_refine.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -64,6 +64,40 @@ if config["workflows"]["single_particle"] and _has_rule("spa_report"):
                        "0.5 and 0.143 are the resolutions reported in demo_scores.json.",
         }
 
+if config["workflows"]["subtomogram"] and _has_rule("initial_model_sgd"):
+    REPORT_FIGURES["initial_model_slices"] = {
+        "source": f"{SGD_DIR}/slices.png", "category": "4. Subtomogram averaging", "subcategory": "initial model",
+        "caption": "Initial model(s) from stochastic gradient descent on the subtilts (e2spt_sgd): central "
+                   "slices of each class. A plausible low-resolution shape, not a sphere or noise, is expected.",
+    }
+    REPORT_FIGURES["initial_model_convergence"] = {
+        "source": f"{SGD_DIR}/convergence.png", "category": "4. Subtomogram averaging",
+        "subcategory": "initial model",
+        "caption": "Convergence of the SGD initial model: alignment score and map change per iteration.",
+    }
+
+if config["workflows"]["subtomogram"] and _has_rule("spt_refine_postprocess"):
+    for _k in range(1, len(SPT_ITERS) + 1):
+        REPORT_FIGURES[f"spt_fsc_{_k:02d}"] = {
+            "source": f"{SPT_PATH}/fsc_{_k:02d}.png", "category": "4. Subtomogram averaging",
+            "subcategory": "gold-standard FSC",
+            "caption": f"Gold-standard FSC between the even and odd half maps of iteration {_k:02d} "
+                       f"({SPT_ITERS[_k - 1]!s}), unmasked, masked and with a tight mask. The 0.143 crossing "
+                       "of the masked curve is the resolution used for the next iteration's filter.",
+        }
+    REPORT_FSC["spt_fsc_masked"] = {
+        "files": [f"{SPT_PATH}/fsc_masked_{k:02d}.txt" for k in range(1, len(SPT_ITERS) + 1)],
+        "labels": [f"iteration {k:02d}" for k in range(1, len(SPT_ITERS) + 1)],
+        "title": "Subtomogram refinement: masked gold-standard FSC per iteration",
+        "category": "4. Subtomogram averaging",
+        "caption": "Masked even/odd FSC of every refinement iteration on one plot: curves moving right mean "
+                   "the refinement is still improving.",
+    }
+    REPORT_MAPS["spt_final"] = {
+        "map": f"{SPT_PATH}/threed_{SPT_LAST}.mrc", "category": "4. Subtomogram averaging",
+        "caption": f"Final subtomogram average (iteration {SPT_LAST}).",
+    }
+
 if DEMO:
     REPORT_MAPS["truth_tomo"] = {
         "map": truth_map_tomo(), "category": "5. Demo ground truth",

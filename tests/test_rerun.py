@@ -89,7 +89,7 @@ def default_config() -> dict:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """A finished run of the tiny config (default target)."""
+    """A finished run of the tiny config (default target up to UNTIL_RULES)."""
     work = copy_workflow(tmp_path_factory.mktemp("rerun") / "baseline")
     _, seconds = run_snakemake(work, "local", run_args(work))
     print(f"\n[rerun] baseline run of .test/config.yaml: {seconds:.1f} s")
@@ -103,7 +103,7 @@ def test_second_run_does_nothing(baseline, tmp_path):
 
 
 def _change_then_run(baseline, tmp_path, name: str, override: dict):
-    """Dry-run and run the workflow with ``override``; returns (planned jobs, jobs that ran, workdir)."""
+    """Dry-run, then run the workflow with ``override``; returns (planned jobs, workdir)."""
     work = copy_run(baseline, tmp_path / name)
     args = run_args(work, override, name)
     dry, _ = run_snakemake(work, "local", ["-n", *args])
@@ -184,6 +184,10 @@ def test_sigkill_mid_run_resumes_to_the_same_results(baseline, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     markers = _incomplete_markers(work)
     assert markers, "the killed job left no incomplete marker"
+    # a killed Snakemake cannot remove its lock on the folder: the user unlocks once (docs/reruns.md)
+    locks = work / ".snakemake" / "locks"
+    if locks.is_dir() and any(locks.iterdir()):
+        run_snakemake(work, None, ["--unlock", *run_args(work)])
 
     out, seconds = run_snakemake(work, "local", run_args(work))  # rerun-incomplete is in profiles/local
     resumed = {r for r, _ in planned_jobs(out)}

@@ -405,7 +405,7 @@ def test_real_workflow_slurm_equals_local(slurm_cluster, tmp_path):
         pytest.skip("the workflow (Snakefile, .test/config.yaml) is not in the repository yet")
     targets = real_workflow_targets()
     local, slurm = copy_workflow(tmp_path / "local"), copy_workflow(tmp_path / "slurm")
-    common = ["--configfile", ".test/config.yaml", *targets]
+    common = ["--configfile=.test/config.yaml", *targets]  # "=": targets are not config files
 
     _, t_local = run_snakemake(local, "local", ["--cores", "2", *common], _clean_env())
     out, t_slurm = run_snakemake(slurm, "slurm", [*slurm_args(slurm_cluster), *common], slurm_env(slurm_cluster))

@@ -137,11 +137,16 @@ def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1):
 
 def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions, *, ctfs=None,
                   usefilt: np.ndarray | None = None, rng=None,
-                  progress: Callable[[str, float], None] | None = None) -> dict:
-    """One refinement iteration on phase-flipped particles; returns every intermediate."""
+                  progress: Callable[[str, float], None] | None = None, timings: dict | None = None) -> dict:
+    """One refinement iteration on phase-flipped particles; returns every intermediate.
+
+    ``timings``: optional dict that receives the wall seconds of each stage.
+    """
+    clock = _StageClock(timings)
     eulers = projection_orientations(opts, rng)
     proj = project3d(model, eulers, opts.projector)
     ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink))
+    clock("project3d")
     so = opts.simmx_options()
     align_set = particles if usefilt is None else usefilt
     mask = None
@@ -153,12 +158,31 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
         pairs = twostage_pairs(align_set, proj, so, opts.twostage, particle_snr=snr_full)
     cb = (lambda f: progress("simmx", f)) if progress else None
     mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=cb)
+    clock("simmx")
     cls = classify(mx, opts.sep)
     avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), usefilt=usefilt,
                                ctf_abs=ctf_abs, particle_snr=snr_full)
+    clock("classaverage")
     from emflow.geometry import eman_to_matrix
 
     R = eman_to_matrix(eulers[:, 0], eulers[:, 1], eulers[:, 2])
     vol, m3d = make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
+    clock("make3d")
     return {"eulers": eulers, "projections": proj, "simmx": mx, "classify": cls, "classes": avgs,
             "class_info": info, "threed": vol, "make3d_info": m3d, "pairs": pairs}
+
+
+class _StageClock:
+    """Records wall seconds since the previous call under a stage name (no-op without a dict)."""
+
+    def __init__(self, timings: dict | None):
+        import time
+
+        self._now = time.perf_counter
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.timings is not None:
+            now = self._now()
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+            self.last = now
