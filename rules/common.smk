@@ -95,3 +95,26 @@ def spa_particles_star():
 def tempmatch_template():
     """Template for reference-based picking (the initial model once that stage exists)."""
     return "results/demo/truth/reference_tomo.mrc"
+
+
+def picks_mask_input(wildcards):
+    """Optional user mask (MRC, binned tomogram grid) restricting picks; none by default."""
+    return [config["picks"]["mask"]] if config["picks"]["mask"] else []
+
+
+def extract_picks_file(wildcards):
+    """File holding the picks of `wildcards.label`: the picks stage's info json for template-matching
+    picks, else the tomogram's own info json (manual/imported picks)."""
+    if wildcards.label == config["picks"]["label"]:
+        return f"results/picks/info/{wildcards.tomo}_info.json"
+    return info_json(wildcards)
+
+
+def set_particle_files(wildcards):
+    """Per-tomogram 3D particle files and summaries of one label (in tomogram order)."""
+    return {
+        "particles3d": expand("results/extract/particles3d/{tomo}__{label}.hdf", tomo=tomogram_names(),
+                              label=wildcards.label),
+        "summaries": expand("results/extract/summary/{tomo}__{label}.json", tomo=tomogram_names(),
+                            label=wildcards.label),
+    }

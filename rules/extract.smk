@@ -16,24 +16,6 @@ EXTRACT = config["extract"]
 TM_LABEL = config["picks"]["label"]
 
 
-def extract_picks_file(wildcards):
-    """File holding the picks of `wildcards.label`: the picks stage's info json for template-matching
-    picks, else the tomogram's own info json (manual/imported picks)."""
-    if wildcards.label == TM_LABEL:
-        return f"results/picks/info/{wildcards.tomo}_info.json"
-    return info_json(wildcards)
-
-
-def set_particle_files(wildcards):
-    """Per-tomogram 3D particle files and summaries of one label (in tomogram order)."""
-    return {
-        "particles3d": expand("results/extract/particles3d/{tomo}__{label}.hdf", tomo=tomogram_names(),
-                              label=wildcards.label),
-        "summaries": expand("results/extract/summary/{tomo}__{label}.json", tomo=tomogram_names(),
-                            label=wildcards.label),
-    }
-
-
 rule extract_particles:
     input:
         tilt_series=tilt_series,

@@ -10,11 +10,6 @@
 # results/picks/{tomo}__review.png         slices with picks + score histogram
 
 
-def picks_mask_input(wildcards):
-    """Optional user mask (MRC, binned tomogram grid) restricting picks; none by default."""
-    return [config["picks"]["mask"]] if config["picks"]["mask"] else []
-
-
 rule tempmatch_search:
     input:
         tomogram=binned_tomogram,

@@ -234,7 +234,7 @@ def test_invalid_iteration_string():
                                       "(emflow.spt_refine.parse_iters) not written yet").parse_iters
     with pytest.raises(InputError) as e:
         parse_iters("p3,x9")
-    assert "x9" in str(e.value) and "Fix:" in str(e.value)
+    _assert_message(e.value, "spt_refine.iters", "'x9'", "p3")
 
 
 # --------------------------------------------------------------------------------------- reference maps

@@ -185,9 +185,6 @@ _READ_TYPES: dict[bytes, tuple[np.dtype, h5py.h5t.TypeID]] = {}
 
 
 def _read_attr(attr) -> np.ndarray | None:
-    shape = attr.shape
-    if shape is None:  # null dataspace
-        return None
     tid = attr.get_type()
     key = tid.encode()
     cached = _READ_TYPES.get(key)
@@ -196,8 +193,19 @@ def _read_attr(attr) -> np.ndarray | None:
         cached = (dtype, h5py.h5t.py_create(dtype))
         if dtype.kind != "O":  # variable-length types: memory type depends on dtype metadata
             _READ_TYPES[key] = cached
-    arr = np.empty(shape, dtype=cached[0])
-    attr.read(arr, mtype=cached[1])
+    dtype, mtype = cached
+    try:  # the element count from the storage size is much cheaper than the dataspace's shape
+        nbytes = attr.get_storage_size() if dtype.kind != "O" else 0
+    except RuntimeError:  # HDF5 reports 0 bytes (empty or null dataspace) as an error
+        nbytes = 0
+    if nbytes and nbytes % dtype.itemsize == 0:
+        shape = (nbytes // dtype.itemsize,)  # scalars read as 1-element arrays; decoding is the same
+    else:
+        shape = attr.shape
+        if shape is None:  # null dataspace
+            return None
+    arr = np.empty(shape, dtype=dtype)
+    attr.read(arr, mtype=mtype)
     return arr
 
 
@@ -374,6 +382,26 @@ def _as_image_list(images) -> list[np.ndarray]:
     return image_list
 
 
+def _with_stats(image_list: list[np.ndarray]):
+    """Yield ``(k, float32 C-contiguous image, (min, max, mean, sigma))``; the statistics are
+    computed for blocks of same-shape images at once (per-image numpy calls cost more than the
+    arithmetic for small boxes)."""
+    k = 0
+    while k < len(image_list):
+        shape = image_list[k].shape
+        size = max(1, int(np.prod(shape)))
+        stop = k + 1
+        while stop < min(len(image_list), k + max(1, (1 << 21) // size)) and image_list[stop].shape == shape:
+            stop += 1
+        block = np.ascontiguousarray(np.stack(image_list[k:stop]), dtype=np.float32)
+        flat = block.reshape(stop - k, -1)
+        stats = np.stack([flat.min(axis=1), flat.max(axis=1), flat.mean(axis=1, dtype=np.float64),
+                          flat.std(axis=1, dtype=np.float64)], axis=1).tolist()
+        for j in range(stop - k):
+            yield k + j, block[j], stats[j]
+        k = stop
+
+
 class HdfStackWriter:
     """Stream images into an EMAN2 HDF stack, chunk by chunk, atomically.
 
@@ -456,13 +484,12 @@ class HdfStackWriter:
         if headers is not None and len(headers) != len(image_list):
             raise ValueError(f"{len(headers)} headers for {len(image_list)} images")
         start = self.count
-        for k, img in enumerate(image_list):
-            self._write_one(start + k, np.ascontiguousarray(img, dtype=np.float32),
-                            headers[k] if headers is not None else {})
+        for k, img, stats in _with_stats(image_list):
+            self._write_one(start + k, img, stats, headers[k] if headers is not None else {})
             self.count += 1
         return range(start, self.count)
 
-    def _write_one(self, index: int, img: np.ndarray, header: Mapping) -> None:
+    def _write_one(self, index: int, img: np.ndarray, stats: tuple, header: Mapping) -> None:
         gid = h5py.h5g.create(self._images, str(index).encode(), lcpl=_LCPL)
         header = dict(header)
         shape_xyz = img.shape[::-1] + (1,) * (3 - img.ndim)
@@ -470,8 +497,7 @@ class HdfStackWriter:
         if self.apix is not None:
             for key in ("apix_x", "apix_y", "apix_z"):
                 header.setdefault(key, self.apix)
-        header.update(minimum=float(img.min()), maximum=float(img.max()),
-                      mean=float(img.mean(dtype=np.float64)), sigma=float(img.std(dtype=np.float64)))
+        header.update(minimum=stats[0], maximum=stats[1], mean=stats[2], sigma=stats[3])
         encoder = self._encoder
         for key, value in header.items():
             if key not in _RENDER_KEYS:
