@@ -21,13 +21,14 @@ import numpy as np
 import scipy.fft
 
 
-def fft_pair_seconds(box: int, batch: int = 512, repeat: int = 5) -> float:
+def fft_pair_seconds(box: int, batch: int = 512, repeat: int = 5) -> tuple[float, float]:
+    """(wall, CPU) seconds of one rfft2 + irfft2 pair of a box×box float32 image, batched."""
     x = np.random.default_rng(0).normal(size=(batch, box, box)).astype(np.float32)
     scipy.fft.irfft2(scipy.fft.rfft2(x, axes=(-2, -1), workers=-1), s=(box, box), axes=(-2, -1), workers=-1)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         scipy.fft.irfft2(scipy.fft.rfft2(x, axes=(-2, -1), workers=-1), s=(box, box), axes=(-2, -1), workers=-1)
-    return (time.perf_counter() - t) / (repeat * batch)
+    return (time.perf_counter() - t) / (repeat * batch), (time.process_time() - c) / (repeat * batch)
 
 
 def main():
@@ -68,9 +69,11 @@ def main():
     t = time.perf_counter()
     proj = project3d(vol, eul)
     times["project3d"] = time.perf_counter() - t
-    t = time.perf_counter()
+    pair_before = fft_pair_seconds(box)
+    t, c = time.perf_counter(), time.process_time()
     mx = simmx(particles, proj, opts.simmx_options(), particle_snr=snr_sh)
     times["simmx"] = time.perf_counter() - t
+    simmx_cpu = time.process_time() - c
     t = time.perf_counter()
     cls = classify(mx)
     times["classify"] = time.perf_counter() - t
@@ -80,11 +83,18 @@ def main():
     t = time.perf_counter()
     make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
     times["make3d"] = time.perf_counter() - t
-    pair = fft_pair_seconds(box)
-    per_pair = times["simmx"] / (len(particles) * len(proj))
+    pair_after = fft_pair_seconds(box)
+    # the FFT yardstick is measured just before and just after simmx (the machine is shared:
+    # wall times swing with the load; CPU seconds are steadier)
+    pair = (pair_before[0] + pair_after[0]) / 2
+    pair_cpu = (pair_before[1] + pair_after[1]) / 2
+    npairs = len(particles) * len(proj)
+    per_pair, per_pair_cpu = times["simmx"] / npairs, simmx_cpu / npairs
     out = {"n_particles": len(particles), "n_projections": len(proj), "box": box, "cpus": os.cpu_count(),
-           "seconds": times, "iteration_seconds": sum(times.values()),
-           "simmx_seconds_per_pair": per_pair, "fft_pair_seconds": pair, "simmx_pair_over_fft_pair": per_pair / pair}
+           "load_average": os.getloadavg(), "seconds": times, "iteration_seconds": sum(times.values()),
+           "simmx_seconds_per_pair": per_pair, "fft_pair_seconds": pair, "simmx_pair_over_fft_pair": per_pair / pair,
+           "simmx_cpu_seconds_per_pair": per_pair_cpu, "fft_pair_cpu_seconds": pair_cpu,
+           "simmx_pair_over_fft_pair_cpu": per_pair_cpu / pair_cpu}
     print(json.dumps(out, indent=1))
     if args.out:
         with open(args.out, "w") as fh:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import Callable
 
 import numba
@@ -217,8 +218,17 @@ def _frc_body(vft, scale, proj, rots, qx, qy, shell, nshell, w, pdat, dpow, out)
 
 # parallel over (orientation, tilt) for searches; serial for the single trials of Nelder–Mead,
 # where waking a thread pool costs more than the work
+# Two distinct function objects: numba's on-disk cache is keyed by qualified name and line, not by
+# the ``parallel`` flag, so jitting one function twice made the serial kernel load the parallel one
+# from the cache (a thread-pool wake-up per Nelder–Mead trial, ~20× slower on a busy machine).
+def _renamed(func, name: str):
+    f = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__, func.__closure__)
+    f.__qualname__ = name
+    return f
+
+
 _frc_parallel = pjit(_frc_body)
-_frc_serial = jit(_frc_body)
+_frc_serial = jit(_renamed(_frc_body, "_frc_body_serial"))
 
 
 def _as_rotations(rotations) -> np.ndarray:

@@ -6,8 +6,9 @@ Algorithm (per class ``ic`` of ``ncls``):
    ``batch`` random particles, each given a random orientation ``R`` (subtilt transforms
    ``P_k·R``).
 2. Each iteration draws ``nptcl = ceil(batch·ncls/keep)`` random particles and aligns every
-   one globally (:func:`emflow.align3d.align_global`) to every class's current map, using the
-   shells up to ``1/res_a``. The ``batch`` best-scoring particles of each class (or, with
+   one globally to every class's current map, using the shells up to ``1/res_a``
+   (:func:`align_coarse_to_fine`: a coarse orientation grid, then a batched pattern search of
+   rotation and 3D shift around the best few grid points). The ``batch`` best-scoring particles of each class (or, with
    ``classify``, those whose best class it is) are reconstructed with their new transforms
    ``P_k·T``, and the class's **un-normalised padded accumulators** are updated
    ``F ← (1−lr)·F + lr·F_new`` (and the weights ``W`` likewise).
@@ -22,17 +23,19 @@ tilt geometry of the subtilts.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from typing import Callable, Sequence
 
 import numpy as np
 
 from emflow import align3d, filters, fourier, masks
-from emflow.geometry import random_rotations
+from emflow.geometry import eman_to_matrix, get_symmetry, orientations, random_rotations
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
 
-__all__ = ["SGDParams", "SGDResult", "sgd_initial_model", "postprocess_map"]
+__all__ = ["SGDParams", "SGDResult", "sgd_initial_model", "postprocess_map", "align_coarse_to_fine"]
 
 
 @dataclasses.dataclass
@@ -58,9 +61,11 @@ class SGDParams:
     sym : str
         Point-group symmetry (alignment search and reconstruction).
     delta_deg : float or None
-        Global search step (deg); None: the EMAN ``astep`` of the coarsest crop (7.5°).
+        Coarse global grid step (deg, also the phi step); None: 22.5°.
     npos : int
-        Candidates refined after the global grid.
+        Best grid points (mutually ≥ 1.5·delta apart) refined by the local pattern search.
+    fine_deg : float
+        Smallest rotation step (deg) of the local pattern search.
     maxshift_px : float or None
         Largest particle translation (px); None: box/6.
     mask_radius_px, mask_width_px : float or None
@@ -76,7 +81,8 @@ class SGDParams:
     classify: bool = False
     sym: str = "c1"
     delta_deg: float | None = None
-    npos: int = 8
+    npos: int = 4
+    fine_deg: float = 1.5
     maxshift_px: float | None = None
     mask_radius_px: float | None = None
     mask_width_px: float | None = None
@@ -126,6 +132,114 @@ def postprocess_map(vol: np.ndarray, apix: float, res_a: float, mask_radius_px=N
     r = 0.35 * b if mask_radius_px is None else mask_radius_px
     w = 0.1 * b if mask_width_px is None else mask_width_px
     return (v * masks.soft_sphere(b, r, w)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- search
+# the 27 points of the {-1, 0, 1}³ stencil; index 13 is the centre (no move)
+_STENCIL = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))
+_CENTRE = 13
+
+
+@functools.lru_cache(maxsize=8)
+def _coarse_grid(sym: str, delta: float) -> np.ndarray:
+    """Rotations (n, 3, 3) of the asymmetric unit (with mirror) at step ``delta`` (phi too)."""
+    eul = orientations("eman", sym=sym, delta=delta, phitoo=delta, inc_mirror=True)
+    R = eman_to_matrix(eul[:, 0], eul[:, 1], eul[:, 2])
+    R.setflags(write=False)
+    return R
+
+
+def _stencil_rotations(step_deg: float) -> np.ndarray:
+    """Rodrigues rotations (27, 3, 3) by the vectors ``step_deg·s`` for s in the 3×3×3 stencil."""
+    w = np.radians(step_deg) * _STENCIL
+    a = np.linalg.norm(w, axis=1)
+    k = w / np.where(a > 0, a, 1.0)[:, None]
+    K = np.zeros((27, 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K -= K.transpose(0, 2, 1)
+    return np.eye(3) + np.sin(a)[:, None, None] * K + (1 - np.cos(a))[:, None, None] * (K @ K)
+
+
+def _pattern_refine(projector, particle, R, t, minp, maxp, step_deg, shift_px, fine_deg, maxshift,
+                    max_moves=3):
+    """Batched pattern search: score the 27 rotation × 27 shift stencil around ``(R, t)`` in one
+    kernel call, move to the best, repeat (≤ ``max_moves``) until the centre wins, halve the steps."""
+    score = math.inf
+    while True:
+        dR = _stencil_rotations(step_deg)
+        for _ in range(max_moves):
+            rots = dR @ R
+            shifts = t + shift_px * _STENCIL
+            ok = np.linalg.norm(shifts, axis=1) <= maxshift + 1e-9
+            ok[_CENTRE] = True
+            sc = align3d.score_orientations(projector, particle, rots, shifts[ok], minp, maxp)
+            i, j = np.unravel_index(int(np.argmin(sc)), sc.shape)
+            j_centre = int(np.count_nonzero(ok[:_CENTRE]))
+            R, t, score = rots[i], shifts[ok][j], float(sc[i, j])
+            if i == _CENTRE and j == j_centre:
+                break
+        if step_deg <= fine_deg * 1.0001:
+            return R, t, score
+        step_deg = max(fine_deg, step_deg / 2)
+        shift_px /= 2
+
+
+def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltParticle, sym: str = "c1",
+                         minp: int = 2, maxp: int | None = None, delta: float = 22.5, npos: int = 4,
+                         fine_deg: float = 1.5, maxshift: float | None = None,
+                         shift_step: float = 1.0) -> align3d.Alignment:
+    """Global subtilt alignment for SGD at low resolution: coarse grid, then local pattern search.
+
+    The score is :func:`emflow.align3d.score_orientations` (``−mean_k FRC_k`` over shells
+    ``minp ≤ |k| < maxp``; lower is better). 1. Every orientation of the asymmetric unit (with
+    mirror) on a ``delta`` grid (phi step ``delta``) is scored at ``t = 0`` in one parallel
+    kernel call. 2. The ``npos`` best grid points, mutually ≥ 1.5·``delta`` apart, are refined
+    by :func:`_pattern_refine`: rotation steps ``delta/2, delta/4, …, fine_deg`` (rotations
+    about x, y, z and their diagonals) jointly with 3D shift steps ``shift_step, shift_step/2, …``
+    px, every stencil of 27 × 27 trials in one kernel call. Much cheaper than the Nelder–Mead
+    refinement of :func:`emflow.align3d.align_global` (hundreds of single-trial calls).
+
+    Parameters
+    ----------
+    projector : VolumeProjector
+        Reference, same box ``b`` as ``particle``.
+    particle : SubtiltParticle
+    sym : str
+        Point group: the grid covers its asymmetric unit.
+    minp, maxp : int
+        Fourier shells (px of ``b``); ``maxp`` default ``0.4·b``.
+    delta : float
+        Coarse grid step (deg).
+    npos : int
+        Grid points refined.
+    fine_deg : float
+        Final rotation step (deg), also the angular precision.
+    maxshift : float, optional
+        Largest |t| (px); default ``b/6``.
+    shift_step : float
+        First shift step (px) of the pattern search.
+
+    Returns
+    -------
+    emflow.align3d.Alignment
+        ``rotation`` R, ``shift`` t (reference → particle), score, per-tilt scores.
+    """
+    b = particle.box
+    maxp = int(0.4 * b) if maxp is None else int(min(maxp, b // 2))
+    maxshift = b / 6.0 if maxshift is None else float(maxshift)
+    sym_mats = get_symmetry(sym).matrices
+    R = _coarse_grid(sym, float(delta))
+    sc = align3d.score_orientations(projector, particle, R, None, minp, maxp)[:, 0]
+    keep = align3d._select_separated(R, None, sc, npos, 1.5 * delta, sym_mats)
+    best = None
+    for i in keep:
+        Ri, ti, si = _pattern_refine(projector, particle, R[i], np.zeros(3), minp, maxp, delta / 2,
+                                     shift_step, fine_deg, maxshift)
+        if best is None or si < best[2]:
+            best = (Ri, ti, si)
+    Rb, tb, _ = best
+    c = align3d.tilt_frc(projector, particle, Rb, tb[None], minp, maxp)[0, 0].astype(np.float64)
+    return align3d.Alignment(Rb, tb, float(-c.mean()), -c)
 
 
 def _new_reconstructor(box: int, sym: str) -> Reconstructor:
@@ -207,8 +321,10 @@ def sgd_initial_model(particles: Sequence[align3d.SubtiltParticle], apix: float,
             proj = VolumeProjector(maps[ic], pad=2)
             row = []
             for i in ids:
-                row.append(align3d.align_global(proj, particles[i], sym=p.sym, minp=minp, maxp=maxp,
-                                                delta=p.delta_deg, maxshift=p.maxshift_px, npos=p.npos))
+                row.append(align_coarse_to_fine(proj, particles[i], sym=p.sym, minp=minp, maxp=maxp,
+                                                delta=22.5 if p.delta_deg is None else p.delta_deg,
+                                                npos=p.npos, fine_deg=p.fine_deg,
+                                                maxshift=p.maxshift_px))
                 done += 1
                 if progress is not None:
                     progress(done / total)

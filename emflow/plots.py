@@ -140,14 +140,17 @@ def demo_scores(scores: Mapping, path: str | os.PathLike) -> None:
     ax_p.set_xticks(range(len(names)), names, fontsize=8)
     ax_p.set(ylim=(0, 1.05), title="picks vs truth", ylabel="fraction")
     ax_p.legend(fontsize=7)
-    errs = scores.get("orientation_errors_deg", {})
-    for name, values in errs.items():
+    drawn = 0
+    for name, values in scores.get("orientation_errors_deg", {}).items():
         if len(values):
             ax_o.hist(values, bins=np.linspace(0, 180, 37), alpha=0.6,
                       label=f"{name}: median {np.median(values):.1f}°")
+            drawn += 1
     ax_o.set(xlabel="orientation error (deg)", ylabel="particles", title="orientation error of matched picks")
-    if errs:
+    if drawn:
         ax_o.legend(fontsize=7)
+    else:
+        ax_o.text(0.5, 0.5, "no matched picks", ha="center", transform=ax_o.transAxes)
     maps = scores.get("maps", {})
     ax_f.axis("off")
     rows = [[m, _fmt(v.get("fsc_0.5_A")), _fmt(v.get("fsc_0.143_A"))] for m, v in maps.items()]

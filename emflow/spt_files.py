@@ -34,7 +34,8 @@ def _headers_only(path: str) -> list[dict]:
     with h5py.File(path, "r") as f:
         g = f["MDF/images"]
         keys = sorted((k for k in g.keys() if k.isdigit()), key=int)
-        return [_read_header(g[k]) for k in keys]
+        # _read_header walks the attributes by index with the low-level API: it takes the group id
+        return [_read_header(g[k].id) for k in keys]
 
 
 def gather_metadata(set_entries, shrink: float = 1.0, maxtilt_deg: float = 90.0, source=None) -> ParticleTable:

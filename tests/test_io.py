@@ -13,7 +13,7 @@ import pytest
 
 from emflow.errors import InputError
 from emflow.io import (
-    LstEntry, add_boxes, atomic_write, boxes_from_info, ctf_from_dict, ctf_from_string, ctf_to_dict,
+    HdfStackWriter, LstEntry, add_boxes, atomic_write, boxes_from_info, ctf_from_dict, ctf_from_string, ctf_to_dict,
     ctf_to_string, eman_euler_matrix, hdf_count, read_coords_txt, read_fsc_txt, read_hdf_stack,
     read_info_json, read_lst, read_mrc, read_mrc_header, read_star, read_tlt, read_xf, tlt_params,
     transform_from_dict, transform_to_dict, write_fsc_txt, write_hdf_stack, write_info_json,
@@ -435,6 +435,69 @@ def test_hdf_corrupt_or_foreign_files(tmp_path, rng):
     (tmp_path / "text.hdf").write_text("not hdf")
     with pytest.raises(InputError, match="text.hdf"):
         hdf_count(tmp_path / "text.hdf")
+
+
+def test_hdf_stack_writer_chunks_round_trip(tmp_path, rng):
+    """Streaming in uneven chunks gives the same stack as one write_hdf_stack call."""
+    imgs = rng.normal(size=(7, 12, 10)).astype(np.float32) * 3 + 1
+    headers = [{"xform.projection": transform_to_dict(random_rotation(rng), rng.normal(size=3)),
+                "tilt_id": i % 3, "file_threed": "particles3d/a.hdf", "score": float(i) / 7} for i in range(7)]
+    with HdfStackWriter(tmp_path / "s.hdf", apix=4.0) as out:
+        assert out.append(imgs[:3], headers[:3]) == range(0, 3)
+        assert out.append(list(imgs[3:4]), headers[3:4]) == range(3, 4)
+        assert out.append(imgs[4:], headers[4:]) == range(4, 7) and len(out) == 7
+        assert not (tmp_path / "s.hdf").exists()  # only the temporary file exists while writing
+    write_hdf_stack(tmp_path / "w.hdf", imgs, headers, apix=4.0)
+    data, hdrs = read_hdf_stack(tmp_path / "s.hdf")
+    ref, ref_hdrs = read_hdf_stack(tmp_path / "w.hdf")
+    np.testing.assert_array_equal(data, imgs)
+    np.testing.assert_array_equal(ref, imgs)
+    assert hdrs == ref_hdrs and hdf_count(tmp_path / "s.hdf") == 7
+    for k, h in enumerate(hdrs):  # statistics from the data, as EMAN2 sets them
+        assert h["mean"] == pytest.approx(float(imgs[k].mean(dtype=np.float64)), rel=1e-12)
+        assert h["sigma"] == pytest.approx(float(imgs[k].std(dtype=np.float64)), rel=1e-12)
+        assert (h["minimum"], h["maximum"]) == (float(imgs[k].min()), float(imgs[k].max()))
+        assert h["tilt_id"] == k % 3 and h["apix_z"] == 4.0
+        np.testing.assert_allclose(transform_from_dict(h["xform.projection"])[0],
+                                   transform_from_dict(headers[k]["xform.projection"])[0], atol=1e-6)
+    assert sorted(os.listdir(tmp_path)) == ["s.hdf", "w.hdf"]
+
+
+def test_hdf_stack_writer_mixed_shapes_and_append(tmp_path, rng):
+    vols = [rng.normal(size=(4, 6, 8)).astype(np.float32), rng.normal(size=(5, 5, 5)).astype(np.float32)]
+    with HdfStackWriter(tmp_path / "v.hdf", bits=0) as out:
+        out.append(vols)
+    with HdfStackWriter(tmp_path / "v.hdf", append=True) as out:
+        assert out.append(vols[:1], [{"class": 2}]) == range(2, 3)
+    assert hdf_count(tmp_path / "v.hdf") == 3
+    data, hdrs = read_hdf_stack(tmp_path / "v.hdf", indices=[1])
+    np.testing.assert_array_equal(data[0], vols[1])
+    assert hdrs[0]["sigma"] == pytest.approx(float(vols[1].std(dtype=np.float64)), rel=1e-12)
+    data, hdrs = read_hdf_stack(tmp_path / "v.hdf", indices=[-1])
+    np.testing.assert_array_equal(data[0], vols[0])
+    assert hdrs[0]["class"] == 2
+    with pytest.raises(InputError, match="different shapes"):
+        read_hdf_stack(tmp_path / "v.hdf")
+
+
+def test_hdf_stack_writer_is_atomic(tmp_path, rng):
+    imgs = rng.normal(size=(4, 8, 8)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="boom"):
+        with HdfStackWriter(tmp_path / "new.hdf") as out:
+            out.append(imgs[:2])
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []  # no final file, no temporary left behind
+    write_hdf_stack(tmp_path / "old.hdf", imgs[:1], [{"tilt_id": 5}])
+    before = (tmp_path / "old.hdf").read_bytes()
+    with pytest.raises(TypeError, match="cannot store"):  # a bad header mid-stream
+        with HdfStackWriter(tmp_path / "old.hdf", append=True) as out:
+            out.append(imgs[:2], [{"tilt_id": 1}, {"bad": object()}])
+    assert (tmp_path / "old.hdf").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["old.hdf"]
+    with pytest.raises(RuntimeError, match="with"):
+        HdfStackWriter(tmp_path / "x.hdf").append(imgs)
+    with pytest.raises(ValueError, match="bits"):
+        HdfStackWriter(tmp_path / "x.hdf", bits=17)
 
 
 # ----------------------------------------------------------------------------- info JSON

@@ -119,6 +119,8 @@ def test_workflow_outputs_and_demo_scores(tiny_workflow):
                 "report/figures/tomogram_demo_01.png"):
         _assert_png_not_blank(res / rel)
     doc = json.loads((res / "demo_scores.json").read_text())
+    # the simulated manual picks (a few px of error) must all be found: checks the coordinate frames
+    assert doc["manual_picks"]["demo_01"]["recall"] == 1.0
     p = doc["picks"]["demo_01"]
     assert p["n_truth"] > 0 and 0.0 <= p["precision"] <= 1.0 and 0.0 <= p["recall"] <= 1.0
     table = (res / "report" / "runtimes.tsv").read_text().splitlines()

@@ -157,6 +157,12 @@ def assert_same_outputs(ref: pathlib.Path, other: pathlib.Path, rel_tol: float =
         if a == b:
             counts["identical"] += 1
             continue
+        if rel.suffix == ".json":  # numbers in summaries: float tolerance, everything else equal
+            import json
+
+            _assert_close_json(json.loads(a), json.loads(b), rel_tol, str(rel))
+            counts["within_tolerance"] += 1
+            continue
         arrays_a, arrays_b = load_arrays(ref / rel), load_arrays(other / rel)
         assert arrays_a is not None, f"{rel} differs between the runs (and is not an array/picture file)"
         assert arrays_a.keys() == arrays_b.keys(), rel
@@ -173,6 +179,21 @@ def assert_same_outputs(ref: pathlib.Path, other: pathlib.Path, rel_tol: float =
                 np.testing.assert_array_equal(y, x, err_msg=f"{rel}:{key}")
         counts["within_tolerance"] += 1
     return counts
+
+
+def _assert_close_json(x, y, rel_tol: float, where: str) -> None:
+    if isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), where
+        for k in x:
+            _assert_close_json(x[k], y[k], rel_tol, f"{where}:{k}")
+    elif isinstance(x, list):
+        assert isinstance(y, list) and len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y)):
+            _assert_close_json(u, v, rel_tol, f"{where}[{i}]")
+    elif isinstance(x, float) and isinstance(y, (int, float)):
+        assert abs(x - y) <= rel_tol * max(abs(x), abs(y), 1e-12), f"{where}: {x} != {y}"
+    else:
+        assert x == y, f"{where}: {x!r} != {y!r}"
 
 
 def load_arrays(path: pathlib.Path) -> dict[str, np.ndarray] | None:

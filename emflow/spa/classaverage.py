@@ -14,7 +14,7 @@ import scipy.fft
 import scipy.ndimage
 
 from emflow.errors import InputError
-from emflow.spa import align2d
+from emflow.spa import align2d, fourier_align
 from emflow.spa import cmp as cmpmod
 from emflow.spa.classify import class_members
 
@@ -141,9 +141,15 @@ def _average(aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, n_class: int
     return (acc / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
 
 
-def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool):
-    r = align2d.rotate_translate_flip(moving, refs, mi, ri, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
-                                      flip=flip, apix=opts.apix)
+def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool, prepared_moving=None):
+    if prepared_moving is not None:
+        # ccc alignment: the Fourier-space aligner (sub-pixel shifts; same transform convention)
+        tgt = fourier_align.PreparedTargets(refs, flip=flip)
+        r = fourier_align.align_pairs(prepared_moving, tgt, mi, ri, flip=flip, maxshift=opts.maxshift)
+        r.pop("ring_sums")
+    else:
+        r = align2d.rotate_translate_flip(moving, refs, mi, ri, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
+                                          flip=flip, apix=opts.apix)
     if opts.ralign:
         r = align2d.refine(moving, refs, mi, ri, r, cmp=opts.raligncmp, maxshift=opts.maxshift)
     return r
@@ -190,10 +196,13 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
     use = np.ones(len(mp), bool)
     sim = np.zeros(len(mp))
     steps = opts.iter + 2
+    prep = None
+    if cmpmod.parse_cmp(opts.aligncmp)[0] == "ccc":
+        prep = fourier_align.PreparedMoving(ali, align2d.n_angles(ali.shape[-2]))
     for it in range(opts.iter + 1):
         if it > 0:
             use = keep_mask(sim, mc, opts.keep, opts.keepsig)
-        r = _align(ali, refs, mp, mc, opts, flip)
+        r = _align(ali, refs, mp, mc, opts, flip, prep)
         aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mp)
         snr = None if particle_snr is None else particle_snr[mp]
         sim = cmpmod.compare(aligned, refs[mc], opts.cmp, snr=snr, apix=opts.apix)

@@ -31,6 +31,9 @@ for truth_path, picks_path in zip(smk.input.truth, smk.input.picks):
     summary, errors = scores.score_tomogram_picks(xyz, rots.reshape(-1, 3, 3), truth, sym)
     result["picks"][name] = summary
     result["orientation_errors_deg"][name] = np.round(errors, 3).tolist()
+    if truth.get("picks_px"):  # the demo's simulated manual picks: a check of the frames used above
+        manual, _ = scores.score_tomogram_picks(np.asarray(truth["picks_px"]), None, truth)
+        result.setdefault("manual_picks", {})[name] = manual
     log.info("%s: %s", name, summary)
 for path in smk.input.spa_fsc_truth:
     freq, fsc = read_fsc_txt(path)
