@@ -1,8 +1,10 @@
 """Benchmark of emflow.align3d's global search (JSON on stdout, or to --out).
 
-For box 32 and 64: seconds per particle for align_global (coarse grid + local refinement),
-orientations scored per second by the fused kernel, and — measured in the same run for
-scale — the time of one FFT of the particle's 2×-padded subtilt stack.
+For box 32 and 64: seconds per particle for align_global (coarse grid + Nelder–Mead refinement)
+and for the SGD search initial_model.align_coarse_to_fine (22.5° grid + batched pattern search),
+with their median angular errors vs the simulated truth, orientations scored per second by the
+fused kernel, and — measured in the same run for scale — the time of one FFT of the particle's
+2×-padded subtilt stack.
 
     .venv/bin/python benchmarks/bench_align3d.py [--boxes 32 64] [--delta 15] [--out f.json]
 """
@@ -21,7 +23,7 @@ import scipy.fft
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from emflow import align3d  # noqa: E402
+from emflow import align3d, initial_model  # noqa: E402
 from emflow.geometry import angle_between, eman_to_matrix, orientations  # noqa: E402
 from emflow.projection import VolumeProjector  # noqa: E402
 from naive_align3d import blob_phantom, simulate_particles  # noqa: E402
@@ -46,6 +48,13 @@ def bench(box: int, delta: float, nptcl: int, tilts) -> dict:
         a = align3d.align_global(proj, p, maxp=maxp, delta=delta, npos=4)
         errs.append(float(angle_between(a.rotation, Rt)))
     t_ptcl = (time.perf_counter() - t0) / nptcl
+    initial_model.align_coarse_to_fine(proj, parts[0], maxp=maxp, delta=45.0, npos=1)  # compile
+    t0 = time.perf_counter()
+    errs_c2f = []
+    for p, Rt in zip(parts, R):
+        a = initial_model.align_coarse_to_fine(proj, p, maxp=maxp)
+        errs_c2f.append(float(angle_between(a.rotation, Rt)))
+    t_c2f = (time.perf_counter() - t0) / nptcl
     stack = np.zeros((len(tilts), 2 * box, 2 * box), np.float32)
     scipy.fft.rfft2(stack, workers=-1)
     t0 = time.perf_counter()
@@ -54,6 +63,8 @@ def bench(box: int, delta: float, nptcl: int, tilts) -> dict:
     t_fft = (time.perf_counter() - t0) / 5
     return {"box": box, "ntilt": len(tilts), "delta_deg": delta, "n_orientations": len(rots),
             "maxp": maxp, "seconds_per_particle_global": t_ptcl,
+            "seconds_per_particle_coarse_to_fine": t_c2f,
+            "median_angle_error_coarse_to_fine_deg": float(np.median(errs_c2f)),
             "orientations_per_second_scan": len(rots) / t_scan,
             "seconds_fft_padded_subtilt_stack": t_fft,
             "median_angle_error_deg": float(np.median(errs)), "threads": numba.get_num_threads()}

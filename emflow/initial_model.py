@@ -138,6 +138,8 @@ def postprocess_map(vol: np.ndarray, apix: float, res_a: float, mask_radius_px=N
 # the 27 points of the {-1, 0, 1}³ stencil; index 13 is the centre (no move)
 _STENCIL = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))
 _CENTRE = 13
+# shift moves: the centre and ±1 along x, y, z (index 0 is the centre)
+_SHIFT_STENCIL = np.vstack([np.zeros(3), np.eye(3), -np.eye(3)])
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,28 +162,22 @@ def _stencil_rotations(step_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(a)[:, None, None] * K + (1 - np.cos(a))[:, None, None] * (K @ K)
 
 
-def _pattern_refine(projector, particle, R, t, minp, maxp, step_deg, shift_px, fine_deg, maxshift,
-                    max_moves=3):
-    """Batched pattern search: score the 27 rotation × 27 shift stencil around ``(R, t)`` in one
-    kernel call, move to the best, repeat (≤ ``max_moves``) until the centre wins, halve the steps."""
+def _pattern_level(projector, particle, R, t, minp, maxp, step_deg, shift_px, maxshift, max_moves=3):
+    """One level of a batched pattern search: score the 27 rotations × 7 shifts stencil around
+    ``(R, t)`` in one kernel call, move to the best, repeat (≤ ``max_moves``) until the centre wins.
+    Returns ``(R, t, score)``."""
+    dR = _stencil_rotations(step_deg)
     score = math.inf
-    while True:
-        dR = _stencil_rotations(step_deg)
-        for _ in range(max_moves):
-            rots = dR @ R
-            shifts = t + shift_px * _STENCIL
-            ok = np.linalg.norm(shifts, axis=1) <= maxshift + 1e-9
-            ok[_CENTRE] = True
-            sc = align3d.score_orientations(projector, particle, rots, shifts[ok], minp, maxp)
-            i, j = np.unravel_index(int(np.argmin(sc)), sc.shape)
-            j_centre = int(np.count_nonzero(ok[:_CENTRE]))
-            R, t, score = rots[i], shifts[ok][j], float(sc[i, j])
-            if i == _CENTRE and j == j_centre:
-                break
-        if step_deg <= fine_deg * 1.0001:
-            return R, t, score
-        step_deg = max(fine_deg, step_deg / 2)
-        shift_px /= 2
+    for _ in range(max_moves):
+        rots = dR @ R
+        shifts = t + shift_px * _SHIFT_STENCIL
+        shifts = shifts[(np.linalg.norm(shifts, axis=1) <= maxshift + 1e-9) | (np.arange(7) == 0)]
+        sc = align3d.score_orientations(projector, particle, rots, shifts, minp, maxp)
+        i, j = np.unravel_index(int(np.argmin(sc)), sc.shape)
+        R, t, score = rots[i], shifts[j], float(sc[i, j])
+        if i == _CENTRE and j == 0:
+            break
+    return R, t, score
 
 
 def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltParticle, sym: str = "c1",
@@ -193,10 +189,11 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
     The score is :func:`emflow.align3d.score_orientations` (``−mean_k FRC_k`` over shells
     ``minp ≤ |k| < maxp``; lower is better). 1. Every orientation of the asymmetric unit (with
     mirror) on a ``delta`` grid (phi step ``delta``) is scored at ``t = 0`` in one parallel
-    kernel call. 2. The ``npos`` best grid points, mutually ≥ 1.5·``delta`` apart, are refined
-    by :func:`_pattern_refine`: rotation steps ``delta/2, delta/4, …, fine_deg`` (rotations
-    about x, y, z and their diagonals) jointly with 3D shift steps ``shift_step, shift_step/2, …``
-    px, every stencil of 27 × 27 trials in one kernel call. Much cheaper than the Nelder–Mead
+    kernel call, on the shells up to ``min(maxp, 2/δ)`` (δ in radians) that the grid resolves. 2. The ``npos`` best grid points, mutually ≥ 1.5·``delta`` apart, are refined
+    by a pattern search (:func:`_pattern_level`) with rotation steps ``delta/2, delta/4, …,
+    fine_deg`` (about x, y, z and their diagonals) jointly with 3D shift steps ``shift_step,
+    shift_step/2, …`` px, every stencil of 27 × 7 trials in one kernel call; after each level
+    only the better half of the candidates goes on. Much cheaper than the Nelder–Mead
     refinement of :func:`emflow.align3d.align_global` (hundreds of single-trial calls).
 
     Parameters
@@ -229,15 +226,20 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
     maxshift = b / 6.0 if maxshift is None else float(maxshift)
     sym_mats = get_symmetry(sym).matrices
     R = _coarse_grid(sym, float(delta))
-    sc = align3d.score_orientations(projector, particle, R, None, minp, maxp)[:, 0]
+    # the grid only resolves shells whose arc per step is ≲ 2 px: finer shells would just add noise
+    maxp_grid = min(maxp, max(minp + 2, int(round(2.0 / math.radians(delta)))))
+    sc = align3d.score_orientations(projector, particle, R, None, minp, maxp_grid)[:, 0]
     keep = align3d._select_separated(R, None, sc, npos, 1.5 * delta, sym_mats)
-    best = None
-    for i in keep:
-        Ri, ti, si = _pattern_refine(projector, particle, R[i], np.zeros(3), minp, maxp, delta / 2,
-                                     shift_step, fine_deg, maxshift)
-        if best is None or si < best[2]:
-            best = (Ri, ti, si)
-    Rb, tb, _ = best
+    cands = [(R[i], np.zeros(3)) for i in keep]
+    step, sstep = delta / 2, float(shift_step)
+    while True:  # levels: halve the steps and the number of candidates (as EMAN halves npos)
+        out = sorted((_pattern_level(projector, particle, Ri, ti, minp, maxp, step, sstep, maxshift)
+                      for Ri, ti in cands), key=lambda o: o[2])
+        if step <= fine_deg * 1.0001:
+            break
+        cands = [(Ri, ti) for Ri, ti, _ in out[:max(1, len(out) // 2)]]
+        step, sstep = max(fine_deg, step / 2), sstep / 2
+    Rb, tb, _ = out[0]
     c = align3d.tilt_frc(projector, particle, Rb, tb[None], minp, maxp)[0, 0].astype(np.float64)
     return align3d.Alignment(Rb, tb, float(-c.mean()), -c)
 

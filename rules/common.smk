@@ -93,8 +93,9 @@ def spa_particles_star():
 
 
 def tempmatch_template():
-    """Template for reference-based picking (the initial model once that stage exists)."""
-    return "results/demo/truth/reference_tomo.mrc"
+    """Template for reference-based picking: the SGD initial model (class 0) of the manual picks
+    (rules/initial_model.smk), so picking needs no external reference."""
+    return "results/initial_model/sptsgd_01/output_cls0.mrc"
 
 
 def picks_mask_input(wildcards):

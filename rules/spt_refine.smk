@@ -7,7 +7,10 @@
 #   chunks/align_XX_CCC.npz  -> aliptcls3d_XX.lst, aliptcls2d_XX.lst     (scatter / gather)
 #   chunks/rec_XX_CCC.npz    -> threed_XX(.hdf/.mrc), threed_XX_even/odd.hdf, fsc_*_XX.txt,
 #                               mask_XX.hdf, resolution_XX.json, fsc_XX.png
-# {path}/particles_final.star  final particles (RELION 3.1+); truth_eval.json (demo only)
+# {path}/particles_final.star  final particles (RELION 3.1+)
+# demo only: truth_eval_XX.json + fsc_truth_XX.png (gold standard and vs truth) -> truth_eval.json
+
+from types import SimpleNamespace
 
 from emflow.spt_refine import chunk_ranges, parse_iters
 
@@ -55,6 +58,16 @@ def spt_prev_res(wildcards):
 
 def spt_align_chunks(wildcards):
     return expand(f"{SPT_PATH}/chunks/align_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
+
+
+def spt_truth_files(wildcards):
+    """Demo truth json of every tomogram."""
+    return [truth_file_tomo(SimpleNamespace(tomo=t)) for t in tomogram_names()]
+
+
+def spt_truth_evals(wildcards):
+    """truth_eval_XX.json of every iteration."""
+    return [f"{SPT_PATH}/truth_eval_{i:02d}.json" for i in range(1, len(SPT_ITERS) + 1)]
 
 
 def spt_rec_chunks(wildcards):
@@ -224,5 +237,57 @@ rule spt_refine_export:
         "../workflow/scripts/spt_refine_export.py"
 
 
+rule spt_refine_truth_eval:
+    input:
+        info3d=f"{SPT_PATH}/particle_info_3d.lst",
+        info2d=f"{SPT_PATH}/particle_info_2d.lst",
+        ali3d=f"{SPT_PATH}/aliptcls3d_{{it}}.lst",
+        ali2d=f"{SPT_PATH}/aliptcls2d_{{it}}.lst",
+        threed=f"{SPT_PATH}/threed_{{it}}.hdf",
+        fsc_masked=f"{SPT_PATH}/fsc_masked_{{it}}.txt",
+        res=f"{SPT_PATH}/resolution_{{it}}.json",
+        truth=spt_truth_files,
+        truth_map=truth_map_tomo(),
+    output:
+        json=f"{SPT_PATH}/truth_eval_{{it}}.json",
+        png=f"{SPT_PATH}/fsc_truth_{{it}}.png",
+    params:
+        shrink=config["extract"]["shrink"],
+    log:
+        "results/logs/spt_refine/spt_refine_truth_eval/{it}.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_truth_eval/{it}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_truth_eval.py"
+
+
+rule spt_refine_truth_summary:
+    input:
+        evals=spt_truth_evals,
+    output:
+        json=f"{SPT_PATH}/truth_eval.json",
+    log:
+        "results/logs/spt_refine/spt_refine_truth_summary/summary.log",
+    benchmark:
+        "results/benchmarks/spt_refine/spt_refine_truth_summary/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spt_refine_truth_summary.py"
+
+
 if config["workflows"]["subtomogram"]:
     FINAL_TARGETS.append(f"{SPT_PATH}/particles_final.star")
+    if DEMO:
+        FINAL_TARGETS.append(f"{SPT_PATH}/truth_eval.json")
+        FINAL_TARGETS.extend(f"{SPT_PATH}/fsc_truth_{i:02d}.png" for i in range(1, len(SPT_ITERS) + 1))

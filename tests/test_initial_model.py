@@ -7,7 +7,7 @@ import pytest
 
 from emflow import align3d, initial_model
 from emflow.fsc import fsc
-from emflow.geometry import tilt_matrix
+from emflow.geometry import angle_between, tilt_matrix
 from emflow.projection import VolumeProjector, project
 from emflow.rotate import rotate_volume
 from naive_align3d import blob_phantom, simulate_particles
@@ -20,7 +20,8 @@ def align_truth_to(truth, vol):
     """Rotate/shift ``truth`` onto ``vol``: align3d of ``vol``'s full-range projections."""
     P = tilt_matrix(np.arange(-90.0, 90.0, 6.0))
     part = align3d.SubtiltParticle.from_images(project(vol, P), P)
-    a = align3d.align_global(VolumeProjector(truth), part, delta=12.0, maxp=10, npos=4)
+    a = initial_model.align_coarse_to_fine(VolumeProjector(truth), part, maxp=10, delta=15.0, npos=4,
+                                           fine_deg=1.0)
     return rotate_volume(truth, a.rotation, a.shift)
 
 
@@ -38,7 +39,7 @@ def run_sgd(truth, apix, seed):
     rng = np.random.default_rng(seed)
     imgs, P, _, _ = simulate_particles(truth, 40, TILTS, SNR, rng, max_shift_px=1.0)
     parts = [align3d.SubtiltParticle.from_images(im, P) for im in imgs]
-    params = initial_model.SGDParams(res_a=50.0, batch=6, keep=0.75, niter=5, lr=0.3, delta_deg=15.0, npos=3)
+    params = initial_model.SGDParams(res_a=50.0, batch=6, keep=0.75, niter=5, lr=0.3, delta_deg=22.5, npos=4)
     return initial_model.sgd_initial_model(parts, apix, params, rng)
 
 
@@ -65,6 +66,27 @@ def test_sgd_ribosome_reaches_truth(shared_map):
     truth, apix = shared_map("ribosome70S_4v5d_10p48A_box32.mrc.gz")
     truth = truth / truth.std()
     print("ribosome FSC@60Å (hand, mirror):", check(truth, apix, run_sgd(truth, apix, 4)))
+
+
+def test_coarse_to_fine_recovers_orientation_and_shift():
+    """Noisy subtilts of a known phantom: R within a few degrees, t within a fraction of a px."""
+    rng = np.random.default_rng(11)
+    vol = blob_phantom(16)
+    imgs, P, R, t = simulate_particles(vol, 4, np.arange(-60.0, 61.0, 3.0), 0.5, rng, max_shift_px=1.0)
+    proj = VolumeProjector(vol)
+    for im, Rt, tt in zip(imgs, R, t):
+        a = initial_model.align_coarse_to_fine(proj, align3d.SubtiltParticle.from_images(im, P), maxp=7)
+        assert float(angle_between(a.rotation, Rt)) < 5.0
+        assert np.abs(a.shift - tt).max() < 0.5
+        assert a.tilt_scores.shape == (41,) and abs(a.score - a.tilt_scores.mean()) < 1e-6
+
+
+def test_stencil_rotations_are_rotations_by_the_step():
+    Rs = initial_model._stencil_rotations(10.0)
+    assert np.allclose(Rs @ Rs.transpose(0, 2, 1), np.eye(3), atol=1e-12)
+    assert np.allclose(np.linalg.det(Rs), 1.0)
+    ang = angle_between(Rs, np.eye(3))
+    assert np.allclose(ang, 10.0 * np.linalg.norm(initial_model._STENCIL, axis=1), atol=1e-6)
 
 
 def test_postprocess_and_bad_params():

@@ -5,6 +5,12 @@ Layout (EMAN ``--saveali``, spec §6.4): a ``(6, n_ptcl, n_proj)`` float32 array
 transform stored is the inverse of the projection→particle alignment, i.e. particle→projection
 frame, with translations in full-size pixels. Scores are *lower is better*.
 
+Speed: with ``ccc`` alignment, no ``refine`` aligner, no comparison mask and an ``frc``/``phase``/``ccc``
+comparator (the e2refine defaults) the pairs go through :mod:`emflow.spa.fourier_align`, which
+precomputes FTs and rotational footprints once per particle and per projection and aligns and
+scores each pair in Fourier space (sub-pixel shifts); other option sets use the real-space
+aligners of :mod:`emflow.spa.align2d`.
+
 Entries that were not computed (pairs skipped by two-stage seeding or ``pairs``) hold
 ``NOT_COMPUTED = +inf`` in the score plane (and 0 in the alignment planes), so ``argmin`` can
 never pick them; EMAN's −1e38 sentinel would win instead (spec §4.2 note), which we avoid.

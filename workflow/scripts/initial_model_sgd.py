@@ -69,7 +69,7 @@ def main(sm):
     log.info("%d particles, box %d, %.3f Å/px", len(parts), parts[0].box, apix)
     params = SGDParams(res_a=cfg["res_a"], batch=cfg["batch"], keep=cfg["keep"], niter=cfg["niter"], lr=cfg["lr"],
                        ncls=cfg["ncls"], classify=cfg["classify"], sym=cfg["sym"], delta_deg=cfg["delta_deg"],
-                       npos=cfg["npos"], maxshift_px=cfg["maxshift_px"])
+                       npos=cfg["npos"], fine_deg=cfg["fine_deg"], maxshift_px=cfg["maxshift_px"])
     res = sgd_initial_model(parts, apix, params, np.random.default_rng(cfg["seed"]),
                             progress=progress_logger(log, "SGD alignments", 1.0))
     out = os.path.dirname(sm.output.maps_mrc[0])

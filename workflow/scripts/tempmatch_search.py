@@ -67,7 +67,7 @@ log.info("%d orientations (sym %s, delta %g°), template box %d, %d tilts, ctf %
 radius = cfg["mask_radius_a"] / apix_tomo if cfg["mask_radius_a"] else None
 res = tm.match_template(
     tomo, template, rots, weight=weight, mask_radius_px=radius, filter_fn=tomo_filter,
-    local_normalisation=True, clamp_sigma=cfg["clamp_sigma"], tile_size=cfg["tile_size_px"],
+    local_normalisation=cfg["local_normalisation"], clamp_sigma=cfg["clamp_sigma"], tile_size=cfg["tile_size_px"],
     progress=progress_logger(log, "orientations x tiles", 1.0))
 log.info("null statistics: %s", res.stats)
 
