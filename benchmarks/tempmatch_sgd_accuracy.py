@@ -57,6 +57,12 @@ def score_run(root: pathlib.Path, bin_factor: int, tol_binned: float, edge_px: i
         out[name] = {k: m[k] for k in ("recall", "precision", "f1", "n_found", "n_true", "n_matched")}
         out[name]["rms_binned_px"] = m["rms_px"] / bin_factor
         out[name]["snr"] = truth.get("snr")
+        cand = root / f"results/tempmatch/{name}__candidates.json"
+        if cand.exists():  # how far the true peaks stand above the detection threshold
+            out[name]["threshold"] = json.loads(cand.read_text())["threshold"]
+        if edge_px is None and m["n_matched"] and "rlnAutopickFigureOfMerit" in table:
+            fom = np.asarray(table["rlnAutopickFigureOfMerit"], np.float64)[m["pairs"][:, 0]]
+            out[name]["median_matched_score"] = float(np.median(fom))
         n_true, n_found, n_matched = n_true + m["n_true"], n_found + m["n_found"], n_matched + m["n_matched"]
     rec = n_matched / n_true if n_true else float("nan")
     prec = n_matched / n_found if n_found else float("nan")

@@ -189,11 +189,12 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
     The score is :func:`emflow.align3d.score_orientations` (``−mean_k FRC_k`` over shells
     ``minp ≤ |k| < maxp``; lower is better). 1. Every orientation of the asymmetric unit (with
     mirror) on a ``delta`` grid (phi step ``delta``) is scored at ``t = 0`` in one parallel
-    kernel call, on the shells up to ``min(maxp, 2/δ)`` (δ in radians) that the grid resolves. 2. The ``npos`` best grid points, mutually ≥ 1.5·``delta`` apart, are refined
-    by a pattern search (:func:`_pattern_level`) with rotation steps ``delta/2, delta/4, …,
-    fine_deg`` (about x, y, z and their diagonals) jointly with 3D shift steps ``shift_step,
-    shift_step/2, …`` px, every stencil of 27 × 7 trials in one kernel call; after each level
-    only the better half of the candidates goes on. Much cheaper than the Nelder–Mead
+    kernel call, on the shells up to ``min(maxp, 2/δ)`` (δ in radians) that the grid resolves.
+    2. The ``npos`` best grid points, mutually ≥ 1.5·``delta`` apart, are refined by a pattern
+    search (:func:`_pattern_level`) with rotation steps ``delta/2, delta/4, …, fine_deg`` (about
+    x, y, z and their diagonals) jointly with 3D shift steps ``shift_step, shift_step/2, …`` px,
+    every stencil of 27 × 7 trials in one kernel call; after each level only the better half of
+    the candidates goes on. Much cheaper than the Nelder–Mead
     refinement of :func:`emflow.align3d.align_global` (hundreds of single-trial calls).
 
     Parameters

@@ -5,6 +5,8 @@
 # results/initial_model/sptsgd_01/output_all_cls{ic}.hdf    the map after every iteration
 # results/initial_model/sptsgd_01/score.txt                 alignment scores of every iteration
 # results/initial_model/sptsgd_01/slices.png, convergence.png
+#
+# output_cls0.mrc is the template of template matching (tempmatch_template() in rules/common.smk).
 
 INITIAL_MODEL = config["initial_model"]
 SGD_DIR = "results/initial_model/sptsgd_01"

@@ -41,6 +41,12 @@ else:
     new = refine_subtilts(table, state, table.rows_of(parts), loader, refs, apix, kind, res_a, minres,
                           smooth=spt["smooth"], smooth_n=spt["smoothN"], maxshift_px=spt["maxshift"],
                           microscope=smk.params.microscope, progress=prog)
+    r = table.rows_of(parts)
+    dds = np.hypot(*(new.dshift[r] - state.dshift[r]).T)
+    drot = np.degrees(np.arccos(np.clip((np.einsum("kji,kji->k", new.drot[r], state.drot[r]) - 1) / 2, -1, 1)))
+    log.info("%s at %.1f Å: shift change rms %.2f px, rotation change median %.2f°, |ddefocus| median %.3f µm",
+             kind, res_a, float(np.sqrt(np.mean(dds ** 2))), float(np.median(drot)),
+             float(np.median(np.abs(new.ddef_um[r]))))
 rows = table.rows_of(parts)
 with atomic_write(out.chunk) as tmp, open(tmp, "wb") as f:
     np.savez(f, particles=parts, rows=rows, rot=new.rot[parts], shift=new.shift[parts], score3d=new.score3d[parts],

@@ -31,7 +31,8 @@ else:
     med, sig = pk.robust_background(scores, searched)
     thr = med + cfg["threshold_sigma"] * sig
 min_dist = cfg["min_distance_a"] / apix_tomo if cfg["min_distance_a"] else b / 2
-found = pk.find_peaks(scores, thr, min_distance_px=min_dist, max_peaks=cfg["max_picks"], edge_px=b // 2,
+edge_px = b // 2 if cfg["edge_px"] is None else int(cfg["edge_px"])
+found = pk.find_peaks(scores, thr, min_distance_px=min_dist, max_peaks=cfg["max_picks"], edge_px=edge_px,
                       mask=searched, best_index=np.rint(angle_map).astype(np.int64),
                       min_volume=cfg["min_volume_vox"], max_volume=cfg["max_volume_vox"])
 log.info("threshold %.4g (%s): %d candidates", thr, cfg["threshold_mode"], len(found))
@@ -39,7 +40,7 @@ table = pk.picks_to_star_table(found, rots, tomo_name=smk.wildcards.tomo, shape_
                                apix_tomo=apix_tomo, apix_unbin=apix_unbin)
 write_star(smk.output.candidates, {"particles": table})
 summary = {"threshold": thr, "threshold_mode": cfg["threshold_mode"], "n_candidates": len(found),
-           "min_distance_px": min_dist, "edge_px": b // 2, "template_box_px": b, "apix": apix_tomo,
+           "min_distance_px": min_dist, "edge_px": edge_px, "template_box_px": b, "apix": apix_tomo,
            "apix_unbin": apix_unbin, "stats": st}
 with atomic_write(smk.output.summary) as tmp, open(tmp, "w") as f:
     json.dump(summary, f, indent=1)
