@@ -19,6 +19,7 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/stage_inputs.smk"
 include: "rules/import.smk"
 include: "rules/simulate.smk"
 include: "rules/tomogram.smk"

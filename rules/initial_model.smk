@@ -9,19 +9,18 @@
 # output_cls0.mrc is the template of template matching (tempmatch_template() in rules/common.smk).
 
 INITIAL_MODEL = config["initial_model"]
-SGD_DIR = "results/initial_model/sptsgd_01"
 
 
 rule initial_model_sgd:
     input:
         lst=f"results/sets/{config['extract']['label']}.lst",
     output:
-        maps_mrc=expand(SGD_DIR + "/output_cls{ic}.mrc", ic=range(INITIAL_MODEL["ncls"])),
-        maps_hdf=expand(SGD_DIR + "/output_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
-        history=expand(SGD_DIR + "/output_all_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
-        scores=SGD_DIR + "/score.txt",
-        slices_png=SGD_DIR + "/slices.png",
-        convergence_png=SGD_DIR + "/convergence.png",
+        maps_mrc=expand("results/initial_model/sptsgd_01/output_cls{ic}.mrc", ic=range(INITIAL_MODEL["ncls"])),
+        maps_hdf=expand("results/initial_model/sptsgd_01/output_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
+        history=expand("results/initial_model/sptsgd_01/output_all_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
+        scores="results/initial_model/sptsgd_01/score.txt",
+        slices_png="results/initial_model/sptsgd_01/slices.png",
+        convergence_png="results/initial_model/sptsgd_01/convergence.png",
     params:
         cfg=INITIAL_MODEL,
     log:
@@ -39,4 +38,4 @@ rule initial_model_sgd:
 
 
 if config["workflows"]["subtomogram"]:
-    FINAL_TARGETS.append(SGD_DIR + "/output_cls0.mrc")
+    FINAL_TARGETS.append(rules.initial_model_sgd.output.maps_mrc[0])

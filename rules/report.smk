@@ -16,10 +16,6 @@ REPORT_MAPS = globals().get("REPORT_MAPS", {})
 REPORT_FSC = globals().get("REPORT_FSC", {})
 
 
-def _has_rule(name):
-    return any(r.name == name for r in workflow.rules)
-
-
 # ------------------------------------------------------------------ registrations of existing stages
 if config["workflows"]["subtomogram"]:
     for _t in tomogram_names():
@@ -66,12 +62,12 @@ if config["workflows"]["single_particle"] and _has_rule("spa_report"):
 
 if config["workflows"]["subtomogram"] and _has_rule("initial_model_sgd"):
     REPORT_FIGURES["initial_model_slices"] = {
-        "source": f"{SGD_DIR}/slices.png", "category": "4. Subtomogram averaging", "subcategory": "initial model",
+        "source": rules.initial_model_sgd.output.slices_png, "category": "4. Subtomogram averaging", "subcategory": "initial model",
         "caption": "Initial model(s) from stochastic gradient descent on the subtilts (e2spt_sgd): central "
                    "slices of each class. A plausible low-resolution shape, not a sphere or noise, is expected.",
     }
     REPORT_FIGURES["initial_model_convergence"] = {
-        "source": f"{SGD_DIR}/convergence.png", "category": "4. Subtomogram averaging",
+        "source": rules.initial_model_sgd.output.convergence_png, "category": "4. Subtomogram averaging",
         "subcategory": "initial model",
         "caption": "Convergence of the SGD initial model: alignment score and map change per iteration.",
     }
@@ -123,69 +119,6 @@ FINAL_TARGETS.extend(REPORT_TARGETS + ["results/report/runtimes.png"])
 
 
 report: "../report/workflow.rst"
-
-
-# ------------------------------------------------------------------ input functions (named: no lambdas)
-def report_figure_source(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["source"]
-
-
-def report_figure_caption(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["caption"]
-
-
-def report_figure_category(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["category"]
-
-
-def report_figure_subcategory(wildcards):
-    return REPORT_FIGURES[wildcards.fig].get("subcategory", "")
-
-
-def report_map_source(wildcards):
-    return REPORT_MAPS[wildcards.map]["map"]
-
-
-def report_map_caption(wildcards):
-    return REPORT_MAPS[wildcards.map]["caption"]
-
-
-def report_map_category(wildcards):
-    return REPORT_MAPS[wildcards.map]["category"]
-
-
-def report_fsc_sources(wildcards):
-    return REPORT_FSC[wildcards.fsc]["files"]
-
-
-def report_fsc_entry(wildcards):
-    entry = REPORT_FSC[wildcards.fsc]
-    return {"labels": list(entry["labels"]), "title": entry["title"]}
-
-
-def report_fsc_caption(wildcards):
-    return REPORT_FSC[wildcards.fsc]["caption"]
-
-
-def report_fsc_category(wildcards):
-    return REPORT_FSC[wildcards.fsc]["category"]
-
-
-def report_demo_inputs(wildcards):
-    """Picks and truth of every demo tomogram, plus the SPA FSC-vs-truth of the last iteration."""
-    inputs = {"truth": [], "picks": []}
-    if config["workflows"]["subtomogram"] and _has_rule("picks_filter"):
-        inputs["truth"] = [truth_file_tomo(_Tomo(t)) for t in tomogram_names()]
-        inputs["picks"] = [f"results/picks/{t}__picks.star" for t in tomogram_names()]
-    inputs["spa_fsc_truth"] = REPORT_FSC["spa_fsc_truth"]["files"][-1:] if "spa_fsc_truth" in REPORT_FSC else []
-    return inputs
-
-
-class _Tomo:
-    """Stand-in wildcards object for input functions that expect `wildcards.tomo`."""
-
-    def __init__(self, tomo):
-        self.tomo = tomo
 
 
 REPORT_NAME = "[A-Za-z0-9_.-]+"

@@ -14,48 +14,7 @@ SPA_DIR = f"results/spa/{SPA['path']}"
 SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
 
 
-def spa_n_particles():
-    """Number of particles (known before the run: demo setting or the user stack's header)."""
-    if DEMO and not config["input"]["spa_particles"]:
-        return config["demo"]["spa"]["n_particles"]
-    from emflow.io import read_mrc_header, hdf_count
-
-    path = spa_particles()
-    return hdf_count(path) if str(path).endswith(".hdf") else read_mrc_header(path)["shape"][0]
-
-
 SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))]
-
-
-def spa_previous_model(wildcards):
-    """Model of iteration it−1 (threed_filt, i.e. after mass normalisation / automask)."""
-    prev = int(wildcards.it) - 1
-    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_filt_{prev:02d}.mrc"
-
-
-def spa_simmx_chunks(wildcards):
-    return [f"{SPA_DIR}/simmx_{wildcards.it}/chunk_{c}.npz" for c in SPA_CHUNKS]
-
-
-def spa_truth_map():
-    """The demo's true map (FSC vs truth, truth_lowpass30 starting model); none for user data."""
-    return [truth_map_spa()] if DEMO and not config["input"]["spa_particles"] else []
-
-
-def spa_start_inputs(wildcards):
-    sm = SPA["startingmodel"]
-    if sm in ("truth_lowpass30", "blob"):
-        return spa_truth_map() if sm == "truth_lowpass30" else []
-    return [sm]
-
-
-def spa_fsc_previous(wildcards):
-    prev = int(wildcards.it) - 1
-    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_{prev:02d}.mrc"
-
-
-def spa_usefilt(wildcards):
-    return [SPA["usefilt"]] if SPA["usefilt"] else []
 
 
 if config["workflows"]["single_particle"]:

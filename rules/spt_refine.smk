@@ -20,60 +20,6 @@ SPT_ITERS = parse_iters(SPT["iters"])
 SPT_LAST = f"{len(SPT_ITERS):02d}"
 
 
-def spt_ptcls_label():
-    """Set to refine: spt_refine.ptcls, else the template-matching set when picks are filtered, else the manual set."""
-    if SPT["ptcls"]:
-        return SPT["ptcls"]
-    if any(r.name == "picks_filter" for r in workflow.rules):
-        return config["picks"]["label"]
-    return config["extract"]["label"]
-
-
-def spt_reference():
-    """spt_refine.ref, else the SGD initial model (rules/initial_model.smk)."""
-    return SPT["ref"] or "results/initial_model/sptsgd_01/output_cls0.hdf"
-
-
-def spt_chunk_ids(wildcards):
-    """Chunk numbers (000, 001, ...) of the run, known once particle_info_3d.lst exists."""
-    info = checkpoints.spt_refine_setup.get().output.info3d
-    from emflow.io import read_lst
-
-    n = len(read_lst(info))
-    return [f"{c:03d}" for c in range(len(chunk_ranges(n, SPT["chunk_size"])))]
-
-
-def spt_prev(wildcards):
-    """Inputs of iteration `it` from iteration it-1: alignments, half maps, resolution."""
-    p = f"{SPT_PATH}/%s_{int(wildcards.it) - 1:02d}%s"
-    return {"ali3d": p % ("aliptcls3d", ".lst"), "ali2d": p % ("aliptcls2d", ".lst"),
-            "even": p % ("threed", "_even.hdf"), "odd": p % ("threed", "_odd.hdf"),
-            "res": p % ("resolution", ".json")}
-
-
-def spt_prev_res(wildcards):
-    """resolution_XX.json of the previous iteration."""
-    return f"{SPT_PATH}/resolution_{int(wildcards.it) - 1:02d}.json"
-
-
-def spt_align_chunks(wildcards):
-    return expand(f"{SPT_PATH}/chunks/align_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
-
-
-def spt_truth_files(wildcards):
-    """Demo truth json of every tomogram."""
-    return [truth_file_tomo(SimpleNamespace(tomo=t)) for t in tomogram_names()]
-
-
-def spt_truth_evals(wildcards):
-    """truth_eval_XX.json of every iteration."""
-    return [f"{SPT_PATH}/truth_eval_{i:02d}.json" for i in range(1, len(SPT_ITERS) + 1)]
-
-
-def spt_rec_chunks(wildcards):
-    return expand(f"{SPT_PATH}/chunks/rec_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
-
-
 checkpoint spt_refine_setup:
     input:
         lst=f"results/sets/{spt_ptcls_label()}.lst",

@@ -1,0 +1,170 @@
+# Input functions of the stage rules (kept apart from the rules so each .smk is rules only;
+# `snakemake --lint` asks for that). They read the stage globals (SPA, REPORT_FIGURES, ...) at
+# call time, after every rules/*.smk has been included.
+
+# ---------------------------------------------------------------- spa.smk
+
+def spa_n_particles():
+    """Number of particles (known before the run: demo setting or the user stack's header)."""
+    if DEMO and not config["input"]["spa_particles"]:
+        return config["demo"]["spa"]["n_particles"]
+    from emflow.io import read_mrc_header, hdf_count
+
+    path = spa_particles()
+    return hdf_count(path) if str(path).endswith(".hdf") else read_mrc_header(path)["shape"][0]
+
+
+def spa_previous_model(wildcards):
+    """Model of iteration it−1 (threed_filt, i.e. after mass normalisation / automask)."""
+    prev = int(wildcards.it) - 1
+    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_filt_{prev:02d}.mrc"
+
+
+def spa_simmx_chunks(wildcards):
+    return [f"{SPA_DIR}/simmx_{wildcards.it}/chunk_{c}.npz" for c in SPA_CHUNKS]
+
+
+def spa_truth_map():
+    """The demo's true map (FSC vs truth, truth_lowpass30 starting model); none for user data."""
+    return [truth_map_spa()] if DEMO and not config["input"]["spa_particles"] else []
+
+
+def spa_start_inputs(wildcards):
+    sm = SPA["startingmodel"]
+    if sm in ("truth_lowpass30", "blob"):
+        return spa_truth_map() if sm == "truth_lowpass30" else []
+    return [sm]
+
+
+def spa_fsc_previous(wildcards):
+    prev = int(wildcards.it) - 1
+    return f"{SPA_DIR}/threed_00.mrc" if prev == 0 else f"{SPA_DIR}/threed_{prev:02d}.mrc"
+
+
+def spa_usefilt(wildcards):
+    return [SPA["usefilt"]] if SPA["usefilt"] else []
+
+
+# ---------------------------------------------------------------- report.smk
+
+class _Tomo:
+    """Stand-in wildcards object for input functions that expect `wildcards.tomo`."""
+
+    def __init__(self, tomo):
+        self.tomo = tomo
+
+
+
+def _has_rule(name):
+    return any(r.name == name for r in workflow.rules)
+
+
+def report_figure_source(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["source"]
+
+
+def report_figure_caption(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["caption"]
+
+
+def report_figure_category(wildcards):
+    return REPORT_FIGURES[wildcards.fig]["category"]
+
+
+def report_figure_subcategory(wildcards):
+    return REPORT_FIGURES[wildcards.fig].get("subcategory", "")
+
+
+def report_map_source(wildcards):
+    return REPORT_MAPS[wildcards.map]["map"]
+
+
+def report_map_caption(wildcards):
+    return REPORT_MAPS[wildcards.map]["caption"]
+
+
+def report_map_category(wildcards):
+    return REPORT_MAPS[wildcards.map]["category"]
+
+
+def report_fsc_sources(wildcards):
+    return REPORT_FSC[wildcards.fsc]["files"]
+
+
+def report_fsc_entry(wildcards):
+    entry = REPORT_FSC[wildcards.fsc]
+    return {"labels": list(entry["labels"]), "title": entry["title"]}
+
+
+def report_fsc_caption(wildcards):
+    return REPORT_FSC[wildcards.fsc]["caption"]
+
+
+def report_fsc_category(wildcards):
+    return REPORT_FSC[wildcards.fsc]["category"]
+
+
+def report_demo_inputs(wildcards):
+    """Picks and truth of every demo tomogram, plus the SPA FSC-vs-truth of the last iteration."""
+    inputs = {"truth": [], "picks": []}
+    if config["workflows"]["subtomogram"] and _has_rule("picks_filter"):
+        inputs["truth"] = [truth_file_tomo(_Tomo(t)) for t in tomogram_names()]
+        inputs["picks"] = [f"results/picks/{t}__picks.star" for t in tomogram_names()]
+    inputs["spa_fsc_truth"] = REPORT_FSC["spa_fsc_truth"]["files"][-1:] if "spa_fsc_truth" in REPORT_FSC else []
+    return inputs
+
+
+# ---------------------------------------------------------------- spt_refine.smk
+
+def spt_ptcls_label():
+    """Set to refine: spt_refine.ptcls, else the template-matching set when picks are filtered, else the manual set."""
+    if SPT["ptcls"]:
+        return SPT["ptcls"]
+    if any(r.name == "picks_filter" for r in workflow.rules):
+        return config["picks"]["label"]
+    return config["extract"]["label"]
+
+
+def spt_reference():
+    """spt_refine.ref, else the SGD initial model (rules/initial_model.smk)."""
+    return SPT["ref"] or "results/initial_model/sptsgd_01/output_cls0.hdf"
+
+
+def spt_chunk_ids(wildcards):
+    """Chunk numbers (000, 001, ...) of the run, known once particle_info_3d.lst exists."""
+    info = checkpoints.spt_refine_setup.get().output.info3d
+    from emflow.io import read_lst
+
+    n = len(read_lst(info))
+    return [f"{c:03d}" for c in range(len(chunk_ranges(n, SPT["chunk_size"])))]
+
+
+def spt_prev(wildcards):
+    """Inputs of iteration `it` from iteration it-1: alignments, half maps, resolution."""
+    p = f"{SPT_PATH}/%s_{int(wildcards.it) - 1:02d}%s"
+    return {"ali3d": p % ("aliptcls3d", ".lst"), "ali2d": p % ("aliptcls2d", ".lst"),
+            "even": p % ("threed", "_even.hdf"), "odd": p % ("threed", "_odd.hdf"),
+            "res": p % ("resolution", ".json")}
+
+
+def spt_prev_res(wildcards):
+    """resolution_XX.json of the previous iteration."""
+    return f"{SPT_PATH}/resolution_{int(wildcards.it) - 1:02d}.json"
+
+
+def spt_align_chunks(wildcards):
+    return expand(f"{SPT_PATH}/chunks/align_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
+
+
+def spt_truth_files(wildcards):
+    """Demo truth json of every tomogram."""
+    return [truth_file_tomo(SimpleNamespace(tomo=t)) for t in tomogram_names()]
+
+
+def spt_truth_evals(wildcards):
+    """truth_eval_XX.json of every iteration."""
+    return [f"{SPT_PATH}/truth_eval_{i:02d}.json" for i in range(1, len(SPT_ITERS) + 1)]
+
+
+def spt_rec_chunks(wildcards):
+    return expand(f"{SPT_PATH}/chunks/rec_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
