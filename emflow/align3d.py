@@ -35,7 +35,7 @@ import scipy.optimize
 
 from emflow import fourier
 from emflow._numba import jit, pjit
-from emflow.geometry import eman_to_matrix, get_symmetry, orientations
+from emflow.geometry import eman_to_matrix, get_symmetry, orientations, rotvec_to_matrix
 from emflow.projection import VolumeProjector
 
 __all__ = ["SubtiltParticle", "Alignment", "score_orientations", "align_global", "align_local",
@@ -315,17 +315,6 @@ def angular_step(ss: int) -> float:
     return 89.999 / math.floor(math.pi / (3.0 * math.atan(2.0 / ss)))
 
 
-def _rotvec_matrix(w_deg) -> np.ndarray:
-    """Rotation by the vector ``w`` (axis · angle in degrees), Rodrigues."""
-    w = np.radians(np.asarray(w_deg, dtype=np.float64))
-    a = math.sqrt(float(w @ w))
-    if a < 1e-12:
-        return np.eye(3)
-    kx, ky, kz = w / a
-    K = np.array([[0, -kz, ky], [kz, 0, -kx], [-ky, kx, 0]])
-    return np.eye(3) + math.sin(a) * K + (1 - math.cos(a)) * (K @ K)
-
-
 def _angle_deg(R1, R2, sym_mats) -> np.ndarray:
     """Smallest angle (deg) between R1 (..., 3, 3) and R2·S for any symmetry operator S."""
     R2S = np.einsum("...ij,sjk->...sik", R2, sym_mats)
@@ -384,7 +373,7 @@ def _refine(projector, particle, R0, t0, minp, maxp, astep, maxshift, maxiter, R
     """Nelder–Mead over (tx, ty, tz px, rotation vector deg) around ``(R0, t0)``."""
 
     def unpack(x):
-        return _rotvec_matrix(x[3:]) @ R0, t0 + x[:3]
+        return rotvec_to_matrix(x[3:]) @ R0, t0 + x[:3]
 
     def objective(x):
         R, t = unpack(x)

@@ -16,22 +16,11 @@ import scipy.optimize
 
 from emflow import filters, fourier, masks
 from emflow.fsc import FSCCurve, fsc, resolution
-from emflow.geometry import get_symmetry
+from emflow.geometry import get_symmetry, rotvec_to_matrix
 from emflow.rotate import rotate_volume
 
-__all__ = ["PostprocessResult", "align_odd_to_even", "postprocess_halves", "next_resolution", "rotvec_matrix",
+__all__ = ["PostprocessResult", "align_odd_to_even", "postprocess_halves", "next_resolution",
            "evaluate_alignment", "truth_in_map_frame"]
-
-
-def rotvec_matrix(w_deg) -> np.ndarray:
-    """Rotation by the vector ``w`` (axis·angle, degrees), Rodrigues; float64 (3, 3)."""
-    w = np.radians(np.asarray(w_deg, dtype=np.float64))
-    a = math.sqrt(float(w @ w))
-    if a < 1e-12:
-        return np.eye(3)
-    kx, ky, kz = w / a
-    K = np.array([[0, -kz, ky], [kz, 0, -kx], [-ky, kx, 0]])
-    return np.eye(3) + math.sin(a) * K + (1 - math.cos(a)) * (K @ K)
 
 
 def _ccc(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,8 +47,8 @@ def _local_align(ref: np.ndarray, mov: np.ndarray, mode: str, maxshift: float) -
 
     def unpack(x):
         if mode == "z":
-            return rotvec_matrix([0.0, 0.0, x[0]]), t0 * np.array([0, 0, 1.0]) + np.array([0, 0, x[1]])
-        return rotvec_matrix(x[3:]), t0 + x[:3]
+            return rotvec_to_matrix([0.0, 0.0, x[0]]), t0 * np.array([0, 0, 1.0]) + np.array([0, 0, x[1]])
+        return rotvec_to_matrix(x[3:]), t0 + x[:3]
 
     def cost(x):
         R, t = unpack(x)

@@ -33,7 +33,7 @@ import scipy.optimize
 
 from emflow import align3d, fourier
 from emflow.ctf import CTF, _chi
-from emflow.postprocess import rotvec_matrix
+from emflow.geometry import rotvec_to_matrix
 from emflow.projection import VolumeProjector
 from emflow.spt_refine import ParticleTable, RefineState
 
@@ -194,7 +194,7 @@ def _refine(table, state, rows, images, refs, apix, mode, maxres_a, minres_a, sm
             delta0, _ = ann.best_shift(ann.score_vector(S0, D, sh, w), maxshift)
 
             def unpack(x):
-                Dr = rotvec_matrix(x)
+                Dr = rotvec_to_matrix(x)
                 return Dr, Dr @ M, sh + (q @ Dr.T - q)[:, :2]
 
             def cost(x):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emflow import align3d
-from emflow.geometry import angle_between, eman_to_matrix, get_symmetry
+from emflow.geometry import angle_between, eman_to_matrix, get_symmetry, rotvec_to_matrix
 from emflow.projection import VolumeProjector
 from naive_align3d import blob_phantom, naive_tilt_frc, simulate_particles
 
@@ -60,7 +60,7 @@ def test_local_refinement_from_perturbed_start(data):
     rng = np.random.default_rng(5)
     imgs, P, R, t = simulate_particles(blob_phantom(32), 1, TILTS, 1.0, rng, max_shift_px=1.5)
     p = align3d.SubtiltParticle.from_images(imgs[0], P)
-    start = align3d._rotvec_matrix([8.0, -6.0, 5.0]) @ R[0]  # 11.6° away
+    start = rotvec_to_matrix([8.0, -6.0, 5.0]) @ R[0]  # 11.6° away
     a = align3d.align_local(proj, p, start, np.zeros(3), minp=2, maxp=12, maxang=30)
     assert angle_between(a.rotation, R[0]) < 2.0
     assert np.linalg.norm(a.shift - t[0]) < 0.5

@@ -416,3 +416,13 @@ def test_parse_orientgen():
         orientations("eman", "c1")                     # neither delta nor n
     with pytest.raises(InputError):
         orientations("eman", "c1", delta=5, n=10)      # both
+
+
+def test_rotvec_to_matrix_axis_and_angle():
+    """A rotation vector along z by 90° turns +x into +y; its angle is |w|."""
+    from emflow.geometry import angle_between, rotvec_to_matrix
+
+    np.testing.assert_allclose(rotvec_to_matrix([0, 0, 90.0]) @ [1.0, 0, 0], [0, 1.0, 0], atol=1e-12)
+    w = np.array([10.0, -20.0, 30.0])
+    assert abs(angle_between(np.eye(3), rotvec_to_matrix(w)) - np.linalg.norm(w)) < 1e-9
+    np.testing.assert_allclose(rotvec_to_matrix(w) @ w, w, atol=1e-12)  # the axis is fixed

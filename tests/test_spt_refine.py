@@ -15,7 +15,8 @@ from emflow.errors import InputError
 from emflow.fsc import FSCCurve, fsc
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.io import read_mrc
-from emflow.postprocess import evaluate_alignment, next_resolution, postprocess_halves, rotvec_matrix
+from emflow.geometry import rotvec_to_matrix
+from emflow.postprocess import evaluate_alignment, next_resolution, postprocess_halves
 from emflow.projection import VolumeProjector
 from emflow.rotate import rotate_volume
 from emflow.spt_files import read_state, read_tables, write_state, write_tables
@@ -86,7 +87,7 @@ def test_postprocess_aligns_odd_and_measures_resolution(truth_map):
     vol = truth_map[2]
     rng = np.random.default_rng(0)
     noise = lambda: filters.lowpass_gauss(rng.normal(0, 0.3 * vol.std(), vol.shape).astype(np.float32), APIX, 25.0)
-    R = rotvec_matrix([0.0, 6.0, 0.0])
+    R = rotvec_to_matrix([0.0, 6.0, 0.0])
     even = vol + noise()
     odd = rotate_volume(vol, R, (1.0, 0.0, 0.0)) + noise()
     pp = postprocess_halves(even, odd, APIX, 30.0)
@@ -111,7 +112,7 @@ def test_lst_round_trip(tmp_path):
     t.proj_shift[:] = rng.normal(0, 1, t.proj_shift.shape)
     t.defocus_um[3] = np.nan
     s.rot[:], s.shift[:] = random_rotations(5, rng), rng.normal(0, 2, (5, 3))
-    s.drot[:], s.dshift[:] = [rotvec_matrix(v) for v in rng.normal(0, 2, (20, 3))], rng.normal(0, 1, (20, 2))
+    s.drot[:], s.dshift[:] = [rotvec_to_matrix(v) for v in rng.normal(0, 2, (20, 3))], rng.normal(0, 1, (20, 2))
     s.score3d[:], s.score2d[:], s.ddef_um[:] = -rng.random(5), -rng.random(20), rng.normal(0, 0.1, 20)
     write_tables(t, tmp_path / "i3.lst", tmp_path / "i2.lst")
     write_state(t, s, tmp_path / "a3.lst", tmp_path / "a2.lst")
@@ -210,7 +211,7 @@ def test_r_recovers_per_tilt_rotation(truth_map):
     vol = truth_map[2]
     rng = np.random.default_rng(5)
     tilts = TILTS[::2]
-    Dr = np.array([rotvec_matrix([1.0, 0.0, 4.0 * (-1) ** k]) for k in range(len(tilts))])
+    Dr = np.array([rotvec_to_matrix([1.0, 0.0, 4.0 * (-1) ** k]) for k in range(len(tilts))])
     table, truth, img, (Dr_rows, _) = _simulate(vol, APIX, 4, tilts, rng, snr=4.0, tilt_rot=Dr)
     new = refine_subtilts(table, truth, np.arange(table.n2d), lambda r: img[r], [vol, vol], APIX, "r", 22.0,
                           smooth_n=1)
@@ -257,13 +258,13 @@ def test_truth_evaluation_removes_the_global_frame(truth_map, tmp_path):
     parts = [{"xyz_px": p.tolist(), "matrix": R.tolist()} for p, R in zip(pos, truth.rot)]
     (tmp_path / "t.json").write_text(json.dumps({"particles": parts, "picks_px": table.coord.tolist()}))
     rot_t, pos_t = match_truth(table, {"demo_07": read_truth(tmp_path / "t.json")})
-    G, g = rotvec_matrix([10.0, -20.0, 30.0]), np.array([1.0, -2.0, 0.5])
+    G, g = rotvec_to_matrix([10.0, -20.0, 30.0]), np.array([1.0, -2.0, 0.5])
     run = truth.copy()
     run.rot = truth.rot @ G.T  # map(r) = T(G⁻¹(r − g)) ⇒ particle = map rotated by R·Gᵀ, shifted by −R·Gᵀ·g
     run.shift = truth.shift - np.einsum("nij,j->ni", run.rot, g)
     res = evaluate_iteration(table, run, rotate_volume(vol, G, g), vol, APIX, rot_t, pos_t)
     assert res["median_orientation_deg"] < 0.01 and res["median_translation_px"] < 0.01
     assert np.mean(res["fsc_truth"][:8]) > 0.95
-    run.rot = np.array([rotvec_matrix([0, 0, 5.0]) for _ in range(6)]) @ run.rot
+    run.rot = np.array([rotvec_to_matrix([0, 0, 5.0]) for _ in range(6)]) @ run.rot
     res = evaluate_iteration(table, run, rotate_volume(vol, G, g), vol, APIX, rot_t, pos_t)
     assert 3.0 < res["median_orientation_deg"] <= 5.0 + 1e-6

@@ -21,6 +21,7 @@ from emflow.geometry.euler import (
     rot_y,
     rot_z,
     tilt_matrix,
+    rotvec_to_matrix,
     view_direction,
 )
 from emflow.geometry.orientations import (
@@ -60,5 +61,6 @@ __all__ = [
     "rot_z",
     "symmetry_angle_between",
     "tilt_matrix",
+    "rotvec_to_matrix",
     "view_direction",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "eman_to_relion",
     "relion_to_eman",
     "tilt_matrix",
+    "rotvec_to_matrix",
     "angle_between",
     "random_rotations",
     "view_direction",
@@ -269,6 +270,21 @@ def tilt_matrix(tilt, axis_rot=0.0, offtilt=0.0) -> np.ndarray:
     ndarray, float64, shape ``(..., 3, 3)``
     """
     return rot_z(axis_rot) @ rot_y(tilt) @ rot_x(offtilt)
+
+
+def rotvec_to_matrix(w_deg) -> np.ndarray:
+    """Rotation by the vector ``w`` (unit axis × angle in degrees; Rodrigues), float64 ``(3, 3)``.
+
+    Small rotation vectors are the natural local-search parameters of the 3D aligners: the
+    rotation is about ``w/|w|`` by ``|w|`` degrees, counter-clockwise (active, column vectors).
+    """
+    w = np.radians(np.asarray(w_deg, dtype=np.float64))
+    a = float(np.sqrt(w @ w))
+    if a < 1e-12:
+        return np.eye(3)
+    kx, ky, kz = w / a
+    K = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
+    return np.eye(3) + np.sin(a) * K + (1.0 - np.cos(a)) * (K @ K)
 
 
 def angle_between(R1, R2) -> np.ndarray:
