@@ -67,7 +67,7 @@ def run_args(workdir, override: dict | None = None, name: str = "override") -> l
     if override:
         (workdir / f"{name}.yaml").write_text(yaml.safe_dump(override))
         configs.append(f"{name}.yaml")
-    return ["--cores", "2", "--configfile", *configs, *TARGETS]
+    return [*TARGETS, "--cores", "2", "--configfile", *configs]  # targets first: --configfile takes several values
 
 
 def tiny_config() -> dict:
@@ -155,8 +155,13 @@ def _incomplete_markers(work) -> list[str]:
 def test_sigkill_mid_run_resumes_to_the_same_results(baseline, tmp_path):
     """Kill snakemake and its job (whole process group) while a forced job runs, then resume."""
     work = copy_run(baseline, tmp_path / "killed")
-    # redo template matching's peak extraction and everything after it, and kill it mid-way
-    cmd = snakemake_cmd("local", [*run_args(work), "--forcerun", "tempmatch_extract"])
+    # delete template matching's peaks and everything built from them, rebuild, and kill it mid-way
+    doomed = [*work.glob("results/tempmatch/*__candidates.*"), *work.glob("results/picks/**/*.*"),
+              *work.glob("results/extract/*/*__tm.*"), work / "results/sets/tm.lst"]
+    assert len(doomed) > 5, doomed
+    for path in doomed:
+        path.unlink()
+    cmd = snakemake_cmd("local", run_args(work))
     proc = subprocess.Popen(cmd, cwd=work, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -67,7 +67,6 @@ def main(inp, out, wildcards, extract: dict, microscope: dict, thickness_unbin_p
         "particles": out.particles, "n_picks": int(len(keep)), "n_particles": int(len(coords)),
         "n_subtilts": int(res.subtilts.shape[0]), "n_zero_volume": int(res.zero_volume.sum()),
         "excluded": excluded, "box": box, "pad2d": pad2d, "shrink": extract["shrink"], "apix": res.apix,
-        "seconds": round(seconds, 2),
         "particle_table": [
             {"model_id": i, "pick_index": int(picked[i]), "xyz_unbin": coords[i].tolist(),
              "n_subtilts": int(res.n_subtilts[i]), "zero_volume": bool(res.zero_volume[i])}
