@@ -39,7 +39,7 @@ import yaml
 
 from workflow_runner import assert_same_outputs as assert_same_results
 from workflow_runner import clean_env as _runner_env
-from workflow_runner import copy_workflow
+from workflow_runner import copy_workflow, load_arrays
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 START = REPO / "tests" / "slurm" / "start-local-slurm.sh"
@@ -178,7 +178,7 @@ def assert_same_outputs(local: pathlib.Path, slurm: pathlib.Path, rel_tol: float
         a, b = (local / rel).read_bytes(), (slurm / rel).read_bytes()
         if a == b:
             continue
-        arrays_a, arrays_b = _load_arrays(local / rel), _load_arrays(slurm / rel)
+        arrays_a, arrays_b = load_arrays(local / rel), load_arrays(slurm / rel)
         assert arrays_a is not None, f"{rel} differs between the local and the SLURM run"
         assert arrays_a.keys() == arrays_b.keys(), rel
         for key, x in arrays_a.items():
@@ -186,28 +186,6 @@ def assert_same_outputs(local: pathlib.Path, slurm: pathlib.Path, rel_tol: float
             scale = max(float(np.max(np.abs(x))), 1e-30) if x.size else 1.0
             np.testing.assert_allclose(y, x, rtol=0, atol=rel_tol * scale, err_msg=f"{rel}:{key}")
     return len(files_local)
-
-
-def _load_arrays(path: pathlib.Path) -> dict[str, np.ndarray] | None:
-    suffixes = "".join(path.suffixes)
-    if suffixes.endswith(".npy"):
-        return {"": np.load(path)}
-    if suffixes.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    if suffixes.endswith((".mrc", ".mrcs", ".map")):
-        import mrcfile
-
-        with mrcfile.open(path, permissive=True) as m:
-            return {"": np.asarray(m.data).copy()}
-    if suffixes.endswith((".hdf", ".h5")):
-        import h5py
-
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return out
-    return None
 
 
 # ----------------------------------------------------------------------------- mini workflow
