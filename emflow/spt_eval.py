@@ -43,21 +43,25 @@ def tomogram_of(path3d: str) -> str:
 def match_truth(table: ParticleTable, truth: dict, shrink: float = 1.0, max_px: float = 8.0):
     """True rotations (n,3,3) and positions (n,3) (particle px) of the table's particles.
 
-    ``truth`` maps tomogram name → :func:`read_truth` dict. A particle is matched to the pick
-    nearest its ``coord`` (scaled by ``shrink`` to tilt-series px); farther than ``max_px``: error.
+    ``truth`` maps tomogram name → :func:`read_truth` dict. A particle is matched to the simulated
+    pick nearest its ``coord`` (scaled by ``shrink`` to tilt-series px), else to the nearest true
+    position; a particle farther than ``max_px`` from both (a false positive of template matching)
+    gets NaN rows, which :func:`evaluate_iteration` leaves out and counts.
     """
-    rot = np.empty((table.n3d, 3, 3))
-    pos = np.empty((table.n3d, 3))
+    rot = np.full((table.n3d, 3, 3), np.nan)
+    pos = np.full((table.n3d, 3), np.nan)
     for i in range(table.n3d):
         name = tomogram_of(table.path3d[i])
         if name not in truth:
             raise InputError(f"no truth for tomogram {name!r}", source=table.path3d[i])
         t = truth[name]
-        d = np.linalg.norm(t["picks"] - table.coord[i] * shrink, axis=1)
-        k = int(np.argmin(d))
-        if d[k] > max_px:
-            raise InputError(f"particle {i} of {name} is {d[k]:.1f} px from every pick", source=table.path3d[i])
-        rot[i], pos[i] = t["rotations"][k], t["positions"][k] / shrink
+        xyz = table.coord[i] * shrink
+        for ref in (t["picks"], t["positions"]):
+            d = np.linalg.norm(ref - xyz, axis=1)
+            k = int(np.argmin(d))
+            if d[k] <= max_px:
+                rot[i], pos[i] = t["rotations"][k], t["positions"][k] / shrink
+                break
     return rot, pos
 
 
@@ -70,11 +74,12 @@ def evaluate_iteration(table: ParticleTable, state: RefineState, final_map: np.n
     dict (JSON-ready): ``median_orientation_deg``, ``median_translation_px``, ``n_inliers``,
     ``fsc_truth_05_a``, ``fsc_truth_0143_a``, ``fsc_truth`` (list) and ``freq_inv_a`` (list).
     """
-    ev = evaluate_alignment(state.rot, table.coord + state.shift, rot_true, pos_true)
+    ok = np.isfinite(rot_true).all(axis=(1, 2))  # particles that match a true particle
+    ev = evaluate_alignment(state.rot[ok], (table.coord + state.shift)[ok], rot_true[ok], pos_true[ok])
     curve = fsc(np.asarray(final_map, np.float32), truth_in_map_frame(truth_map, ev["G"], ev["g"]))
     return {"median_orientation_deg": ev["median_orientation_deg"],
             "median_translation_px": ev["median_translation_px"], "n_inliers": ev["n_inliers"],
-            "n_particles": int(table.n3d), "fsc_truth_05_a": resolution(curve, apix, 0.5),
+            "n_particles": int(table.n3d), "n_unmatched": int((~ok).sum()), "fsc_truth_05_a": resolution(curve, apix, 0.5),
             "fsc_truth_0143_a": resolution(curve, apix, 0.143),
             "freq_inv_a": curve.freq_inv_a(apix).tolist(), "fsc_truth": curve.fsc.tolist(),
             "frame_rotation": np.asarray(ev["G"]).tolist(), "frame_shift_px": np.asarray(ev["g"]).tolist()}
