@@ -37,7 +37,8 @@ CLOSE_MAPS = [f"results/tomograms/{TOMO}__bin4.mrc", f"results/tempmatch/{TOMO}_
 @pytest.fixture(scope="module")
 def second_run(tiny_workflow, tmp_path_factory):
     work = copy_repo(tmp_path_factory.mktemp("determinism"))
-    proc = run_snakemake(work, "--cores", "2", "--configfile", ".test/config.yaml", *TARGETS, timeout=1500)
+    # targets before --configfile, which takes several values
+    proc = run_snakemake(work, *TARGETS, "--cores", "2", "--configfile", ".test/config.yaml", timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return tiny_workflow, work
 

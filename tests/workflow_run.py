@@ -81,7 +81,8 @@ def run_snakemake(workdir: pathlib.Path, *args: str, timeout: float = 1500) -> s
 def run_workflow(workdir: pathlib.Path, cores: int = 2, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Copy the repository into ``workdir`` and run the tiny test config there (raises on failure)."""
     copy_repo(workdir)
-    proc = run_snakemake(workdir, "--cores", str(cores), "--configfile", ".test/config.yaml", *extra)
+    # extra (targets, options) before --configfile, which takes several values
+    proc = run_snakemake(workdir, *extra, "--cores", str(cores), "--configfile", ".test/config.yaml")
     if proc.returncode != 0:
         raise RuntimeError(f"tiny workflow failed in {workdir}:\n{proc.stdout[-6000:]}")
     return proc
