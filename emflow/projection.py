@@ -18,6 +18,7 @@ import numpy as np
 import scipy.fft
 
 from emflow import fourier
+from emflow._interp import trilinear
 from emflow._numba import jit, pjit
 
 __all__ = ["VolumeProjector", "project", "project_real", "gridding_apodization"]
@@ -293,27 +294,7 @@ def _project_real(vol, rots, shifts, out):
                 px = ax + dx * k
                 py = ay + dy * k
                 pz = az + dz * k
-                x0 = int(np.floor(px))
-                y0 = int(np.floor(py))
-                z0 = int(np.floor(pz))
-                fx = px - x0
-                fy = py - y0
-                fz = pz - z0
-                for oz in range(2):
-                    zz = z0 + oz
-                    if zz < 0 or zz >= nz_v:
-                        continue
-                    wz = fz if oz else 1.0 - fz
-                    for oy in range(2):
-                        yy = y0 + oy
-                        if yy < 0 or yy >= ny_v:
-                            continue
-                        wzy = wz * (fy if oy else 1.0 - fy)
-                        for ox in range(2):
-                            xx = x0 + ox
-                            if xx < 0 or xx >= nx_v:
-                                continue
-                            acc += wzy * (fx if ox else 1.0 - fx) * vol[zz, yy, xx]
+                acc += trilinear(vol, px, py, pz)
             out[i, yi, xi] = acc
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from emflow._interp import bilinear, trilinear
 from emflow._numba import pjit
 
 __all__ = ["rotate_volume", "rotate_image", "rotation_2d"]
@@ -39,26 +40,7 @@ def _rotate_volume(vol, Rinv, t, out):
                 if x0 < -1 or y0 < -1 or z0 < -1 or x0 >= ix or y0 >= iy or z0 >= iz:
                     out[z, y, x] = 0.0
                     continue
-                fx = px - x0
-                fy = py - y0
-                fz = pz - z0
-                acc = 0.0
-                for oz in range(2):
-                    zz = z0 + oz
-                    if zz < 0 or zz >= iz:
-                        continue
-                    wz = fz if oz else 1.0 - fz
-                    for oy in range(2):
-                        yy = y0 + oy
-                        if yy < 0 or yy >= iy:
-                            continue
-                        wzy = wz * (fy if oy else 1.0 - fy)
-                        for ox in range(2):
-                            xx = x0 + ox
-                            if xx < 0 or xx >= ix:
-                                continue
-                            acc += wzy * (fx if ox else 1.0 - fx) * vol[zz, yy, xx]
-                out[z, y, x] = acc
+                out[z, y, x] = trilinear(vol, px, py, pz)
 
 
 def rotate_volume(vol: np.ndarray, R, shift=None, out: np.ndarray | None = None) -> np.ndarray:
@@ -124,22 +106,7 @@ def _rotate_images(img, Rinv, t, out):
             rx = x - cx - t[i, 0]
             px = Rinv[i, 0, 0] * rx + Rinv[i, 0, 1] * ry + jx
             py = Rinv[i, 1, 0] * rx + Rinv[i, 1, 1] * ry + jy
-            x0 = int(np.floor(px))
-            y0 = int(np.floor(py))
-            fx = px - x0
-            fy = py - y0
-            acc = 0.0
-            for oy in range(2):
-                yy = y0 + oy
-                if yy < 0 or yy >= iy:
-                    continue
-                wy = fy if oy else 1.0 - fy
-                for ox in range(2):
-                    xx = x0 + ox
-                    if xx < 0 or xx >= ix:
-                        continue
-                    acc += wy * (fx if ox else 1.0 - fx) * img[i, yy, xx]
-            out[i, y, x] = acc
+            out[i, y, x] = bilinear(img[i], px, py)
 
 
 def rotate_image(img: np.ndarray, angle_deg, shift=None) -> np.ndarray:

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from emflow._interp import bilinear
 from emflow._numba import jit, pjit
 from emflow.spa import cmp as cmpmod
 
@@ -72,20 +73,7 @@ def _transform_kernel(images, index, alpha, tx, ty, mirror, out):  # pragma: no 
                 y = float(row - cy) - ty[k]
                 sx = ca * x + sa * y + cx  # R(−α) · (M x' − t)
                 sy = -sa * x + ca * y + cy
-                x0, y0 = math.floor(sx), math.floor(sy)
-                fx, fy = sx - x0, sy - y0
-                acc = 0.0
-                for dy in range(2):
-                    yy = y0 + dy
-                    if yy < 0 or yy >= ny:
-                        continue
-                    wy = fy if dy else 1.0 - fy
-                    for dx in range(2):
-                        xx = x0 + dx
-                        if xx < 0 or xx >= nx:
-                            continue
-                        acc += wy * (fx if dx else 1.0 - fx) * img[yy, xx]
-                out[k, row, col] = acc
+                out[k, row, col] = bilinear(img, sx, sy)
 
 
 def transform_images(images, alpha, tx, ty, mirror, index=None) -> np.ndarray:
