@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from emflow.errors import InputError
+from emflow.geometry import eman_to_matrix
 from emflow.io import (
     HdfStackWriter, LstEntry, add_boxes, atomic_write, boxes_from_info, ctf_from_dict, ctf_from_string, ctf_to_dict,
-    ctf_to_string, eman_euler_matrix, hdf_count, read_coords_txt, read_fsc_txt, read_hdf_stack,
+    ctf_to_string, hdf_count, read_coords_txt, read_fsc_txt, read_hdf_stack,
     read_info_json, read_lst, read_mrc, read_mrc_header, read_star, read_tlt, read_xf, tlt_params,
     transform_from_dict, transform_to_dict, write_fsc_txt, write_hdf_stack, write_info_json,
     write_lst, write_mrc, write_particles_star, write_star, write_tlt, write_xf,
@@ -194,10 +195,10 @@ def test_transform_dict_round_trip(rng):
 
 def test_eman_euler_matrix_matches_spec_formula():
     # az=90: R[0] = (cp ca - cb sa sp, cp sa + cb ca sp, sb sp) = (0, 1, 0) for alt=phi=0
-    np.testing.assert_allclose(eman_euler_matrix(90, 0, 0), [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-15)
+    np.testing.assert_allclose(eman_to_matrix(90, 0, 0), [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-15)
     # alt=90: R[1] = (.., cb cp, sb cp) -> (0, 0, 1); R[2] = (sb sa, -sb ca, cb) -> (0, -1, 0)
-    np.testing.assert_allclose(eman_euler_matrix(0, 90, 0), [[1, 0, 0], [0, 0, 1], [0, -1, 0]], atol=1e-15)
-    R = eman_euler_matrix(30, 40, 50)
+    np.testing.assert_allclose(eman_to_matrix(0, 90, 0), [[1, 0, 0], [0, 0, 1], [0, -1, 0]], atol=1e-15)
+    R = eman_to_matrix(30, 40, 50)
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-14)
     # legacy "Transform({...})" strings decode through the same formula
     R2, t2 = transform_from_dict("Transform({'az':30.0,'alt':40.0,'phi':50.0,'tx':1.0,'ty':2.0,'tz':0.0,"
@@ -308,7 +309,7 @@ def test_legacy_lst_forms(tmp_path):
     assert [x.index for x in e] == [0, 4, 7] and e[0].meta == {}
     assert e[1].meta["score_align"] == -1.5
     R, t = transform_from_dict(e[1].meta["xform.projection"])
-    np.testing.assert_allclose(R, eman_euler_matrix(90, 0, 0), atol=1e-12)
+    np.testing.assert_allclose(R, eman_to_matrix(90, 0, 0), atol=1e-12)
     assert e[2].meta == {"lst_comment": "some note"}
     keys = "#LSX\n#keys: score;class\n# 20\n" + "3\ta.hdf\t0.5;2".ljust(19) + "\n"
     (tmp_path / "keys.lst").write_text(keys)

@@ -6,7 +6,7 @@ Every writer goes through :func:`atomic_write`; every reader turns malformed inp
 
 from emflow.io._atomic import atomic_write
 from emflow.io.eman_objects import (
-    ctf_from_dict, ctf_from_string, ctf_to_dict, ctf_to_string, eman_euler_matrix, is_ctf_dict,
+    ctf_from_dict, ctf_from_string, ctf_to_dict, ctf_to_string, is_ctf_dict,
     is_transform_dict, transform_from_dict, transform_to_dict,
 )
 from emflow.io.fsc_txt import read_fsc_txt, write_fsc_txt
@@ -22,7 +22,7 @@ __all__ = [
     "read_mrc", "write_mrc", "read_mrc_header", "check_finite",
     "read_hdf_stack", "write_hdf_stack", "hdf_count", "HdfStackWriter",
     "read_lst", "write_lst", "LstEntry",
-    "transform_to_dict", "transform_from_dict", "eman_euler_matrix", "is_transform_dict",
+    "transform_to_dict", "transform_from_dict", "is_transform_dict",
     "ctf_to_dict", "ctf_from_dict", "ctf_to_string", "ctf_from_string", "is_ctf_dict",
     "read_info_json", "write_info_json", "validate_info", "boxes_from_info", "add_boxes", "tlt_params",
     "read_star", "write_star", "write_particles_star",

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from emflow.errors import InputError
+from emflow.geometry import eman_to_matrix
 
 TRANSFORM_CLASS = "Transform"
 CTF_CLASS = "EMAN2Ctf"
@@ -61,21 +62,6 @@ def transform_to_dict(R, t=(0.0, 0.0, 0.0)) -> dict:
         t = np.append(t, 0.0)
     m = np.concatenate([R, t[:, None]], axis=1)
     return {"__class__": TRANSFORM_CLASS, "matrix": [float(v) for v in m.ravel()]}
-
-
-def eman_euler_matrix(az: float, alt: float, phi: float) -> np.ndarray:
-    """EMAN ``R = Rz(phi) Rx(alt) Rz(az)`` (spec §2.1), angles in degrees, float64 (3, 3).
-
-    Only used here to decode legacy ``Transform({'az':..})`` strings, so the I/O layer does
-    not depend on :mod:`emflow.geometry`.
-    """
-    a, b, p = np.radians([az, alt, phi])
-    ca, sa, cb, sb, cp, sp = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(p), np.sin(p)
-    return np.array([
-        [cp * ca - cb * sa * sp, cp * sa + cb * ca * sp, sb * sp],
-        [-sp * ca - cb * sa * cp, -sp * sa + cb * ca * cp, sb * cp],
-        [sb * sa, -sb * ca, cb],
-    ])
 
 
 def _matrix_values(matrix, source) -> list[float]:
@@ -134,7 +120,7 @@ def transform_from_dict(d, source=None) -> tuple[np.ndarray, np.ndarray]:
         raise InputError("Transform parameters are not numbers", source=source) from None
     if not (all(math.isfinite(a) for a in angles) and np.isfinite(t).all()):
         raise InputError("Transform contains NaN or Inf", source=source)
-    R = eman_euler_matrix(*angles, 0.0, 0.0) if kind == "2d" else eman_euler_matrix(*angles)
+    R = eman_to_matrix(*angles, 0.0, 0.0) if kind == "2d" else eman_to_matrix(*angles)
     if d.get("mirror") not in (None, 0, False, "0"):
         raise InputError("mirrored Transforms are not supported", source=source)
     return R, t
