@@ -35,7 +35,7 @@ if config["workflows"]["subtomogram"]:
                            "tail of high scores separated from the noise peak means reliable picks.",
             }
 
-if config["workflows"]["single_particle"] and _has_rule("spa_report"):
+if config["workflows"]["single_particle"] and not config["spa"]["check"] and _has_rule("spa_report"):
     REPORT_FIGURES["spa_convergence"] = {
         "source": f"{SPA_DIR}/convergence.png", "category": "3. Single particle", "subcategory": "refinement",
         "caption": "Convergence of the e2refine loop: FSC against the true map (demo) and between "

@@ -7,18 +7,25 @@
 #   fsc_XX_YY.txt (iteration-to-iteration), fsc_truth_XX.txt (demo), convergence.png,
 #   classes_XX.png, summary.json.
 
+# Each rule gets as params only the `spa:` keys its stage reads (STAGE_KEYS), so a changed
+# class-averaging key reruns class averaging onwards, not the projections or the simmx.
+
 import math
+
+from emflow.spa.refine_loop import STAGE_KEYS, check_options
 
 SPA = config["spa"]
 SPA_DIR = f"results/spa/{SPA['path']}"
 SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
-
-
 SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))]
 
 
 if config["workflows"]["single_particle"]:
-    FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
+    check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
+    if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare; nothing else runs
+        FINAL_TARGETS.append(f"{SPA_DIR}/particles.hdf")
+    else:
+        FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
 
 
 rule spa_prepare:
@@ -28,7 +35,7 @@ rule spa_prepare:
     output:
         particles=f"{SPA_DIR}/particles.hdf",
     params:
-        spa=SPA,
+        spa=spa_params("prepare"),
         microscope=config["microscope"],
         demo_apix=config["demo"]["spa"]["apix"],
     log:
@@ -52,7 +59,7 @@ rule spa_startmodel:
     output:
         model=f"{SPA_DIR}/threed_00.mrc",
     params:
-        spa=SPA,
+        spa=spa_params("startmodel"),
     log:
         f"results/logs/spa/spa_startmodel/{SPA['path']}.log",
     benchmark:
@@ -73,7 +80,7 @@ rule spa_project3d:
     output:
         projections=f"{SPA_DIR}/projections_{{it}}.hdf",
     params:
-        spa=SPA,
+        spa=spa_project3d_params,
     log:
         f"results/logs/spa/spa_project3d/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -96,7 +103,7 @@ rule spa_simmx:
     output:
         chunk=f"{SPA_DIR}/simmx_{{it}}/chunk_{{chunk}}.npz",
     params:
-        spa=SPA,
+        spa=spa_params("simmx"),
     log:
         f"results/logs/spa/spa_simmx/{SPA['path']}_{{it}}_{{chunk}}.log",
     benchmark:
@@ -138,7 +145,7 @@ rule spa_classify:
     output:
         classify=f"{SPA_DIR}/classify_{{it}}.hdf",
     params:
-        spa=SPA,
+        spa=spa_params("classify"),
     log:
         f"results/logs/spa/spa_classify/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -163,7 +170,7 @@ rule spa_classaverage:
         classes=f"{SPA_DIR}/classes_{{it}}.hdf",
         result=f"{SPA_DIR}/cls_result_{{it}}.hdf",
     params:
-        spa=SPA,
+        spa=spa_params("classaverage"),
     log:
         f"results/logs/spa/spa_classaverage/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -186,7 +193,7 @@ rule spa_make3d:
         threed_mrc=f"{SPA_DIR}/threed_{{it}}.mrc",
         threed_filt=f"{SPA_DIR}/threed_filt_{{it}}.mrc",
     params:
-        spa=SPA,
+        spa=spa_params("make3d"),
     log:
         f"results/logs/spa/spa_make3d/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -209,8 +216,6 @@ rule spa_fsc:
     output:
         fsc=f"{SPA_DIR}/fsc_{{it}}.txt",
         fsc_truth=f"{SPA_DIR}/fsc_truth_{{it}}.txt",
-    params:
-        spa=SPA,
     log:
         f"results/logs/spa/spa_fsc/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -235,7 +240,6 @@ rule spa_report:
         gallery=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png",
         summary=f"{SPA_DIR}/summary.json",
     params:
-        spa=SPA,
         iters=SPA_ITERS,
     log:
         f"results/logs/spa/spa_report/{SPA['path']}.log",

@@ -14,6 +14,18 @@ def spa_n_particles():
     return hdf_count(path) if str(path).endswith(".hdf") else read_mrc_header(path)["shape"][0]
 
 
+def spa_params(stage):
+    """The `spa:` keys one stage reads (emflow.spa.refine_loop.STAGE_KEYS)."""
+    return {key: SPA[key] for key in STAGE_KEYS[stage]}
+
+
+def spa_project3d_params(wildcards):
+    """project3d's keys plus the orientation generator of this iteration (a list gives a schedule)."""
+    from emflow.spa.refine_loop import orientgen_for_iteration
+
+    return {**spa_params("project3d"), "orientgen": orientgen_for_iteration(SPA["orientgen"], int(wildcards.it))}
+
+
 def spa_previous_model(wildcards):
     """Model of iteration it−1 (threed_filt, i.e. after mass normalisation / automask)."""
     prev = int(wildcards.it) - 1

@@ -128,3 +128,24 @@ def test_eman2_project_layout(tmp_path, config):
         info_json=str(tmp_path / "info" / "tomo1_info.json"),
         picks=str(tmp_path / "info" / "tomo1_info.json"),
     )
+
+
+def test_spa_orientgen_schedule_is_validated_and_expanded(config):
+    """A list orientgen is a per-iteration schedule (last repeated); every string must parse."""
+    from emflow.spa.refine_loop import check_options, orientgen_for_iteration
+
+    cfg = copy.deepcopy(config)
+    cfg["spa"]["orientgen"] = ["eman:delta=6:inc_mirror=0", "eman:delta=3:inc_mirror=0"]
+    spa = dict(validate_config(cfg, SCHEMA)["spa"])
+    assert [orientgen_for_iteration(spa["orientgen"], i) for i in (1, 2, 5)] == [
+        "eman:delta=6:inc_mirror=0", "eman:delta=3:inc_mirror=0", "eman:delta=3:inc_mirror=0"]
+    # D7 asymmetric unit: halving the step roughly triples-to-quadruples the projections
+    counts = check_options({**spa, "sym": "d7"}, 3)
+    assert counts[0] == 56 and counts[1] == counts[2] == 187
+    cfg["spa"]["orientgen"] = []
+    with pytest.raises(InputError, match=r"config key 'spa\.orientgen'"):
+        validate_config(cfg, SCHEMA)
+    with pytest.raises(InputError, match="orientgen"):
+        check_options({**spa, "orientgen": ["eman:delta=6", "eman:dleta=3"]}, 2)
+    with pytest.raises(InputError, match="spa.classaverager"):
+        check_options({**spa, "classaverager": "median"}, 1)

@@ -117,8 +117,6 @@ def test_refinement_parameter_reruns_only_refinement(baseline, tmp_path):
     assert not upstream, f"changing spa.classkeep reruns {upstream}"
 
 
-@pytest.mark.xfail(strict=True, reason="rules/spa.smk gives every rule the whole `spa` section as params, so "
-                   "spa.classkeep also reruns spa_prepare/startmodel/project3d/simmx (reported to the lead)")
 def test_refinement_parameter_spares_unaffected_refinement_steps(baseline, tmp_path):
     """classkeep is a class-averaging option: the iteration-1 projections and similarity matrix stay."""
     work = copy_run(baseline, tmp_path / "classkeep_dry")

@@ -103,3 +103,27 @@ def test_refine_loop_improves_fsc_vs_truth_d7(spa_data):
     c_true, _ = _fsc_half_bit(model, vol, apix)
     c_mirror, _ = _fsc_half_bit(model, vol[::-1].copy(), apix)
     assert c_true.fsc[4:9].mean() > c_mirror.fsc[4:9].mean() + 0.2
+
+
+@pytest.mark.workflow
+def test_check_option_plans_validation_only_and_schedule_reaches_the_projections(tmp_path):
+    """spa.check (EMAN --check) plans spa_prepare and nothing after it; with a list orientgen
+    each iteration's project3d job gets its own generator, so a later step can change alone."""
+    import yaml
+    from workflow_runner import copy_workflow, dry_run
+
+    work = copy_workflow(tmp_path / "wf")
+    single = {"workflows": {"subtomogram": False}}
+    (work / "check.yaml").write_text(yaml.safe_dump({**single, "spa": {"check": True}}))
+    planned = dry_run(work, ["--configfile", "config/config.yaml", "check.yaml"])
+    assert planned.get("spa_prepare") == 1, planned
+    assert not any(r.startswith("spa_") and r != "spa_prepare" for r in planned), planned
+
+    (work / "sched.yaml").write_text(yaml.safe_dump({**single, "spa": {
+        "iter": 3, "orientgen": ["eman:delta=9:inc_mirror=0", "eman:delta=7:inc_mirror=0"]}}))
+    planned = dry_run(work, ["--configfile", "config/config.yaml", "sched.yaml"])
+    assert planned.get("spa_project3d") == 3, planned
+    bad = {**single, "spa": {"orientgen": ["eman:delta=9", "eman:deltaa=7"]}}
+    (work / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(pytest.fail.Exception, match="orientgen string .eman:deltaa=7.: bad option"):
+        dry_run(work, ["--configfile", "config/config.yaml", "bad.yaml"])

@@ -68,6 +68,9 @@ class RefineOptions:
         names = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in spa.items() if k in names and k != "m3dsetsf"}
         kw.update(override)
+        if not isinstance(kw.get("orientgen", ""), str):
+            raise InputError("a list orientgen needs an iteration", source="spa.orientgen",
+                             fix="pick one with orientgen_for_iteration(spa['orientgen'], it)")
         return cls(**kw)
 
     def simmx_options(self) -> SimmxOptions:
@@ -86,6 +89,47 @@ class RefineOptions:
         return Make3DOptions(recon=self.recon, pad=self.pad, sym=self.sym, iter=self.m3diter, keep=self.m3dkeep,
                              keepsig=self.m3dkeepsig, preprocess=self.m3dpreprocess,
                              postprocess=self.m3dpostprocess, setsf=self.m3dsetsf, apix=self.apix)
+
+
+def orientgen_for_iteration(orientgen: str | list[str], iteration: int) -> str:
+    """The orientation generator of 1-based ``iteration``: ``orientgen`` itself, or from a list
+    (one string per iteration, the last repeated), e.g. a coarse-to-fine angular step."""
+    if isinstance(orientgen, str):
+        return orientgen
+    if not orientgen:
+        raise InputError("empty orientgen list", source="spa.orientgen", fix="give one EMAN string or a list of them")
+    return orientgen[min(int(iteration), len(orientgen)) - 1]
+
+
+# The ``spa:`` keys each stage reads: the rules pass only these as params, so that changing,
+# say, ``classkeep`` reruns class averaging onwards but not the projections or the simmx.
+STAGE_KEYS = {
+    "prepare": ("apix",),
+    "startmodel": ("startingmodel",),
+    "project3d": ("sym", "projector"),  # + the iteration's orientgen
+    "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
+              "simmask", "prefilt"),
+    "classify": ("sep",),
+    "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
+                     "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask"),
+    "make3d": ("sym", "pad", "recon", "m3dkeep", "m3dkeepsig", "m3dsetsf", "m3diter", "m3dpreprocess",
+               "m3dpostprocess", "mass", "automask3d"),
+}
+
+
+def check_options(spa: dict, n_iter: int) -> list[int]:
+    """Validate every e2refine option of the ``spa:`` section (EMAN ``--check``) without data.
+
+    Returns the number of reference projections of each iteration. Raises :class:`InputError`
+    naming the key on an unparsable comparator, aligner, processor or orientation string.
+    """
+    schedule = spa.get("orientgen", RefineOptions.orientgen)
+    counts = []
+    for it in range(1, n_iter + 1):
+        opts = RefineOptions.from_config(spa, orientgen=orientgen_for_iteration(schedule, it))
+        counts.append(len(projection_orientations(opts)))
+    opts.simmx_options(), opts.classaverage_options(), opts.make3d_options()
+    return counts
 
 
 def projection_orientations(opts: RefineOptions, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -9,7 +9,7 @@ from emflow.errors import InputError  # noqa: E402
 from emflow.io import read_hdf_stack, read_mrc, read_star, write_hdf_stack  # noqa: E402
 from emflow.spa.classaverage import normalize_stack  # noqa: E402
 from emflow.spa.files import ctf_header, ctfs_from_star  # noqa: E402
-from emflow.spa.refine_loop import RefineOptions, phase_flip_particles, projection_orientations  # noqa: E402
+from emflow.spa.refine_loop import phase_flip_particles  # noqa: E402
 
 smk = snakemake  # noqa: F821
 spa = smk.params.spa
@@ -23,10 +23,6 @@ apix = float(spa["apix"] or apix or smk.params.demo_apix)
 stack = np.asarray(stack, np.float32)
 if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[1] % 2:
     raise InputError(f"particles must be a stack of square, even boxes, got {stack.shape}", source=path)
-# Validate every e2refine option once, before any heavy job starts (EMAN --check).
-opts = RefineOptions.from_config(spa, apix=apix)
-opts.simmx_options(), opts.classaverage_options(), opts.make3d_options()
-log.info("%d projections per iteration from orientgen %s, sym %s", len(projection_orientations(opts)), opts.orientgen, opts.sym)
 ctfs = None
 star = smk.input.get("star") if hasattr(smk.input, "get") else None
 if star:
