@@ -40,18 +40,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-# ---- BEGIN issue #7 block (report/determinism engineer): shared tiny-workflow run ----------------
-# Self-contained; the helpers live in tests/workflow_run.py. Set EMFLOW_TINY_WORKFLOW_DIR to an
-# existing finished run (a repository copy with results/) to reuse it instead of running again.
+# One run of the tiny workflow for the whole session (report, determinism and rerun tests).
+# Set EMFLOW_TINY_WORKFLOW_DIR to an existing finished run (a workflow copy with results/) to reuse it.
 @pytest.fixture(scope="session")
 def tiny_workflow(tmp_path_factory) -> pathlib.Path:
-    """Repository copy in which ``snakemake --cores 2 --configfile .test/config.yaml`` has run."""
-    from workflow_run import run_workflow
+    """Workflow copy in which ``snakemake --cores 2 --configfile .test/config.yaml`` has run."""
+    from workflow_runner import run_tiny_workflow
 
     reuse = os.environ.get("EMFLOW_TINY_WORKFLOW_DIR")
     if reuse and (pathlib.Path(reuse) / "results").is_dir():
         return pathlib.Path(reuse)
-    workdir = tmp_path_factory.mktemp("tiny_workflow")
-    run_workflow(workdir)
+    workdir = tmp_path_factory.mktemp("tiny_workflow") / "wf"
+    seconds = run_tiny_workflow(workdir)
+    print(f"\n[tiny_workflow] whole tiny workflow: {seconds:.1f} s")
     return workdir
-# ---- END issue #7 block -----------------------------------------------------------------------

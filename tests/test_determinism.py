@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from emflow.io import read_hdf_stack, read_mrc, read_star
-from workflow_run import copy_repo, run_snakemake
+from workflow_runner import run_tiny_workflow
 
 TOL_REL = 1e-5
 TOMO = "demo_01"
@@ -36,10 +36,8 @@ CLOSE_MAPS = [f"results/tomograms/{TOMO}__bin4.mrc", f"results/tempmatch/{TOMO}_
 
 @pytest.fixture(scope="module")
 def second_run(tiny_workflow, tmp_path_factory):
-    work = copy_repo(tmp_path_factory.mktemp("determinism"))
-    # targets before --configfile, which takes several values
-    proc = run_snakemake(work, *TARGETS, "--cores", "2", "--configfile", ".test/config.yaml", timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    work = tmp_path_factory.mktemp("determinism") / "wf"
+    run_tiny_workflow(work, TARGETS)
     return tiny_workflow, work
 
 

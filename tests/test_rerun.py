@@ -1,8 +1,9 @@
 """Re-running the workflow redoes exactly what a change affects, and a killed run resumes.
 
-One full run of the tiny config (``.test/config.yaml``, default target ``all``, ``profiles/local``)
-in a temporary copy of the workflow is the baseline. Each case works on its own copy of that
-finished run (results and ``.snakemake`` records copied with their timestamps):
+The baseline is the session's one full run of the tiny config (``.test/config.yaml``, fixture
+``tiny_workflow`` in tests/conftest.py). Each case works on its own copy of that finished run
+(results and ``.snakemake`` records copied with their timestamps) and runs Snakemake with
+``profiles/local``:
 
 (a) a second run does nothing;
 (b) a refinement parameter (``spa.classkeep``) reruns only single-particle refinement (and report)
@@ -28,7 +29,7 @@ import pytest
 import yaml
 
 from workflow_runner import (
-    REPO, assert_same_outputs, clean_env, copy_run, copy_workflow, run_snakemake, snakemake_cmd,
+    REPO, assert_same_outputs, clean_env, copy_run, run_snakemake, snakemake_cmd,
 )
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -80,12 +81,10 @@ def default_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """A finished run of the tiny config (the TARGETS and everything they need)."""
-    work = copy_workflow(tmp_path_factory.mktemp("rerun") / "baseline")
-    _, seconds = run_snakemake(work, "local", run_args(work))
-    print(f"\n[rerun] baseline run of .test/config.yaml: {seconds:.1f} s")
-    return work
+def baseline(tiny_workflow, tmp_path_factory):
+    """A finished run of the tiny config: a copy of the session's ``tiny_workflow`` run (which built
+    the TARGETS and more), so that nothing here runs the whole workflow again."""
+    return copy_run(tiny_workflow, tmp_path_factory.mktemp("rerun") / "baseline")
 
 
 def test_second_run_does_nothing(baseline, tmp_path):

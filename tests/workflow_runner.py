@@ -1,7 +1,12 @@
-"""Helpers for the tests that run the emflow Snakemake workflow (test_slurm, test_rerun, test_scale).
+"""Helpers for the tests that run workflow scripts or the emflow Snakemake workflow.
 
-Each test works in a temporary copy of the workflow (``Snakefile``, ``rules/``, ``workflow/``,
-``config/``, ``envs/``, ``.test/``, ``profiles/``), never in the repository itself.
+* :func:`run_script` executes one ``workflow/scripts/*.py`` exactly as Snakemake's ``script:`` does
+  (a ``snakemake`` object in its globals), so bad-input tests exercise the real validation code.
+* :func:`run_snakemake`, :func:`dry_run`: Snakemake in a temporary copy of the workflow
+  (``Snakefile``, ``rules/``, ``workflow/``, ``config/``, ``envs/``, ``report/``, ``.test/``,
+  ``profiles/``), never in the repository itself. :func:`run_tiny_workflow` runs the tiny
+  ``.test/config.yaml``; ``tests/conftest.py`` makes one such run the session fixture
+  ``tiny_workflow``, shared by the report, determinism and rerun tests.
 
 All runs share one numba cache (``EMFLOW_SHARED_NUMBA_CACHE``, see ``emflow.workflow_log``):
 the kernels live in the installed ``emflow`` package, so a cache filled by one copy is valid for
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import pathlib
 import pwd
+import runpy
 import shutil
 import subprocess
 import sys
@@ -24,11 +30,41 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", ".test", "profiles"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", "report", ".test", "profiles"]
 SNAKEMAKE_TIMEOUT_S = 600
 # results/ subfolders that record how a run went, not what it computed (timestamps, durations)
 # (the run-time report is drawn from the benchmarks)
 RUN_RECORDS = ("results/logs", "results/benchmarks", "results/report/runtimes")
+
+
+def run_script(name: str, *, input: dict, output: dict, params: dict | None = None,
+               wildcards: dict | None = None, log: str | os.PathLike | None = None, threads: int = 1,
+               rule: str | None = None) -> None:
+    """Run ``workflow/scripts/<name>`` with a Snakemake-like ``snakemake`` object.
+
+    Values of ``input``/``output`` are paths (or lists of paths); the object has the attributes scripts
+    use: ``input``, ``output``, ``params``, ``wildcards``, ``log``, ``threads``, ``rule``.
+    """
+    from snakemake.io import InputFiles, Log, Namedlist, OutputFiles, Params, Wildcards
+
+    def files(cls, d):
+        return cls(fromdict={k: (list(map(str, v)) if isinstance(v, list | tuple) else str(v))
+                             for k, v in d.items()})
+
+    class _Smk:
+        pass
+
+    smk = _Smk()
+    smk.input = files(InputFiles, input)
+    smk.output = files(OutputFiles, output)
+    smk.params = Params(fromdict=params or {})
+    smk.wildcards = Wildcards(fromdict=wildcards or {})
+    smk.log = Log([str(log)]) if log else Log([])
+    smk.threads = threads
+    smk.rule = rule or pathlib.Path(name).stem
+    smk.resources = Namedlist()
+    smk.config = {}
+    runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk}, run_name="__main__")
 
 
 def shared_numba_cache() -> pathlib.Path:
@@ -90,6 +126,16 @@ def run_snakemake(workdir: pathlib.Path, profile: str | None, args: list[str], e
     if check and res.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed (rc {res.returncode}) in {workdir}:\n{res.stdout[-6000:]}")
     return res.stdout, seconds
+
+
+def run_tiny_workflow(workdir: pathlib.Path, targets: list[str] | tuple[str, ...] = ()) -> float:
+    """Copy the workflow into the new folder ``workdir`` and run the tiny test config there
+    (``targets``, or all of it) on 2 cores; returns the wall seconds. Fails the test on error."""
+    copy_workflow(workdir)
+    # targets first: --configfile takes several values
+    _, seconds = run_snakemake(workdir, None, [*targets, "--cores", "2", "--configfile", ".test/config.yaml"],
+                               timeout=1500)
+    return seconds
 
 
 def job_counts(output: str) -> dict[str, int]:
