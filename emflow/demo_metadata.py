@@ -36,7 +36,7 @@ def tilt_series_info(
     -------
     dict
         ``apix_unbin``; ``tlt_params`` rows ``[tx=0, ty=0, rot=tilt_axis, tilt, offtilt=0]``
-        (the simulated series is already aligned); per-tilt ``defocus`` (µm, mid-plane) and
+        (the simulated series is already aligned); per-tilt ``defocus`` (µm, mid-plane, as recorded: ``truth.defocus_recorded_um``) and
         ``phase`` (0°); ``voltage`` (kV); ``cs`` (mm); ``boxes_3d``; ``class_list``.
     """
     ntilt = truth.tilts_deg.size
@@ -44,7 +44,7 @@ def tilt_series_info(
         "apix_unbin": float(truth.apix),
         "tlt_params": [[0.0, 0.0, float(truth.tilt_axis_deg), float(t), 0.0] for t in truth.tilts_deg],
         "ali_loss": [0.0] * ntilt,
-        "defocus": [float(d) for d in truth.defocus_um],
+        "defocus": [float(d) for d in truth.defocus_recorded_um],
         "phase": [0.0] * ntilt,
         "voltage": float(truth.voltage_kv),
         "cs": float(truth.cs_mm),

@@ -119,6 +119,18 @@ class TiltSeriesTruth:
     voltage_kv: float
     cs_mm: float
     ampcont: float
+    tilt_shift_px: np.ndarray | None = None
+    tilt_axis_error_deg: np.ndarray | None = None
+    defocus_recorded_um: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = self.tilts_deg.size
+        if self.tilt_shift_px is None:
+            self.tilt_shift_px = np.zeros((n, 2))
+        if self.tilt_axis_error_deg is None:
+            self.tilt_axis_error_deg = np.zeros(n)
+        if self.defocus_recorded_um is None:
+            self.defocus_recorded_um = np.array(self.defocus_um, dtype=np.float64)
 
     @property
     def eman_eulers(self) -> np.ndarray:
@@ -135,6 +147,9 @@ class TiltSeriesTruth:
             "tilts_deg": self.tilts_deg.tolist(),
             "tilt_axis_deg": self.tilt_axis_deg,
             "defocus_um": self.defocus_um.tolist(),
+            "defocus_recorded_um": self.defocus_recorded_um.tolist(),
+            "tilt_shift_px": self.tilt_shift_px.tolist(),
+            "tilt_axis_error_deg": self.tilt_axis_error_deg.tolist(),
             "dose_order": self.dose_order.tolist(),
             "dose_e_per_a2": self.dose_e_per_a2.tolist(),
             "voltage_kv": self.voltage_kv,
@@ -173,6 +188,9 @@ def simulate_tilt_series(
     min_dist_px: float | None = None,
     tilt_scheme: str = "dose_symmetric",
     defocus_jitter_um: float = 0.0,
+    tilt_shift_error_px: float = 0.0,
+    tilt_axis_error_deg: float = 0.0,
+    defocus_error_um: float = 0.0,
     progress: Callable[[float], None] | None = None,
     workers: int = -1,
 ) -> tuple[np.ndarray, TiltSeriesTruth]:
@@ -208,6 +226,15 @@ def simulate_tilt_series(
         Exposure order (see :func:`emflow._phantom.acquisition_order`).
     defocus_jitter_um : float
         Standard deviation of the per-tilt mid-plane defocus around ``defocus_um``.
+    tilt_shift_error_px, tilt_axis_error_deg : float
+        Residual tilt-series alignment errors, as a real aligned series has: each tilt image is
+        shifted by ``N(0, σ)`` px per axis and its tilt axis rotated by ``N(0, σ)`` degrees from
+        what the metadata (``.tlt``, ``tlt_params``) say. The tilt nearest 0° has neither, so it
+        fixes the frame. Subtilt refinement ``t``/``r`` should recover them.
+    defocus_error_um : float
+        Standard deviation of the error of each tilt's *recorded* defocus
+        (``truth.defocus_recorded_um``, what the info json says) against the defocus used here, as
+        a CTF fit has; refinement ``d`` should recover it.
     progress : callable, optional
         Called with the fraction of tilts done.
     workers : int
@@ -233,15 +260,20 @@ def simulate_tilt_series(
     dose = (order + 0.5) * dose_per_tilt
     df_tilt = defocus_um + (rng.normal(0.0, defocus_jitter_um, tilts.size) if defocus_jitter_um > 0 else 0.0)
     df_tilt = np.broadcast_to(df_tilt, tilts.shape).astype(np.float64)
+    t0 = int(np.argmin(np.abs(tilts)))
+    shift_err = rng.normal(0.0, tilt_shift_error_px, (tilts.size, 2)) if tilt_shift_error_px > 0 else np.zeros((tilts.size, 2))
+    axis_err = rng.normal(0.0, tilt_axis_error_deg, tilts.size) if tilt_axis_error_deg > 0 else np.zeros(tilts.size)
+    df_recorded = df_tilt + (rng.normal(0.0, defocus_error_um, tilts.size) if defocus_error_um > 0 else 0.0)
+    shift_err[t0], axis_err[t0] = 0.0, 0.0
 
     projector = VolumeProjector(vol, pad=2, workers=workers)
     npad = projector.n_pad
-    R_tilt = tilt_matrix(tilts, tilt_axis_deg)
+    R_tilt = tilt_matrix(tilts, tilt_axis_deg + axis_err)  # the true geometry, not the recorded one
     stack = np.zeros((tilts.size, ny, nx), dtype=np.float32)
     centres = np.empty((tilts.size, n_particles, 2))
     for t in range(tilts.size):
         q = positions @ R_tilt[t].T  # (x, y, depth) in tilt t
-        u, v = q[:, 0] + nx // 2, q[:, 1] + ny // 2
+        u, v = q[:, 0] + nx // 2 + shift_err[t, 0], q[:, 1] + ny // 2 + shift_err[t, 1]
         iu, iv = np.round(u), np.round(v)
         centres[t] = np.stack([v, u], axis=1)
         slices = projector.slices_ft(R_tilt[t] @ rotations, size=npad)
@@ -255,7 +287,6 @@ def simulate_tilt_series(
 
     sigma = 0.0
     if snr is not None:
-        t0 = int(np.argmin(np.abs(tilts)))
         sigma = float(np.sqrt(_footprint_variance(stack[t0], centres[t0], radius) / snr))
         stack += rng.normal(0.0, sigma, stack.shape).astype(np.float32)
     truth = TiltSeriesTruth(
@@ -263,6 +294,7 @@ def simulate_tilt_series(
         tilt_axis_deg=float(tilt_axis_deg), defocus_um=df_tilt.copy(), dose_order=order, dose_e_per_a2=dose,
         positions_px=positions, rotations=rotations, noise_sigma=sigma, snr=snr,
         voltage_kv=float(voltage_kv), cs_mm=float(cs_mm), ampcont=float(ampcont),
+        tilt_shift_px=shift_err, tilt_axis_error_deg=axis_err, defocus_recorded_um=np.asarray(df_recorded, np.float64),
     )
     return stack, truth
 

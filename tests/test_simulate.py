@@ -309,3 +309,36 @@ def test_tilt_range():
     assert tilt_range(-50, 51, 10)[-1] == 50
     with pytest.raises(InputError):
         tilt_range(10, -10, 3)
+
+
+def test_residual_alignment_errors_move_the_whole_tilt_image(proteasome):
+    """Tilt-series misalignment (what subtilt t/r/d refine away): each tilt image is the aligned
+    image rotated about the centre by that tilt's axis error and shifted by its shift error; the
+    recorded defocus differs from the true one by the defocus error; the 0° tilt is the frame."""
+    import scipy.ndimage
+
+    from emflow.geometry import rot_z
+
+    ref, apix_ref = proteasome
+    kwargs = dict(apix=APIX_TOMO, shape_xyz=(128, 128, 32), tilts_deg=[-30.0, 0.0, 30.0], n_particles=5,
+                  defocus_um=5.0, dose_per_tilt=0.0, snr=None)
+    aligned, t0 = simulate_tilt_series(ref, apix_ref, rng=np.random.default_rng(3), **kwargs)
+    moved, t1 = simulate_tilt_series(ref, apix_ref, rng=np.random.default_rng(3), tilt_shift_error_px=3.0,
+                                     tilt_axis_error_deg=3.0, defocus_error_um=0.3, **kwargs)
+    np.testing.assert_allclose(t1.positions_px, t0.positions_px)
+    assert np.all(t1.tilt_shift_px[1] == 0) and t1.tilt_axis_error_deg[1] == 0
+    np.testing.assert_array_equal(moved[1], aligned[1])
+    assert np.all(np.abs(t1.tilt_axis_error_deg[[0, 2]]) > 0.2)
+    np.testing.assert_allclose(t1.defocus_um, t0.defocus_um)
+    assert 0.01 < np.abs(t1.defocus_recorded_um - t1.defocus_um).max() < 1.5
+    c = np.array([64.0, 64.0])  # image centre (x, y)
+    for t in (0, 2):
+        A = rot_z(t1.tilt_axis_error_deg[t])[:2, :2]  # (x, y) of the aligned image → moved image
+        s = t1.tilt_shift_px[t]
+        # output (y, x) → input (y, x): x_in = A⁻¹ (x_out − c − s) + c, in (row, col) order
+        Ainv = np.linalg.inv(A)[::-1, ::-1]
+        offset = c[::-1] - Ainv @ (c + s)[::-1]
+        predicted = scipy.ndimage.affine_transform(aligned[t], Ainv, offset=offset, order=3)
+        unmoved = np.corrcoef(moved[t][16:-16, 16:-16].ravel(), aligned[t][16:-16, 16:-16].ravel())[0, 1]
+        cc = np.corrcoef(moved[t][16:-16, 16:-16].ravel(), predicted[16:-16, 16:-16].ravel())[0, 1]
+        assert cc > 0.98 and cc > unmoved + 0.1, (t, cc, unmoved)
