@@ -1,4 +1,5 @@
-"""2D aligners of EMAN2's e2refine loop (spec §5.2): ``rotate_translate_flip`` and ``refine``.
+"""2D aligners of EMAN2's e2refine loop (spec §5.2): ``rotate_translate_flip`` (the ``refine``
+aligner, which starts from its result, is :mod:`emflow.spa.refine2d`).
 
 2D transform convention (spec §2.1, EMAN "2d" type): ``T(x) = M · (R(α)·x + t)`` with ``x = (x, y)``
 in pixels from the box centre ``n//2``, ``R(α)`` the counter-clockwise rotation by ``α`` degrees
@@ -20,7 +21,7 @@ import numpy as np
 import scipy.fft
 
 from emflow._interp import bilinear
-from emflow._numba import jit, pjit
+from emflow._numba import pjit
 from emflow.spa import cmp as cmpmod
 
 # ----------------------------------------------------------------------------- transforms
@@ -279,121 +280,3 @@ def rotate_translate_flip(moving, targets, mi, ti, *, aligncmp="ccc", maxshift=N
         out["ty"][sl] = np.stack([c[3] for c in cands])[best, rows]
         out["mirror"][sl] = np.array([c[4] for c in cands])[best]
     return out
-
-
-# ----------------------------------------------------------------------------- refine (simplex)
-
-_CMP_CODES = {"ccc": 0, "dot": 1, "sqeuclidean": 2}
-
-
-@jit
-def _objective(moving, target, p, kind, normalize):  # pragma: no cover - numba
-    ny, nx = moving.shape
-    cy, cx = ny // 2, nx // 2
-    a = p[0] * math.pi / 180.0
-    ca, sa = math.cos(a), math.sin(a)
-    s1 = s2 = s11 = s22 = s12 = 0.0
-    for row in range(ny):
-        y = float(row - cy) - p[2]
-        for col in range(nx):
-            x = float(col - cx) - p[1]
-            sx = ca * x + sa * y + cx
-            sy = -sa * x + ca * y + cy
-            x0, y0 = math.floor(sx), math.floor(sy)
-            fx, fy = sx - x0, sy - y0
-            v = 0.0
-            if 0 <= x0 and x0 + 1 < nx and 0 <= y0 and y0 + 1 < ny:
-                v = ((1 - fy) * ((1 - fx) * moving[y0, x0] + fx * moving[y0, x0 + 1])
-                     + fy * ((1 - fx) * moving[y0 + 1, x0] + fx * moving[y0 + 1, x0 + 1]))
-            t = target[row, col]
-            s1 += v
-            s2 += t
-            s11 += v * v
-            s22 += t * t
-            s12 += v * t
-    npx = ny * nx
-    if kind == 0:
-        den = math.sqrt(max(s11 - s1 * s1 / npx, 0.0) * max(s22 - s2 * s2 / npx, 0.0))
-        return -(s12 - s1 * s2 / npx) / den if den > 0 else 2.0
-    if kind == 1:
-        if normalize:
-            den = math.sqrt(s11 * s22)
-            return -s12 / den if den > 0 else 2.0
-        return -s12 / npx
-    return (s11 - 2 * s12 + s22) / npx
-
-
-@pjit
-def _refine_kernel(moving, targets, mi, ti, start, kind, normalize, maxshift, max_iter, result, score):  # pragma: no cover
-    n = len(mi)
-    for k in numba.prange(n):
-        mov, tgt = moving[mi[k]], targets[ti[k]]
-        simplex = np.empty((4, 3))
-        f = np.empty(4)
-        steps = (5.0, 1.0, 1.0)  # EMAN's initial steps: 5° then 1 px, 1 px
-        for v in range(4):
-            for j in range(3):
-                simplex[v, j] = start[k, j] + (steps[j] if v == j + 1 else 0.0)
-            f[v] = _objective(mov, tgt, simplex[v], kind, normalize)
-        f_start = f[0]
-        for _ in range(max_iter):
-            order = np.argsort(f)
-            simplex, f = simplex[order], f[order]
-            if max(abs(simplex[3, 0] - simplex[0, 0]) / 5.0, abs(simplex[3, 1] - simplex[0, 1]),
-                   abs(simplex[3, 2] - simplex[0, 2])) < 0.04:
-                break
-            centroid = (simplex[0] + simplex[1] + simplex[2]) / 3.0
-            xr = centroid + (centroid - simplex[3])
-            fr = _objective(mov, tgt, xr, kind, normalize)
-            if fr < f[0]:
-                xe = centroid + 2.0 * (centroid - simplex[3])
-                fe = _objective(mov, tgt, xe, kind, normalize)
-                if fe < fr:
-                    simplex[3], f[3] = xe, fe
-                else:
-                    simplex[3], f[3] = xr, fr
-            elif fr < f[2]:
-                simplex[3], f[3] = xr, fr
-            else:
-                xc = centroid + 0.5 * (simplex[3] - centroid)
-                fc = _objective(mov, tgt, xc, kind, normalize)
-                if fc < f[3]:
-                    simplex[3], f[3] = xc, fc
-                else:
-                    for v in range(1, 4):
-                        simplex[v] = simplex[0] + 0.5 * (simplex[v] - simplex[0])
-                        f[v] = _objective(mov, tgt, simplex[v], kind, normalize)
-        b = np.argmin(f)
-        ok = abs(simplex[b, 1]) <= maxshift and abs(simplex[b, 2]) <= maxshift and f[b] <= f_start
-        for j in range(3):
-            result[k, j] = simplex[b, j] if ok else start[k, j]
-        score[k] = f[b] if ok else f_start
-
-
-def refine(moving, targets, mi, ti, init: dict, *, cmp="ccc", maxshift=None, max_iter=60):
-    """EMAN ``refine``: Nelder–Mead on (α, tx, ty) from ``init`` (a result of
-    :func:`rotate_translate_flip`), objective = ``cmp`` (``ccc``, ``dot`` or ``sqeuclidean``)
-    between the transformed moving image and the target (mirrored target when ``mirror``).
-    Solutions with ``|t| > maxshift`` (default ``ny/4``) or a worse score keep the start.
-    Returns a new dict like ``init``.
-    """
-    name, opts = cmpmod.parse_cmp(cmp, "raligncmp") if isinstance(cmp, str) else cmp
-    if name not in _CMP_CODES:
-        from emflow.errors import InputError
-        raise InputError(f"the refine aligner supports {sorted(_CMP_CODES)}, not {name!r}", source="raligncmp")
-    moving = np.ascontiguousarray(moving, np.float32)
-    tgt = targets if isinstance(targets, PreparedTargets) else PreparedTargets(targets, True)
-    ny = moving.shape[-2]
-    maxshift = ny / 4 if maxshift is None else float(maxshift)
-    mi, ti = np.asarray(mi, np.int64), np.asarray(ti, np.int64)
-    mirror = np.asarray(init["mirror"]) > 0.5
-    # Mirrored pairs refine against the mirrored target (T = M·(R, t)); ti shifted into a stacked array.
-    stacked = np.concatenate([tgt.images, tgt.mirrored if tgt.flip else tgt.images])
-    tsel = np.where(mirror, ti + len(tgt.images), ti)
-    start = np.stack([init["alpha"], init["tx"], init["ty"]], axis=1).astype(np.float64)
-    result, score = np.empty_like(start), np.empty(len(mi))
-    normalize = int(opts.get("normalize", 0))
-    _refine_kernel(moving, stacked, mi, tsel, start, _CMP_CODES[name], normalize, maxshift, int(max_iter),
-                   result, score)
-    return {"alpha": result[:, 0] % 360.0, "tx": result[:, 1], "ty": result[:, 2],
-            "mirror": mirror.astype(np.float64), "score": score}

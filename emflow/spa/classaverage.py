@@ -14,7 +14,7 @@ import scipy.fft
 import scipy.ndimage
 
 from emflow.errors import InputError
-from emflow.spa import align2d, fourier_align
+from emflow.spa import align2d, fourier_align, refine2d
 from emflow.spa import cmp as cmpmod
 from emflow.spa.classify import class_members
 
@@ -59,6 +59,7 @@ class ClassAverageOptions:
             raise InputError("classkeep must be > 0", source="spa.classkeep")
         cmpmod.parse_cmp(self.cmp, "spa.classcmp")
         cmpmod.parse_cmp(self.aligncmp, "spa.classaligncmp")
+        cmpmod.parse_cmp(self.raligncmp, "spa.classraligncmp")
 
 
 def normalize_stack(images: np.ndarray, normproc: str | None) -> np.ndarray:
@@ -141,7 +142,7 @@ def _average(aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, n_class: int
     return (acc / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
 
 
-def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool, prepared_moving=None):
+def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool, prepared_moving=None, snr=None):
     if prepared_moving is not None:
         # ccc alignment: the Fourier-space aligner (sub-pixel shifts; same transform convention)
         tgt = fourier_align.PreparedTargets(refs, flip=flip)
@@ -151,7 +152,8 @@ def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool, prepared
         r = align2d.rotate_translate_flip(moving, refs, mi, ri, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
                                           flip=flip, apix=opts.apix)
     if opts.ralign:
-        r = align2d.refine(moving, refs, mi, ri, r, cmp=opts.raligncmp, maxshift=opts.maxshift)
+        r = refine2d.refine(moving, refs, mi, ri, r, cmp=opts.raligncmp, maxshift=opts.maxshift, snr=snr,
+                            apix=opts.apix)
     return r
 
 
@@ -202,9 +204,9 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
     for it in range(opts.iter + 1):
         if it > 0:
             use = keep_mask(sim, mc, opts.keep, opts.keepsig)
-        r = _align(ali, refs, mp, mc, opts, flip, prep)
-        aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mp)
         snr = None if particle_snr is None else particle_snr[mp]
+        r = _align(ali, refs, mp, mc, opts, flip, prep, snr)
+        aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mp)
         sim = cmpmod.compare(aligned, refs[mc], opts.cmp, snr=snr, apix=opts.apix)
         avgs, counts = _average(aligned, mc, use, n_class, opts.averager, ctf_abs, mp)
         refs = _edge_correct(avgs, opts.automask)
@@ -217,7 +219,7 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
     fin = {"alpha": np.zeros(n_class), "tx": np.zeros(n_class), "ty": np.zeros(n_class), "mirror": np.zeros(n_class)}
     if len(full):
         f = align2d.rotate_translate_flip(refs, projections, full, full, aligncmp="ccc", flip=False)
-        f = align2d.refine(refs, align2d.PreparedTargets(projections, flip=False), full, full, f, cmp="ccc")
+        f = refine2d.refine(refs, align2d.PreparedTargets(projections, flip=False), full, full, f, cmp="ccc")
         for k in fin:
             fin[k][full] = f[k]
     tot = align2d.compose_params(tuple(fin[k][mc] for k in ("alpha", "tx", "ty", "mirror")),

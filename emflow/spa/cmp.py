@@ -75,8 +75,9 @@ def centred_rfft(images: np.ndarray, workers: int = -1) -> np.ndarray:
 
 
 @pjit
-def _ring_sums(a, b, rings, nring):  # pragma: no cover - numba
-    """Per image and ring: Σ Re(a b*), Σ|a|², Σ|b|², Σ acos(cos Δφ)·|a||b|-free, count."""
+def _ring_sums(a, b, rings, nring, with_phase):  # pragma: no cover - numba
+    """Per image and ring: Σ Re(a b*), Σ|a|², Σ|b|², Σ|Δφ| (unweighted; only when ``with_phase``:
+    the arctangent costs as much as all the rest), pixel count."""
     n = a.shape[0]
     out = np.zeros((n, 5, nring), np.float64)
     for i in numba.prange(n):
@@ -92,7 +93,8 @@ def _ring_sums(a, b, rings, nring):  # pragma: no cover - numba
                 out[i, 0, r] += cr
                 out[i, 1, r] += av.real * av.real + av.imag * av.imag
                 out[i, 2, r] += bv.real * bv.real + bv.imag * bv.imag
-                out[i, 3, r] += abs(np.arctan2(ci, cr))
+                if with_phase:
+                    out[i, 3, r] += abs(np.arctan2(ci, cr))
                 out[i, 4, r] += 1.0
     return out
 
@@ -111,15 +113,15 @@ def band_weights(nring: int, ny: int, apix: float | None, minres: float, maxres:
     return w
 
 
-def frc_curves(image: np.ndarray, with_: np.ndarray, zeromask: bool = False) -> np.ndarray:
-    """Per-ring sums ``(n, 5, ny//2)``: Σ Re(AB*), Σ|A|², Σ|B|², Σ|Δφ|, pixel count."""
+def frc_curves(image: np.ndarray, with_: np.ndarray, zeromask: bool = False, with_phase: bool = True) -> np.ndarray:
+    """Per-ring sums ``(n, 5, ny//2)``: Σ Re(AB*), Σ|A|², Σ|B|², Σ|Δφ| (0 without ``with_phase``), count."""
     a, b = _stack(image), _stack(with_)
     if zeromask:
         zero = (a == 0) | (b == 0)
         a = np.where(zero, 0, a).astype(np.float32)
         b = np.where(zero, 0, b).astype(np.float32)
     ny, nx = a.shape[-2:]
-    return _ring_sums(centred_rfft(a), centred_rfft(b), ring_index(ny, nx), ny // 2)
+    return _ring_sums(centred_rfft(a), centred_rfft(b), ring_index(ny, nx), ny // 2, with_phase)
 
 
 def frc(image, with_, *, zeromask=0, snrweight=0, sweight=1, ampweight=0, minres=200.0, maxres=8.0,
@@ -130,7 +132,7 @@ def frc(image, with_, *, zeromask=0, snrweight=0, sweight=1, ampweight=0, minres
     (from its CTF); used when ``snrweight``; values ≤ 0 become 0.001. ``apix`` (Å/px) sets the
     tanh band-pass from ``minres``/``maxres`` (Å); without it only ``r < ny/2`` limits the sum.
     """
-    s = frc_curves(image, with_, zeromask=bool(zeromask))
+    s = frc_curves(image, with_, zeromask=bool(zeromask), with_phase=False)
     return frc_score_from_sums(s, _stack(image).shape[-2], sweight=sweight, snrweight=snrweight,
                                ampweight=ampweight, minres=minres, maxres=maxres, snr=snr, apix=apix)
 

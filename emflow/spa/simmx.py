@@ -9,7 +9,7 @@ Speed: with ``ccc`` alignment, no ``refine`` aligner, no comparison mask and an 
 comparator (the e2refine defaults) the pairs go through :mod:`emflow.spa.fourier_align`, which
 precomputes FTs and rotational footprints once per particle and per projection and aligns and
 scores each pair in Fourier space (sub-pixel shifts); other option sets use the real-space
-aligners of :mod:`emflow.spa.align2d`.
+aligners of :mod:`emflow.spa.align2d` (and :mod:`emflow.spa.refine2d` for ``simralign=refine``).
 
 Entries that were not computed (pairs skipped by two-stage seeding or ``pairs``) hold
 ``NOT_COMPUTED = +inf`` in the score plane (and 0 in the alignment planes), so ``argmin`` can
@@ -25,7 +25,7 @@ import numpy as np
 
 from emflow.errors import InputError
 from emflow.fourier import fourier_crop
-from emflow.spa import align2d, fourier_align
+from emflow.spa import align2d, fourier_align, refine2d
 from emflow.spa import cmp as cmpmod
 
 NOT_COMPUTED = np.float32(np.inf)
@@ -55,6 +55,7 @@ class SimmxOptions:
         if int(self.shrink) < 1:
             raise InputError("shrink must be >= 1", source="spa.shrink")
         cmpmod.parse_cmp(self.aligncmp, "spa.simaligncmp")
+        cmpmod.parse_cmp(self.raligncmp, "spa.simraligncmp")
         cmpmod.parse_cmp(self.cmp, "spa.simcmp")
 
 
@@ -108,10 +109,11 @@ def align_and_score(particles, projections, ptcl_idx, proj_idx, opts: SimmxOptio
         pi, qi = ptcl_idx[sl], proj_idx[sl]
         r = align2d.rotate_translate_flip(projections, tgt, qi, pi, aligncmp=opts.aligncmp, maxshift=opts.maxshift,
                                           flip=flip, moving_fp=fp, apix=apix)
-        if opts.ralign:
-            r = align2d.refine(projections, tgt, qi, pi, r, cmp=opts.raligncmp, maxshift=opts.maxshift)
-        aligned = align2d.transform_images(projections, r["alpha"], r["tx"], r["ty"], r["mirror"], index=qi)
         snr = None if particle_snr is None else particle_snr[pi]
+        if opts.ralign:
+            r = refine2d.refine(projections, tgt, qi, pi, r, cmp=opts.raligncmp, maxshift=opts.maxshift, snr=snr,
+                                apix=apix)
+        aligned = align2d.transform_images(projections, r["alpha"], r["tx"], r["ty"], r["mirror"], index=qi)
         r["score"] = cmpmod.compare(particles[pi], aligned, opts.cmp, mask=mask, snr=snr, apix=apix)
         for k in res:
             res[k][sl] = r[k]
