@@ -123,6 +123,42 @@ def orientation_errors(rot_est: np.ndarray, rot_true: np.ndarray, sym_matrices: 
     return np.degrees(np.arccos(cos))
 
 
+def template_frame(rot_est: np.ndarray, rot_true: np.ndarray, sym_matrices: np.ndarray | None = None,
+                   inlier_deg: float = 15.0) -> np.ndarray:
+    """The template's own frame ``G`` (3, 3): the consensus rotation with ``R_true ≈ R_est · G · S``.
+
+    A template made without the truth (e.g. the SGD initial model) sits in an arbitrary frame, so
+    every pick's orientation differs from the truth by the same ``G`` (up to the symmetry ``S``).
+    ``G`` is the chordal mean of the candidates ``R_est⁻¹ R_true S`` that agree, within
+    ``inlier_deg``, with the candidate most others agree with (a robust consensus: wrong picks and
+    flipped orientations do not move it).
+
+    Parameters
+    ----------
+    rot_est, rot_true : (n, 3, 3) arrays
+        Matched estimated and true ``R_p`` (reference → particle), n ≥ 1.
+    sym_matrices : (nsym, 3, 3) array, optional
+        Symmetry operators of the template (identity when omitted).
+    """
+    a = np.asarray(rot_est, np.float64).reshape(-1, 3, 3)
+    b = np.asarray(rot_true, np.float64).reshape(-1, 3, 3)
+    sym = np.eye(3)[None] if sym_matrices is None else np.asarray(sym_matrices, np.float64).reshape(-1, 3, 3)
+    cand = np.einsum("nji,njk,skl->nsil", a, b, sym)  # (n, nsym, 3, 3): Aᵀ B S
+
+    def angle_to(g):  # per particle, the angle of its closest symmetry-mate candidate to g
+        tr = np.einsum("nsij,ij->ns", cand, g)
+        return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))), tr.argmax(axis=1)
+
+    seeds = cand.reshape(-1, 3, 3)
+    support = [int((angle_to(g)[0].min(axis=1) < inlier_deg).sum()) for g in seeds]
+    g = seeds[int(np.argmax(support))]
+    ang, best = angle_to(g)
+    inl = ang.min(axis=1) < inlier_deg
+    mean = cand[np.flatnonzero(inl), best[inl]].mean(axis=0)
+    u, _, vt = np.linalg.svd(mean)  # project the mean onto SO(3)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
 def fsc_crossing(freq_inv_a: np.ndarray, fsc: np.ndarray, threshold: float) -> float | None:
     """Resolution (Å) where an FSC curve first falls below ``threshold``, linearly interpolated.
 
@@ -190,8 +226,19 @@ def read_benchmarks(root: str) -> list[dict]:
     return out
 
 
+def matched_rotations(picks_xyz: np.ndarray, picks_rot: np.ndarray, truth: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(R_est, R_true)``, each (tp, 3, 3), of the picks matched to true particles (as in
+    :func:`score_tomogram_picks`): the input of :func:`template_frame`."""
+    parts = truth.get("particles", [])
+    t_xyz = np.array([p["xyz_px"] for p in parts], np.float64).reshape(-1, 3)
+    res = match_picks(picks_xyz, t_xyz, tolerance_px=float(truth["radius_px"]))
+    t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
+    return np.asarray(picks_rot, np.float64).reshape(-1, 3, 3)[res.pairs[:, 0]], t_rot[res.pairs[:, 1]]
+
+
 def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, truth: dict,
-                         sym_matrices: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+                         sym_matrices: np.ndarray | None = None,
+                         frame: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """Score one tomogram's picks against its simulation truth.
 
     Parameters
@@ -205,6 +252,8 @@ def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, tr
         positions in the same frame and pixel size as ``picks_xyz``.
     sym_matrices : (nsym, 3, 3) array, optional
         Symmetry of the template (orientations equal up to it count as equal).
+    frame : (3, 3) array, optional
+        The template's own frame ``G`` (:func:`template_frame`): errors are those of ``R_est · G``.
 
     Returns
     -------
@@ -219,7 +268,10 @@ def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, tr
     errors = np.zeros(0)
     if picks_rot is not None and res.true_positives:
         t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
-        errors = orientation_errors(np.asarray(picks_rot)[res.pairs[:, 0]], t_rot[res.pairs[:, 1]], sym_matrices)
+        est = np.asarray(picks_rot, np.float64)[res.pairs[:, 0]]
+        if frame is not None:
+            est = est @ np.asarray(frame, np.float64)
+        errors = orientation_errors(est, t_rot[res.pairs[:, 1]], sym_matrices)
     out = res.to_dict()
     out["median_orientation_error_deg"] = float(np.median(errors)) if len(errors) else None
     return out, errors
