@@ -188,6 +188,55 @@ def fsc_crossing(freq_inv_a: np.ndarray, fsc: np.ndarray, threshold: float) -> f
     return float(1.0 / (f[i - 1] + w * (f[i] - f[i - 1])))
 
 
+def mirror_map(vol: np.ndarray) -> np.ndarray:
+    """The map's mirror image ``z → −z`` about the box centre ``n//2`` (the other hand)."""
+    return np.roll(np.asarray(vol)[::-1], 1, axis=0)  # index n//2 stays at n//2
+
+
+def map_vs_truth(vol: np.ndarray, truth: np.ndarray, apix: float, sym_matrices: np.ndarray | None = None,
+                 bar_px: float = 2.5, band=(0.1, 0.3)) -> dict:
+    """How a map in the truth's frame compares with the truth: resolution, hand and symmetry.
+
+    Parameters
+    ----------
+    vol, truth : (n, n, n) arrays on the same grid and in the same frame.
+    apix : float
+        Å per pixel.
+    sym_matrices : (nsym, 3, 3) array, optional
+        The structure's own symmetry: ``symmetry_fsc`` is the mean FSC over ``band`` of the map with
+        its symmetrised copy (``truth_symmetry_fsc`` the same for the truth: the value a perfectly
+        symmetric map reaches through the interpolation of symmetrising). A map refined in c1 that
+        found the structure's symmetry comes close to it.
+    bar_px : float
+        ``fsc_at_bar`` is the FSC (linearly interpolated) at the resolution ``bar_px`` pixels.
+    band : (lo, hi) cycles/px
+        Shells over which the hand and symmetry checks average the FSC.
+
+    Returns
+    -------
+    dict: ``fsc_truth_05_a``, ``fsc_truth_0143_a`` (Å, :func:`fsc_crossing`), ``fsc_truth_05_px``,
+    ``fsc_at_bar`` with ``bar_px``, ``hand_fsc_true`` / ``hand_fsc_mirror`` (mean FSC over ``band``
+    against the truth and its mirror image) and ``hand_correct``; the symmetry entries when asked.
+    """
+    from emflow.filters import apply_symmetry
+    from emflow.fsc import fsc
+
+    c = fsc(vol, truth)
+    f_inv_a = c.freq[1:] / apix
+    inband = (c.freq >= band[0]) & (c.freq <= band[1])
+    out = {"fsc_truth_05_a": fsc_crossing(f_inv_a, c.fsc[1:], 0.5),
+           "fsc_truth_0143_a": fsc_crossing(f_inv_a, c.fsc[1:], 0.143),
+           "bar_px": bar_px, "fsc_at_bar": float(np.interp(1.0 / bar_px, c.freq, c.fsc)),
+           "hand_fsc_true": float(c.fsc[inband].mean()),
+           "hand_fsc_mirror": float(fsc(vol, mirror_map(truth)).fsc[inband].mean())}
+    out["fsc_truth_05_px"] = None if out["fsc_truth_05_a"] is None else out["fsc_truth_05_a"] / apix
+    out["hand_correct"] = out["hand_fsc_true"] > out["hand_fsc_mirror"]
+    if sym_matrices is not None:
+        out["symmetry_fsc"] = float(fsc(vol, apply_symmetry(vol, sym_matrices)).fsc[inband].mean())
+        out["truth_symmetry_fsc"] = float(fsc(truth, apply_symmetry(truth, sym_matrices)).fsc[inband].mean())
+    return out
+
+
 def fsc_summary(freq_inv_a: np.ndarray, fsc: np.ndarray, thresholds=(0.5, 0.143)) -> dict:
     """``{"fsc_0.5_A": ..., "fsc_0.143_A": ...}`` crossings of one curve (see :func:`fsc_crossing`)."""
     return {f"fsc_{thr:g}_A": fsc_crossing(freq_inv_a, fsc, thr) for thr in thresholds}

@@ -4,7 +4,8 @@
 #   particles.hdf (phase-flipped input with CTF headers), threed_00.mrc (starting model),
 #   projections_XX.hdf, simmx_XX.hdf, classify_XX.hdf, classes_XX.hdf, cls_result_XX.hdf,
 #   threed_XX.hdf/.mrc, threed_filt_XX.mrc (mass/automask; the next iteration's model),
-#   fsc_XX_YY.txt (iteration-to-iteration), fsc_truth_XX.txt (demo), convergence.png,
+#   fsc_XX.txt (vs the previous model), fsc_truth_XX.txt + truth_eval_XX.json (demo: resolution,
+#   hand and symmetry against the truth), convergence.png,
 #   classes_XX.png, summary.json.
 
 # Each rule gets as params only the `spa:` keys its stage reads (STAGE_KEYS), so a changed
@@ -216,6 +217,9 @@ rule spa_fsc:
     output:
         fsc=f"{SPA_DIR}/fsc_{{it}}.txt",
         fsc_truth=f"{SPA_DIR}/fsc_truth_{{it}}.txt",
+        truth_eval=f"{SPA_DIR}/truth_eval_{{it}}.json",
+    params:
+        truth_sym=spa_truth_symmetry(),
     log:
         f"results/logs/spa/spa_fsc/{SPA['path']}_{{it}}.log",
     benchmark:
@@ -234,6 +238,7 @@ rule spa_report:
     input:
         fsc=expand(f"{SPA_DIR}/fsc_{{it}}.txt", it=SPA_ITERS),
         fsc_truth=expand(f"{SPA_DIR}/fsc_truth_{{it}}.txt", it=SPA_ITERS),
+        truth_eval=expand(f"{SPA_DIR}/truth_eval_{{it}}.json", it=SPA_ITERS),
         classes=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.hdf",
     output:
         convergence=f"{SPA_DIR}/convergence.png",

@@ -41,6 +41,13 @@ def spa_truth_map():
     return [truth_map_spa()] if DEMO and not config["input"]["spa_particles"] else []
 
 
+def spa_truth_symmetry():
+    """Symmetry of the demo's SPA structure (the truth evaluation's symmetry check); none for user data."""
+    from emflow.data import structure_symmetry
+
+    return structure_symmetry(config["demo"]["spa"]["structure"]) if spa_truth_map() else None
+
+
 def spa_start_inputs(wildcards):
     sm = SPA["startingmodel"]
     if sm in ("truth_lowpass30", "blob"):

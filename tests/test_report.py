@@ -85,6 +85,31 @@ def test_fsc_crossing_interpolates():
     assert scores.fsc_crossing(f, np.zeros(10), 0.5) is None
 
 
+def test_map_vs_truth_resolution_hand_and_symmetry():
+    import mrcfile
+
+    from emflow.data import structure_path
+    from emflow.filters import lowpass_tophat
+    from emflow.simulate import resample_map
+
+    with mrcfile.open(structure_path("proteasome20S")) as m:
+        ref, ap = np.asarray(m.data, np.float32), float(m.voxel_size.x)
+    apix = 6.55
+    truth = resample_map(ref, ap, apix, box=32)
+    d7 = get_symmetry("d7").matrices
+    same = scores.map_vs_truth(truth, truth, apix, d7)
+    assert same["hand_correct"] and same["fsc_at_bar"] > 0.999
+    assert same["symmetry_fsc"] == pytest.approx(same["truth_symmetry_fsc"])
+    # a 20 Å low-pass crosses 0.5 near 20 Å; the mirror image is the wrong hand
+    low = scores.map_vs_truth(lowpass_tophat(truth, apix, 20.0), truth, apix)
+    assert 18.0 < low["fsc_truth_05_a"] < 22.5 and low["fsc_at_bar"] < 0.5
+    assert not scores.map_vs_truth(scores.mirror_map(truth), truth, apix)["hand_correct"]
+    # the same map with a blob on one side is no longer D7-symmetric
+    blob = truth.copy()
+    blob[20:25, 13:18, 6:11] += 2 * truth.max()
+    assert scores.map_vs_truth(blob, truth, apix, d7)["symmetry_fsc"] < same["truth_symmetry_fsc"] - 0.05
+
+
 def test_read_benchmarks_and_runtime_plot(tmp_path):
     for stage, rule, job, s in (("tomogram", "tomogram_reconstruct", "a", 12.5), ("picks", "picks_filter", "a", 1.0),
                                 ("tomogram", "tomogram_reconstruct", "b", 7.5)):

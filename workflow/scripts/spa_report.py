@@ -11,29 +11,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from emflow import scores  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_fsc_txt  # noqa: E402
 
 smk = snakemake  # noqa: F821
 
 
-def crossing(freq, curve, thr):
-    below = np.nonzero(curve < thr)[0]
-    return float(1.0 / freq[below[0] - 1]) if len(below) and below[0] > 0 else (float(1 / freq[-1]) if not len(below) else None)
-
-
 summary = {"iterations": []}
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-for it, fpath, tpath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth):
+for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth, smk.input.truth_eval):
     f, c = read_fsc_txt(fpath)
     axes[1].plot(f, c, label=f"it {it} vs {int(it) - 1:02d}")
-    entry = {"iter": it, "fsc_prev_0.5_A": crossing(f, c, 0.5)}
-    with open(tpath) as fh:
-        has_truth = not fh.readline().startswith("# no ground truth")
-    if has_truth:
+    entry = {"iter": it, "fsc_prev_0.5_A": scores.fsc_crossing(f, c, 0.5)}
+    with open(epath) as fh:
+        ev = json.load(fh)
+    if ev.get("truth", True) is not None:  # demo: the truth evaluation of spa_fsc
         ft, ct = read_fsc_txt(tpath)
         axes[0].plot(ft, ct, label=f"it {it}")
-        entry["fsc_truth_0.5_A"] = crossing(ft, ct, 0.5)
-        entry["fsc_truth_0.143_A"] = crossing(ft, ct, 0.143)
+        entry |= {k: v for k, v in ev.items() if k not in ("iter", "apix")}
     summary["iterations"].append(entry)
 for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
     ax.axhline(0.5, color="grey", lw=0.5)
