@@ -124,12 +124,16 @@ def report_fsc_category(wildcards):
 
 
 def report_demo_inputs(wildcards):
-    """Picks and truth of every demo tomogram, plus the SPA FSC-vs-truth of the last iteration."""
+    """Picks and truth of every demo tomogram, the SPA FSC-vs-truth and truth evaluation of the last
+    iteration and the subtilt refinement's truth evaluation."""
     inputs = {"truth": [], "picks": []}
     if config["workflows"]["subtomogram"] and _has_rule("picks_filter"):
         inputs["truth"] = [truth_file_tomo(_Tomo(t)) for t in tomogram_names()]
         inputs["picks"] = [f"results/picks/{t}__picks.star" for t in tomogram_names()]
     inputs["spa_fsc_truth"] = REPORT_FSC["spa_fsc_truth"]["files"][-1:] if "spa_fsc_truth" in REPORT_FSC else []
+    # the final maps' own truth evaluations (resolution, hand, symmetry; particle orientation errors)
+    inputs["spa_eval"] = [f"{SPA_DIR}/truth_eval_{SPA_ITERS[-1]}.json" for _ in inputs["spa_fsc_truth"]]
+    inputs["spt_eval"] = [f"{SPT_PATH}/truth_eval.json"] if config["workflows"]["subtomogram"] and DEMO else []
     return inputs
 
 

@@ -47,10 +47,21 @@ for truth, xyz, rots in tomos:
         manual, _ = scores.score_tomogram_picks(np.asarray(truth["picks_px"]), None, truth)
         result.setdefault("manual_picks", {})[name] = manual
     log.info("%s: %s", name, summary)
-for path in smk.input.spa_fsc_truth:
+for path, eval_path in zip(smk.input.spa_fsc_truth, smk.input.spa_eval):
     freq, fsc = read_fsc_txt(path)
-    result["maps"]["spa_final"] = scores.fsc_summary(freq, fsc) | {"file": path}
+    ev = json.loads(pathlib.Path(eval_path).read_text())
+    result["maps"]["spa_final"] = scores.fsc_summary(freq, fsc) | {
+        "file": path, **{k: ev.get(k) for k in ("fsc_truth_05_px", "bar_px", "fsc_at_bar", "hand_correct",
+                                                 "hand_fsc_true", "hand_fsc_mirror", "symmetry_fsc",
+                                                 "truth_symmetry_fsc")}}
     log.info("SPA final map vs truth: %s", result["maps"]["spa_final"])
+for path in smk.input.spt_eval:
+    final = json.loads(pathlib.Path(path).read_text())["final"]
+    result["maps"]["spt_final"] = {"fsc_0.5_A": final["fsc_truth_05_a"], "fsc_0.143_A": final["fsc_truth_0143_a"],
+                                   "gold_0.143_A": final["gold_0143_a"], "file": path,
+                                   "median_orientation_deg": final["median_orientation_deg"],
+                                   "median_translation_px": final["median_translation_px"]}
+    log.info("subtilt refinement final map vs truth: %s", result["maps"]["spt_final"])
 with atomic_write(smk.output.scores) as tmp, open(tmp, "w") as fh:
     json.dump(result, fh, indent=1)
 plots.demo_scores(result, smk.output.png)
