@@ -10,12 +10,14 @@
 # {path}/particles_final.star  final particles (RELION 3.1+)
 # demo only: truth_eval_XX.json + fsc_truth_XX.png (gold standard and vs truth) -> truth_eval.json
 
+import os
 from types import SimpleNamespace
 
 from emflow.spt_refine import chunk_ranges, parse_iters
 
 SPT = config["spt_refine"]
 SPT_PATH = SPT["path"]
+SPT_RUN = os.path.basename(os.path.normpath(SPT_PATH))  # names this run's logs and benchmarks
 SPT_ITERS = parse_iters(SPT["iters"])
 SPT_LAST = f"{len(SPT_ITERS):02d}"
 
@@ -38,9 +40,9 @@ checkpoint spt_refine_setup:
         spt=SPT,
         shrink=config["extract"]["shrink"],
     log:
-        "results/logs/spt_refine/spt_refine_setup/setup.log",
+        f"results/logs/spt_refine/spt_refine_setup/{SPT_RUN}_setup.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_setup/setup.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_setup/{SPT_RUN}_setup.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -63,9 +65,9 @@ rule spt_refine_align:
         iters=SPT_ITERS,
         microscope=config["microscope"],
     log:
-        "results/logs/spt_refine/spt_refine_align/{it}_{chunk}.log",
+        f"results/logs/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_align/{it}_{chunk}.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
     threads: SPT["threads"]
     resources:
         mem_mb=8000,
@@ -86,9 +88,9 @@ rule spt_refine_gather:
         ali3d=f"{SPT_PATH}/aliptcls3d_{{it}}.lst",
         ali2d=f"{SPT_PATH}/aliptcls2d_{{it}}.lst",
     log:
-        "results/logs/spt_refine/spt_refine_gather/{it}.log",
+        f"results/logs/spt_refine/spt_refine_gather/{SPT_RUN}_{{it}}.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_gather/{it}.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_gather/{SPT_RUN}_{{it}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -112,9 +114,9 @@ rule spt_refine_make3d:
         spt=SPT,
         microscope=config["microscope"],
     log:
-        "results/logs/spt_refine/spt_refine_make3d/{it}_{chunk}.log",
+        f"results/logs/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_make3d/{it}_{chunk}.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
     threads: SPT["threads"]
     resources:
         mem_mb=8000,
@@ -144,9 +146,9 @@ rule spt_refine_postprocess:
         spt=SPT,
         iters=SPT_ITERS,
     log:
-        "results/logs/spt_refine/spt_refine_postprocess/{it}.log",
+        f"results/logs/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_postprocess/{it}.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.tsv"
     threads: SPT["threads"]
     resources:
         mem_mb=8000,
@@ -170,9 +172,9 @@ rule spt_refine_export:
         microscope=config["microscope"],
         shrink=config["extract"]["shrink"],
     log:
-        "results/logs/spt_refine/spt_refine_export/final.log",
+        f"results/logs/spt_refine/spt_refine_export/{SPT_RUN}_final.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_export/final.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_export/{SPT_RUN}_final.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -200,9 +202,9 @@ rule spt_refine_truth_eval:
     params:
         shrink=config["extract"]["shrink"],
     log:
-        "results/logs/spt_refine/spt_refine_truth_eval/{it}.log",
+        f"results/logs/spt_refine/spt_refine_truth_eval/{SPT_RUN}_{{it}}.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_truth_eval/{it}.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_truth_eval/{SPT_RUN}_{{it}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -219,9 +221,9 @@ rule spt_refine_truth_summary:
     output:
         json=f"{SPT_PATH}/truth_eval.json",
     log:
-        "results/logs/spt_refine/spt_refine_truth_summary/summary.log",
+        f"results/logs/spt_refine/spt_refine_truth_summary/{SPT_RUN}_summary.log",
     benchmark:
-        "results/benchmarks/spt_refine/spt_refine_truth_summary/summary.tsv"
+        f"results/benchmarks/spt_refine/spt_refine_truth_summary/{SPT_RUN}_summary.tsv"
     threads: 1
     resources:
         mem_mb=1000,
