@@ -141,12 +141,14 @@ def demo_scores(scores: Mapping, path: str | os.PathLike) -> None:
     ax_p.set(ylim=(0, 1.05), title="picks vs truth", ylabel="fraction")
     ax_p.legend(fontsize=7)
     drawn = 0
-    for name, values in scores.get("orientation_errors_deg", {}).items():
+    errors = scores.get("orientation_errors_deg", {})
+    top = max([30.0] + [float(np.max(v)) for v in errors.values() if len(v)])  # zoom on small errors
+    for name, values in errors.items():
         if len(values):
-            ax_o.hist(values, bins=np.linspace(0, 180, 37), alpha=0.6,
+            ax_o.hist(values, bins=np.linspace(0, min(180.0, top), 31), alpha=0.6,
                       label=f"{name}: median {np.median(values):.1f}°")
             drawn += 1
-    ax_o.set(xlabel="orientation error (deg)", ylabel="particles", title="orientation error of matched picks")
+    ax_o.set(xlabel="orientation error (deg)", ylabel="particles", title="orientation error of matched picks\n(after the template's own frame)")
     if drawn:
         ax_o.legend(fontsize=7)
     else:
