@@ -18,6 +18,7 @@ smk = snakemake  # noqa: F821
 
 
 summary = {"iterations": []}
+bar_freq = None  # demo: the accuracy bar, FSC vs truth ≥ 0.5 at 2.5 px (1/Å)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth, smk.input.truth_eval):
     f, c = read_fsc_txt(fpath)
@@ -29,7 +30,10 @@ for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fs
         ft, ct = read_fsc_txt(tpath)
         axes[0].plot(ft, ct, label=f"it {it}")
         entry |= {k: v for k, v in ev.items() if k not in ("iter", "apix")}
+        bar_freq = 1.0 / (ev["bar_px"] * ev["apix"])
     summary["iterations"].append(entry)
+if bar_freq is not None:
+    axes[0].axvline(bar_freq, color="red", lw=0.8, ls=":", label="2.5 px bar")
 for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.axhline(0.143, color="grey", lw=0.5, ls="--")
