@@ -16,7 +16,7 @@ import scipy.optimize
 
 from emflow import filters, fourier, masks
 from emflow.fsc import FSCCurve, fsc, resolution
-from emflow.geometry import get_symmetry, rotvec_to_matrix
+from emflow.geometry import get_symmetry, mean_rotation, rotvec_to_matrix
 from emflow.rotate import rotate_volume
 
 __all__ = ["PostprocessResult", "align_odd_to_even", "postprocess_halves", "next_resolution",
@@ -187,13 +187,6 @@ def next_resolution(curve: FSCCurve, apix: float, previous_a: float, maxres_a: f
 
 
 # ----------------------------------------------------------------------------- truth evaluation
-def _mean_rotation(Rs: np.ndarray) -> np.ndarray:
-    """Chordal L2 mean of rotations (k, 3, 3) (SVD projection of the arithmetic mean)."""
-    U, _, Vt = np.linalg.svd(Rs.mean(axis=0))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
-
-
 def _angles_deg(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     tr = np.einsum("...ji,...ji->...", A, B)
     return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
@@ -220,7 +213,7 @@ def evaluate_alignment(rot_est, pos_est, rot_true, pos_true, inlier_deg: float =
     agree = np.array([(_angles_deg(Gi, Gi[k][None]) < inlier_deg).sum() for k in range(len(Gi))])
     seed = int(np.argmax(agree))
     inl = _angles_deg(Gi, Gi[seed][None]) < inlier_deg
-    G = _mean_rotation(Gi[inl])
+    G = mean_rotation(Gi[inl])
     ang = _angles_deg(Re @ G, Rt)
     inl = ang < inlier_deg
     A = Re[inl].reshape(-1, 3)

@@ -13,6 +13,8 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 
+from emflow.geometry import angle_between, mean_rotation
+
 
 @dataclasses.dataclass(frozen=True)
 class PickScores:
@@ -144,19 +146,12 @@ def template_frame(rot_est: np.ndarray, rot_true: np.ndarray, sym_matrices: np.n
     b = np.asarray(rot_true, np.float64).reshape(-1, 3, 3)
     sym = np.eye(3)[None] if sym_matrices is None else np.asarray(sym_matrices, np.float64).reshape(-1, 3, 3)
     cand = np.einsum("nji,njk,skl->nsil", a, b, sym)  # (n, nsym, 3, 3): Aᵀ B S
-
-    def angle_to(g):  # per particle, the angle of its closest symmetry-mate candidate to g
-        tr = np.einsum("nsij,ij->ns", cand, g)
-        return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))), tr.argmax(axis=1)
-
     seeds = cand.reshape(-1, 3, 3)
-    support = [int((angle_to(g)[0].min(axis=1) < inlier_deg).sum()) for g in seeds]
-    g = seeds[int(np.argmax(support))]
-    ang, best = angle_to(g)
+    # per particle, the angle of its closest symmetry mate to each seed: the seed most agree with wins
+    support = [int((angle_between(cand, g).min(axis=1) < inlier_deg).sum()) for g in seeds]
+    ang = angle_between(cand, seeds[int(np.argmax(support))])  # (n, nsym)
     inl = ang.min(axis=1) < inlier_deg
-    mean = cand[np.flatnonzero(inl), best[inl]].mean(axis=0)
-    u, _, vt = np.linalg.svd(mean)  # project the mean onto SO(3)
-    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    return mean_rotation(cand[np.flatnonzero(inl), ang.argmin(axis=1)[inl]])
 
 
 def fsc_crossing(freq_inv_a: np.ndarray, fsc: np.ndarray, threshold: float) -> float | None:
@@ -275,13 +270,19 @@ def read_benchmarks(root: str) -> list[dict]:
     return out
 
 
+def _match_truth(picks_xyz: np.ndarray, truth: dict) -> tuple["PickScores", np.ndarray]:
+    """Picks matched to the truth's particles (:func:`match_picks` within ``radius_px``) and the
+    true rotations ``R_p`` (n_truth, 3, 3)."""
+    parts = truth.get("particles", [])
+    t_xyz = np.array([p["xyz_px"] for p in parts], np.float64).reshape(-1, 3)
+    t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
+    return match_picks(picks_xyz, t_xyz, tolerance_px=float(truth["radius_px"])), t_rot
+
+
 def matched_rotations(picks_xyz: np.ndarray, picks_rot: np.ndarray, truth: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(R_est, R_true)``, each (tp, 3, 3), of the picks matched to true particles (as in
     :func:`score_tomogram_picks`): the input of :func:`template_frame`."""
-    parts = truth.get("particles", [])
-    t_xyz = np.array([p["xyz_px"] for p in parts], np.float64).reshape(-1, 3)
-    res = match_picks(picks_xyz, t_xyz, tolerance_px=float(truth["radius_px"]))
-    t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
+    res, t_rot = _match_truth(picks_xyz, truth)
     return np.asarray(picks_rot, np.float64).reshape(-1, 3, 3)[res.pairs[:, 0]], t_rot[res.pairs[:, 1]]
 
 
@@ -311,12 +312,9 @@ def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, tr
     errors_deg : ndarray (tp,)
         Orientation error of every matched pick.
     """
-    parts = truth.get("particles", [])
-    t_xyz = np.array([p["xyz_px"] for p in parts], np.float64).reshape(-1, 3)
-    res = match_picks(picks_xyz, t_xyz, tolerance_px=float(truth["radius_px"]))
+    res, t_rot = _match_truth(picks_xyz, truth)
     errors = np.zeros(0)
     if picks_rot is not None and res.true_positives:
-        t_rot = np.array([p["matrix"] for p in parts], np.float64).reshape(-1, 3, 3)
         est = np.asarray(picks_rot, np.float64)[res.pairs[:, 0]]
         if frame is not None:
             est = est @ np.asarray(frame, np.float64)

@@ -33,6 +33,7 @@ __all__ = [
     "tilt_matrix",
     "rotvec_to_matrix",
     "angle_between",
+    "mean_rotation",
     "random_rotations",
     "view_direction",
     "direction_to_alt_az",
@@ -301,6 +302,13 @@ def angle_between(R1, R2) -> np.ndarray:
                    M[..., 1, 0] - M[..., 0, 1]], axis=-1)
     sin_t = 0.5 * np.linalg.norm(ax, axis=-1)
     return np.rad2deg(np.arctan2(sin_t, cos_t))
+
+
+def mean_rotation(Rs) -> np.ndarray:
+    """Chordal L2 mean (3, 3) of rotations ``Rs`` (k, 3, 3): the arithmetic mean projected onto SO(3)
+    by SVD (the rotation closest to it in the Frobenius norm)."""
+    U, _, Vt = np.linalg.svd(np.asarray(Rs, dtype=np.float64).mean(axis=0))
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
 
 
 def random_rotations(n: int, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ def read_picks(truth_path, picks_path):
     """(truth dict, picks xyz (n, 3) unbinned px from the centre, R_p (n, 3, 3)) of one tomogram."""
     truth = json.loads(pathlib.Path(truth_path).read_text())
     table = next(iter(read_star(picks_path).values()), {})
+    truth.setdefault("tomogram", pathlib.Path(truth_path).name)
     if "rlnCenteredCoordinateXAngst" not in table:
         return truth, np.zeros((0, 3)), np.zeros((0, 3, 3))
     xyz = np.stack([np.asarray(table[f"rlnCenteredCoordinate{a}Angst"], np.float64) for a in "XYZ"], 1)
@@ -39,7 +40,7 @@ est, true = (np.concatenate([p[k] for p in pairs]) for k in (0, 1))
 frame = scores.template_frame(est, true, sym) if len(est) else np.eye(3)
 result["template_frame_deg"] = float(scores.orientation_errors(frame[None], np.eye(3)[None])[0])
 for truth, xyz, rots in tomos:
-    name = truth.get("tomogram", "?")
+    name = truth["tomogram"]
     summary, errors = scores.score_tomogram_picks(xyz, rots, truth, sym, frame=frame)
     result["picks"][name] = summary
     result["orientation_errors_deg"][name] = np.round(errors, 3).tolist()
