@@ -1,4 +1,4 @@
-"""Benchmark of emflow.align3d's global search (JSON on stdout, or to --out).
+"""Benchmark of emflow.sta.align3d's global search (JSON on stdout, or to --out).
 
 For box 32 and 64: seconds per particle for align_global (coarse grid + Nelder–Mead refinement)
 and for the SGD search initial_model.align_coarse_to_fine (22.5° grid + batched pattern search),
@@ -21,9 +21,9 @@ import numba
 import numpy as np
 import scipy.fft
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "naive"))
 
-from emflow import align3d, initial_model  # noqa: E402
+from emflow.sta import align3d, initial_model  # noqa: E402
 from emflow.geometry import angle_between, eman_to_matrix, orientations  # noqa: E402
 from emflow.projection import VolumeProjector  # noqa: E402
 from naive_align3d import blob_phantom, simulate_particles  # noqa: E402

@@ -1,7 +1,7 @@
 """Throughput of subtilt extraction + per-particle reconstruction at the demo sizes.
 
 Simulates one demo-sized tilt series (default 512 × 512 × 128 px, 41 tilts, 40 ribosomes at
-5.24 Å/px, box 64 → 128 px subtilts), then times :func:`emflow.extract.extract_particles` and,
+5.24 Å/px, box 64 → 128 px subtilts), then times :func:`emflow.sta.extract.extract_particles` and,
 as the lower bound of its FFT work, one forward + inverse FFT of the whole subtilt stack
 (n_particles × n_tilts images of pad2d²). Prints and writes JSON.
 
@@ -27,11 +27,11 @@ def main(argv=None) -> dict:
 
     from emflow import fourier
     from emflow._numba import set_threads
-    from emflow.data import structure_path
-    from emflow.demo_metadata import tilt_series_info
-    from emflow.extract import ExtractParams, TiltGeometry, extract_particles, extraction_boxes, prepare_tilt_series
+    from emflow.demo.data import structure_path
+    from emflow.demo.metadata import tilt_series_info
+    from emflow.sta.extract import ExtractParams, TiltGeometry, extract_particles, extraction_boxes, prepare_tilt_series
     from emflow.io import read_mrc
-    from emflow.simulate import simulate_tilt_series
+    from emflow.demo.simulate import simulate_tilt_series
 
     set_threads(args.threads)
     shape, tilts, npart = ((256, 256, 64), np.linspace(-60, 60, 21), 10) if args.small else \

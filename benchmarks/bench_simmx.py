@@ -41,9 +41,9 @@ def main():
 
     import mrcfile
 
-    from emflow.data import __file__ as data_init
+    from emflow.demo.data import __file__ as data_init
     from emflow.geometry import eman_to_matrix
-    from emflow.simulate import resample_map, simulate_spa
+    from emflow.demo.simulate import resample_map, simulate_spa
     from emflow.spa.classaverage import class_average
     from emflow.spa.classify import classify
     from emflow.spa.make3d import make3d

@@ -46,11 +46,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from emflow._numba import set_threads
-    from emflow.data import structure_path
+    from emflow.demo.data import structure_path
     from emflow.io import read_mrc
-    from emflow.simulate import resample_map, simulate_spa, simulate_tilt_series
-    from emflow.tomo import reconstruct_wbp
-    from emflow.workflow_helpers import load_config
+    from emflow.demo.simulate import resample_map, simulate_spa, simulate_tilt_series
+    from emflow.sta.tomo import reconstruct_wbp
+    from emflow.pipeline.config import load_config
 
     set_threads(args.threads)
     cfg = load_config(REPO / "config/config.yaml", REPO / "config/schema.yaml")

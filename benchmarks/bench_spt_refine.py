@@ -19,13 +19,13 @@ import numba
 import numpy as np
 
 from emflow import filters, fourier
-from emflow._phantom import resample_map
-from emflow.data import structure_path
+from emflow.demo.phantom import resample_map
+from emflow.demo.data import structure_path
 from emflow.geometry import angle_between, random_rotations, tilt_matrix
 from emflow.io import read_mrc
 from emflow.projection import VolumeProjector
-from emflow.spt_refine import AlignParams, ParticleTable, RefineState, align_particles_p, reconstruct_halves
-from emflow.subtilt_refine import refine_subtilts
+from emflow.sta.spt_refine import AlignParams, ParticleTable, RefineState, align_particles_p, reconstruct_halves
+from emflow.sta.subtilt_refine import refine_subtilts
 
 TILTS = np.arange(-60.0, 61.0, 3.0)
 MIC = dict(voltage_kv=300.0, cs_mm=2.7, ampcont=0.1)

@@ -32,7 +32,7 @@ def _best_of(f, repeat: int = 5, number: int = 3) -> float:
 
 
 def speed(shape, box: int, n_rot: int, threads: int) -> dict:
-    from emflow import tempmatch as tm
+    from emflow.sta import tempmatch as tm
     from emflow.geometry import random_rotations
 
     rng = np.random.default_rng(0)
@@ -55,11 +55,11 @@ def speed(shape, box: int, n_rot: int, threads: int) -> dict:
 
 
 def accuracy(snrs, threads: int) -> list[dict]:
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "tests" / "naive"))
     import mrcfile
 
-    from emflow import picks as pk
-    from emflow import tempmatch as tm
+    from emflow.sta import picks as pk
+    from emflow.sta import tempmatch as tm
     from test_tempmatch import _evaluate, _search, make_tomogram
 
     with mrcfile.open(REPO.parent / "shared/data/ribosome70S_4v5d_10p48A_box32.mrc.gz") as m:

@@ -21,7 +21,7 @@ import pathlib
 import numpy as np
 
 from emflow.io import read_mrc, read_star
-from emflow.picks import binned_to_unbinned, find_peaks, match_picks
+from emflow.sta.picks import binned_to_unbinned, find_peaks, match_picks
 
 
 def _reextract(root: pathlib.Path, name: str, apix_unbin: float, edge_px: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 # Shared by every stage: config validation, the tomogram table, wildcard constraints and
 # the input functions that decide where each stage reads its inputs. The logic lives in
-# emflow/workflow_helpers.py (unit-tested); this file only wires it to Snakemake.
+# emflow/pipeline/config.py (unit-tested); this file only wires it to Snakemake.
 
-from emflow.workflow_helpers import tomogram_table, validate_config
+from emflow.pipeline.config import tomogram_table, validate_config
 
 validate_config(config, workflow.source_path("../config/schema.yaml"))
 

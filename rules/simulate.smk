@@ -3,8 +3,8 @@
 # (tiltseries/, info/), simulated single-particle images with a RELION STAR, and the ground
 # truth beside them (results/demo/truth/) for scoring.
 
-from emflow.data import structure_path
-from emflow.simulate import tilt_range
+from emflow.demo.data import structure_path
+from emflow.demo.simulate import tilt_range
 
 
 DEMO_CFG = config["demo"]

@@ -13,7 +13,7 @@
 import os
 from types import SimpleNamespace
 
-from emflow.spt_refine import chunk_ranges, parse_iters
+from emflow.sta.spt_refine import chunk_ranges, parse_iters
 
 SPT = config["spt_refine"]
 SPT_PATH = SPT["path"]

@@ -43,7 +43,7 @@ def spa_truth_map():
 
 def spa_truth_symmetry():
     """Symmetry of the demo's SPA structure (the truth evaluation's symmetry check); none for user data."""
-    from emflow.data import structure_symmetry
+    from emflow.demo.data import structure_symmetry
 
     return structure_symmetry(config["demo"]["spa"]["structure"]) if spa_truth_map() else None
 

@@ -1,11 +1,11 @@
-"""emflow.align3d: kernel vs numpy reference; recovery of known orientations and shifts."""
+"""emflow.sta.align3d: kernel vs numpy reference; recovery of known orientations and shifts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from emflow import align3d
+from emflow.sta import align3d
 from emflow.geometry import angle_between, eman_to_matrix, get_symmetry, rotvec_to_matrix
 from emflow.projection import VolumeProjector
 from naive_align3d import blob_phantom, naive_tilt_frc, simulate_particles

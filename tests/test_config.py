@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from emflow.errors import InputError
-from emflow.workflow_helpers import TomogramEntry, tomogram_table, validate_config
+from emflow.pipeline.config import TomogramEntry, tomogram_table, validate_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"

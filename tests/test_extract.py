@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from emflow._phantom import resample_map
-from emflow.data import structure_path
-from emflow.demo_metadata import tilt_series_info
+from emflow.demo.phantom import resample_map
+from emflow.demo.data import structure_path
+from emflow.demo.metadata import tilt_series_info
 from emflow.errors import InputError
-from emflow.extract import (
+from emflow.sta.extract import (
     ExtractParams, TiltGeometry, check_picks, extract_particles, extraction_boxes, particle_headers,
     prepare_tilt_series, read_picks, subtilt_headers,
 )
@@ -21,8 +21,8 @@ from emflow.io import (
 )
 from emflow.projection import project
 from emflow.rotate import rotate_volume
-from emflow.sets import set_entries, spatial_split, write_set
-from emflow.simulate import simulate_tilt_series
+from emflow.sta.sets import set_entries, spatial_split, write_set
+from emflow.demo.simulate import simulate_tilt_series
 
 APIX = 10.48  # ribosome at 10.48 Å/px: box 32, pad2d 64
 TILTS = np.linspace(-60.0, 60.0, 21)

@@ -7,7 +7,7 @@ import pytest
 
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
-from emflow.importer import build_info, read_picks, xf_to_tlt_params
+from emflow.sta.importer import build_info, read_picks, xf_to_tlt_params
 from emflow.io import boxes_from_info, write_star, write_tlt, write_xf
 
 

@@ -1,11 +1,11 @@
-"""emflow.initial_model: SGD from randomly oriented subtilt particles reaches the true structure."""
+"""emflow.sta.initial_model: SGD from randomly oriented subtilt particles reaches the true structure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from emflow import align3d, initial_model
+from emflow.sta import align3d, initial_model
 from emflow.fsc import fsc
 from emflow.geometry import angle_between, tilt_matrix
 from emflow.projection import VolumeProjector, project

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.special
 
-from emflow import picks as pk
+from emflow.sta import picks as pk
 from emflow.geometry import random_rotations
 import naive_tempmatch as naive
 

@@ -1,4 +1,4 @@
-"""Tests of the demo simulator against its own ground truth (emflow.simulate, _phantom, demo_metadata)."""
+"""Tests of the demo simulator against its own ground truth (emflow.demo.simulate, _phantom, demo_metadata)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from emflow import fourier
-from emflow._phantom import (
+from emflow.demo.phantom import (
     acquisition_order, footprint_mask, particle_radius_px, paste_patches, place_particles, resample_map,
 )
 from emflow.ctf import CTF, ctf_2d, ctf_zeros
-from emflow.data import structure_path
-from emflow.demo_metadata import spa_image_names, spa_particle_columns, tilt_series_info, tomo_truth_star
+from emflow.demo.data import structure_path
+from emflow.demo.metadata import spa_image_names, spa_particle_columns, tilt_series_info, tomo_truth_star
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
 from emflow.io import read_info_json, read_mrc, read_star, write_info_json, write_mrc, write_particles_star, write_star
 from emflow.projection import project, project_real
-from emflow.simulate import noisy_picks, simulate_spa, simulate_tilt_series, tilt_range
+from emflow.demo.simulate import noisy_picks, simulate_spa, simulate_tilt_series, tilt_range
 
 import naive_simulate
 

@@ -7,7 +7,7 @@ import pytest
 
 from emflow.errors import InputError
 from emflow.spa import align2d, cmp, refine2d
-from tests.naive_spa import frc_score, transform_image
+from naive_spa import frc_score, transform_image
 
 
 def _test_image(n=48):
@@ -88,8 +88,8 @@ def proteasome_view():
     proteasome map, box 48 at 4.37 Å/px, normalised like e2refine's reference projections."""
     import mrcfile
 
-    from emflow.data import __file__ as data_init
-    from emflow.simulate import resample_map
+    from emflow.demo.data import __file__ as data_init
+    from emflow.demo.simulate import resample_map
     from emflow.spa.refine_loop import project3d
 
     with mrcfile.open(data_init.replace("__init__.py", "proteasome20S_3j9i_2p62A_box80.mrc.gz")) as m:

@@ -33,7 +33,7 @@ def test_classify_sep_takes_best_then_next(rng):
 @pytest.fixture(scope="module")
 def spa_data():
     """600 noisy CTF-modulated projections of the 20S proteasome, box 32 (6.55 Å/px), SNR 0.1."""
-    from emflow.simulate import resample_map, simulate_spa
+    from emflow.demo.simulate import resample_map, simulate_spa
     from emflow.spa.refine_loop import phase_flip_particles
 
     ref, ap = _bundled()
@@ -48,7 +48,7 @@ def spa_data():
 def _bundled():
     import mrcfile
 
-    from emflow.data import __file__ as data_init
+    from emflow.demo.data import __file__ as data_init
 
     path = data_init.replace("__init__.py", "proteasome20S_3j9i_2p62A_box80.mrc.gz")
     with mrcfile.open(path) as m:

@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 
 from emflow import filters, fourier
-from emflow._phantom import resample_map
+from emflow.demo.phantom import resample_map
 from emflow.ctf import CTF, ctf_2d_stack
-from emflow.data import structure_path
+from emflow.demo.data import structure_path
 from emflow.errors import InputError
 from emflow.fsc import FSCCurve, fsc
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.io import read_mrc
 from emflow.geometry import rotvec_to_matrix
-from emflow.postprocess import evaluate_alignment, next_resolution, postprocess_halves
+from emflow.sta.postprocess import evaluate_alignment, next_resolution, postprocess_halves
 from emflow.projection import VolumeProjector
 from emflow.rotate import rotate_volume
-from emflow.spt_files import read_state, read_tables, write_state, write_tables
-from emflow.spt_refine import (AlignParams, ParticleTable, RefineState, align_mode, align_particles_p, chunk_ranges,
+from emflow.sta.spt_files import read_state, read_tables, write_state, write_tables
+from emflow.sta.spt_refine import (AlignParams, ParticleTable, RefineState, align_mode, align_particles_p, chunk_ranges,
                                parse_iters, parse_keep, reconstruct_halves, select_subtilts)
-from emflow.subtilt_refine import refine_subtilts
+from emflow.sta.subtilt_refine import refine_subtilts
 
 APIX = 10.48
 
@@ -249,7 +249,7 @@ def test_truth_evaluation_removes_the_global_frame(truth_map, tmp_path):
     and is not removed (partly absorbed by the fitted G: 4.2° reported)."""
     import json
 
-    from emflow.spt_eval import evaluate_iteration, match_truth, read_truth
+    from emflow.sta.spt_eval import evaluate_iteration, match_truth, read_truth
 
     vol = truth_map[2]
     table, truth, _, _ = _simulate(vol, APIX, 6, TILTS[:2], np.random.default_rng(8), spread=100.0)

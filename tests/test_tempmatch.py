@@ -8,8 +8,8 @@ import pytest
 import scipy.fft
 import scipy.ndimage
 
-from emflow import picks as pk
-from emflow import tempmatch as tm
+from emflow.sta import picks as pk
+from emflow.sta import tempmatch as tm
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.masks import soft_sphere
 import naive_tempmatch as naive

@@ -1,11 +1,11 @@
-"""Tests of emflow.tomo: back-projection kernel, binning, WBP geometry and density scale."""
+"""Tests of emflow.sta.tomo: back-projection kernel, binning, WBP geometry and density scale."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from emflow import tomo
+from emflow.sta import tomo
 from emflow.geometry import tilt_matrix
 
 from naive_tomo import backproject as naive_backproject
@@ -145,9 +145,9 @@ def test_bad_arguments():
 def test_simulated_particles_reconstruct_at_their_truth_positions():
     """Simulator and WBP share the tilt geometry: the dark blobs of a reconstructed simulated
     tilt series (CTF, noise-free) sit at the true particle centres, off-centre in x, y and z."""
-    from emflow.data import structure_path
+    from emflow.demo.data import structure_path
     from emflow.io import read_mrc
-    from emflow.simulate import simulate_tilt_series
+    from emflow.demo.simulate import simulate_tilt_series
 
     ref, apix_ref = read_mrc(structure_path("proteasome20S"))
     tilts = np.arange(-60.0, 60.1, 4.0)

@@ -293,6 +293,6 @@ def write_mrc(path: str | os.PathLike, data, apix: float, origin_a=None) -> None
                 m.header.origin.x, m.header.origin.y, m.header.origin.z = ox, oy, oz
             m.update_header_stats()
             # mrcfile's default label carries the creation time; a fixed label keeps reruns with
-            # the same inputs and seed byte-identical (tests/test_determinism.py)
+            # the same inputs and seed byte-identical (tests/workflow/test_determinism.py)
             m.header.label[0] = b"emflow".ljust(80)
             m.header.nlabl = 1

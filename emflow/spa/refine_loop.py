@@ -159,7 +159,7 @@ def project3d(model: np.ndarray, eulers: np.ndarray, projector: str = "standard"
 
 def phase_flip_particles(stack: np.ndarray, ctfs, apix: float) -> np.ndarray:
     """Phase-flip protein-white particles (``image = IFT(−CTF·FT(P))``, the RELION/EMAN box
-    convention of :func:`emflow.simulate.simulate_spa`) so that the result is ``|CTF|·P``.
+    convention of :func:`emflow.demo.simulate.simulate_spa`) so that the result is ``|CTF|·P``.
 
     :func:`emflow.ctf.phase_flip` multiplies by ``sign(CTF)`` with ``CTF = −sin χ``, which for
     protein-white data gives ``−|CTF|·P``; the sign is restored here.

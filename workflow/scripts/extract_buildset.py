@@ -1,12 +1,12 @@
 """Snakemake adapter: per-tomogram 3D particle files of one label → sets/<label>.lst (e2spt_buildsets)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 import json  # noqa: E402
 
-from emflow.sets import set_entries, write_set  # noqa: E402
+from emflow.sta.sets import set_entries, write_set  # noqa: E402
 
 
 def main(particles3d: list, summaries: list, out_lst: str, spliteo: bool) -> None:

@@ -1,6 +1,6 @@
 """Snakemake adapter: tilt series + info json + picks → subtilts, 3D particles and a summary (one tomogram × label)."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -10,7 +10,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.errors import InputError  # noqa: E402
-from emflow.extract import (  # noqa: E402
+from emflow.sta.extract import (  # noqa: E402
     ExtractParams, TiltGeometry, check_picks, extract_particles, extraction_boxes, particle_headers,
     prepare_tilt_series, read_picks, subtilt_headers,
 )

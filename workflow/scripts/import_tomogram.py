@@ -1,13 +1,13 @@
 """Snakemake adapter: user tilt series + .tlt/.xf/picks → results/import/{tomo}.tlt + info json."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 import numpy as np  # noqa: E402
 
 from emflow.errors import InputError  # noqa: E402
-from emflow.importer import build_info  # noqa: E402
+from emflow.sta.importer import build_info  # noqa: E402
 from emflow.io import hdf_count, read_hdf_stack, read_mrc_header, write_info_json, write_tlt  # noqa: E402
 
 

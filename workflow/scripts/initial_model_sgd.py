@@ -1,6 +1,6 @@
 """Snakemake adapter: results/sets/<label>.lst → SGD initial model(s) (e2spt_sgd_new, spec §3.5)."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -8,8 +8,8 @@ import os  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.align3d import SubtiltParticle  # noqa: E402
-from emflow.initial_model import SGDParams, sgd_initial_model  # noqa: E402
+from emflow.sta.align3d import SubtiltParticle  # noqa: E402
+from emflow.sta.initial_model import SGDParams, sgd_initial_model  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_mrc  # noqa: E402
 
 

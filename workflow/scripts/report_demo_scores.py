@@ -1,6 +1,6 @@
 """Snakemake adapter (demo only): picks and final maps vs the simulation's truth → demo_scores.json + figure."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -9,7 +9,9 @@ import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow import plots, scores  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
+
+from emflow.demo import scores  # noqa: E402
 from emflow.geometry import get_symmetry, relion_to_matrix  # noqa: E402
 from emflow.io import atomic_write, read_fsc_txt, read_star  # noqa: E402
 

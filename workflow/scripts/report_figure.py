@@ -1,6 +1,6 @@
 """Snakemake adapter: copy a stage's PNG into results/report/figures/ (where it is marked for the report)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

@@ -1,10 +1,12 @@
 """Snakemake adapter: FSC text files (emflow.io.write_fsc_txt) → one FSC plot."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-from emflow import plots, scores  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
+
+from emflow.demo import scores  # noqa: E402
 from emflow.io import read_fsc_txt  # noqa: E402
 
 smk = snakemake  # noqa: F821

@@ -1,10 +1,10 @@
 """Snakemake adapter: map (MRC) → PNG of its central XY/XZ/YZ sections and projection along z."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-from emflow import plots  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
 from emflow.io import read_mrc  # noqa: E402
 
 smk = snakemake  # noqa: F821

@@ -1,11 +1,11 @@
 """Snakemake adapter: bundled structures → the demo's true maps at the simulation pixel sizes."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 from emflow.io import read_mrc, write_mrc  # noqa: E402
-from emflow.simulate import resample_map  # noqa: E402
+from emflow.demo.simulate import resample_map  # noqa: E402
 
 
 def main(tomo_map: str, spa_map: str, out_tomo: str, out_spa: str, apix_tomo: float, apix_spa: float,

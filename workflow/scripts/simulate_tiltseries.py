@@ -1,6 +1,6 @@
 """Snakemake adapter: true map → one simulated tilt series (MRC + .tlt + EMAN2 info json) and its truth."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -9,9 +9,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.demo_metadata import tilt_series_info, tomo_truth_star  # noqa: E402
+from emflow.demo.metadata import tilt_series_info, tomo_truth_star  # noqa: E402
 from emflow.io import atomic_write, read_mrc, write_info_json, write_mrc, write_star, write_tlt  # noqa: E402
-from emflow.simulate import noisy_picks, simulate_tilt_series  # noqa: E402
+from emflow.demo.simulate import noisy_picks, simulate_tilt_series  # noqa: E402
 
 
 def main(reference: str, out: dict, tomo_name: str, seed: int, tilts_deg: list, apix: float, voltage_kv: float,

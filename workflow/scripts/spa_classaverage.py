@@ -1,5 +1,5 @@
 """spa_classaverage: iterative class averages (classes_XX.hdf) and cls_result_XX.hdf."""
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

@@ -1,5 +1,5 @@
 """spa_classify: assign each particle to its `sep` best projections (classify_XX.hdf)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

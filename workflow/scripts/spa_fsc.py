@@ -1,12 +1,12 @@
 """spa_fsc: FSC of threed_XX against the previous model (convergence) and, for the demo, the truth
 (fsc_truth_XX.txt, and truth_eval_XX.json: resolution, FSC at the 2.5 px bar, hand, symmetry)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 import json  # noqa: E402
 
-from emflow import scores  # noqa: E402
+from emflow.demo import scores  # noqa: E402
 from emflow.fsc import fsc, resolution  # noqa: E402
 from emflow.geometry import get_symmetry  # noqa: E402
 from emflow.io import atomic_write, read_mrc, write_fsc_txt  # noqa: E402

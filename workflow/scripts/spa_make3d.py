@@ -1,5 +1,5 @@
 """spa_make3d: Fourier reconstruction of the class averages (threed_XX), then mass/automask (threed_filt_XX)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

@@ -1,5 +1,5 @@
 """spa_prepare: read the particle stack (+ STAR CTFs), phase-flip, normalise, write particles.hdf."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

@@ -1,5 +1,5 @@
 """spa_project3d: reference projections of the previous model (e2project3d + normalize.circlemean)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

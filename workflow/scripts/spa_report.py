@@ -1,5 +1,5 @@
 """spa_report: convergence plot (FSC vs truth and iteration-to-iteration), class gallery, summary json."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emflow import scores  # noqa: E402
+from emflow.demo import scores  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_fsc_txt  # noqa: E402
 
 smk = snakemake  # noqa: F821

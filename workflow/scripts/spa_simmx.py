@@ -1,5 +1,5 @@
 """spa_simmx: similarity matrix rows of one particle chunk × all projections (two-stage optional)."""
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

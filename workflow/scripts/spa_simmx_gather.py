@@ -1,5 +1,5 @@
 """spa_simmx_gather: stack the chunk rows into simmx_XX.hdf (6 images n_proj × n_ptcl)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

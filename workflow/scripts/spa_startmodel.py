@@ -1,5 +1,5 @@
 """spa_startmodel: threed_00.mrc from `spa.startingmodel` (truth_lowpass30 | blob | a map path)."""
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

@@ -1,6 +1,6 @@
 """Snakemake adapter: one chunk of particles, one iteration (p: align3d; t/r/d: subtilt refinement) -> npz."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -9,9 +9,9 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write  # noqa: E402
-from emflow.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
-from emflow.spt_refine import AlignParams, align_mode, align_particles_p, chunk_ranges  # noqa: E402
-from emflow.subtilt_refine import refine_subtilts  # noqa: E402
+from emflow.sta.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
+from emflow.sta.spt_refine import AlignParams, align_mode, align_particles_p, chunk_ranges  # noqa: E402
+from emflow.sta.subtilt_refine import refine_subtilts  # noqa: E402
 
 smk = snakemake  # noqa: F821
 inp, out, spt = smk.input, smk.output, smk.params.spt

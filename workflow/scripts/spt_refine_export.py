@@ -1,6 +1,6 @@
 """Snakemake adapter: final alignments -> particles_final.star (RELION 3.1+, optics + particles, 3D coordinates)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 
 from emflow.geometry import matrix_to_relion  # noqa: E402
 from emflow.io import write_star  # noqa: E402
-from emflow.spt_files import read_map, read_state, read_tables  # noqa: E402
+from emflow.sta.spt_files import read_map, read_state, read_tables  # noqa: E402
 
 smk = snakemake  # noqa: F821
 inp, out, mic = smk.input, smk.output, smk.params.microscope

@@ -1,12 +1,12 @@
 """Snakemake adapter: chunk results of one iteration -> aliptcls3d_XX.lst / aliptcls2d_XX.lst (input order)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 import numpy as np  # noqa: E402
 
-from emflow.spt_files import read_state, read_tables, write_state  # noqa: E402
+from emflow.sta.spt_files import read_state, read_tables, write_state  # noqa: E402
 
 inp, out = snakemake.input, snakemake.output  # noqa: F821
 table = read_tables(inp.info3d, inp.info2d)

@@ -1,14 +1,14 @@
 """Snakemake adapter: partial even/odd reconstruction of one particle chunk (keep + score weights) -> npz."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
 import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write  # noqa: E402
-from emflow.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
-from emflow.spt_refine import chunk_ranges, parse_keep, reconstruct_halves, select_subtilts  # noqa: E402
+from emflow.sta.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
+from emflow.sta.spt_refine import chunk_ranges, parse_keep, reconstruct_halves, select_subtilts  # noqa: E402
 
 smk = snakemake  # noqa: F821
 inp, out, spt = smk.input, smk.output, smk.params.spt

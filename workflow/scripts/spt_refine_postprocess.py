@@ -1,6 +1,6 @@
 """Snakemake adapter: merge partial reconstructions, postprocess (FSCs, masks, filtering), next resolution, plot."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write, write_fsc_txt, write_hdf_stack, write_mrc  # noqa: E402
-from emflow.postprocess import next_resolution, postprocess_halves  # noqa: E402
+from emflow.sta.postprocess import next_resolution, postprocess_halves  # noqa: E402
 from emflow.reconstruct import Reconstructor  # noqa: E402
 
 smk = snakemake  # noqa: F821

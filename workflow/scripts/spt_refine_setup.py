@@ -1,6 +1,6 @@
 """Snakemake adapter: set .lst + reference -> run tables, identity alignments, threed_00 even/odd (spec §3.6 steps 0-1)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 from emflow import filters, masks  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_lst, write_hdf_stack  # noqa: E402
-from emflow.spt_files import gather_metadata, load_reference, read_map, write_state, write_tables  # noqa: E402
-from emflow.spt_refine import RefineState, parse_iters, parse_keep  # noqa: E402
+from emflow.sta.spt_files import gather_metadata, load_reference, read_map, write_state, write_tables  # noqa: E402
+from emflow.sta.spt_refine import RefineState, parse_iters, parse_keep  # noqa: E402
 
 inp, out, spt = snakemake.input, snakemake.output, snakemake.params.spt  # noqa: F821
 parse_iters(spt["iters"])

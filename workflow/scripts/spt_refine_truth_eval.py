@@ -1,6 +1,6 @@
 """Snakemake adapter (demo): one iteration vs the simulation truth -> truth_eval_XX.json + fsc_truth_XX.png."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from emflow.io import atomic_write, read_fsc_txt  # noqa: E402
-from emflow.spt_eval import evaluate_iteration, match_truth, read_truth, tomogram_of  # noqa: E402
-from emflow.spt_files import load_reference, read_map, read_state, read_tables  # noqa: E402
+from emflow.sta.spt_eval import evaluate_iteration, match_truth, read_truth, tomogram_of  # noqa: E402
+from emflow.sta.spt_files import load_reference, read_map, read_state, read_tables  # noqa: E402
 
 smk = snakemake  # noqa: F821
 inp, out = smk.input, smk.output

@@ -1,6 +1,6 @@
 """Snakemake adapter (demo): per-iteration truth evaluations -> truth_eval.json (table + bars)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 

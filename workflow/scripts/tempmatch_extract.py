@@ -1,6 +1,6 @@
 """Snakemake adapter: score map → candidate picks (threshold, NMS, edge/volume filters) as STAR."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -8,7 +8,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow import picks as pk  # noqa: E402
+from emflow.sta import picks as pk  # noqa: E402
 from emflow.geometry import eman_to_matrix  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, write_star  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Snakemake adapter: candidates → filtered picks (score, distance, mask, count) as STAR +
 info json boxes_3d (method "tm") + a review PNG."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -9,7 +9,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow import picks as pk  # noqa: E402
+from emflow.sta import picks as pk  # noqa: E402
 from emflow.io import add_boxes, atomic_write, read_info_json, read_mrc, read_star, write_info_json, write_star  # noqa: E402
 
 smk = snakemake  # noqa: F821

@@ -1,6 +1,6 @@
 """Snakemake adapter: binned tomogram + template → FLCF score map, best-orientation map, angle list."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -8,7 +8,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow import tempmatch as tm  # noqa: E402
+from emflow.sta import tempmatch as tm  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.geometry import tilt_matrix  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, read_tlt, write_mrc  # noqa: E402

@@ -1,6 +1,6 @@
 """Snakemake adapter: tilt series + info json (tlt_params) → binned WBP tomogram (MRC)."""
 
-from emflow.workflow_log import progress_logger, setup_logging
+from emflow.pipeline.log import progress_logger, setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -8,7 +8,7 @@ import time  # noqa: E402
 
 from emflow.errors import InputError  # noqa: E402
 from emflow.io import read_info_json, read_mrc, tlt_params, write_mrc  # noqa: E402
-from emflow.tomo import reconstruct_wbp  # noqa: E402
+from emflow.sta.tomo import reconstruct_wbp  # noqa: E402
 
 
 def main(tilt_series: str, info_path: str, out_tomogram: str, bin: int, thickness_px: int, radial_filter: str,

@@ -1,6 +1,6 @@
 """Snakemake adapter: tomogram → PNG of its central XY, XZ and YZ slices (quick look for the report)."""
 
-from emflow.workflow_log import setup_logging
+from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from emflow.io import atomic_write, read_mrc  # noqa: E402
-from emflow.tomo import central_slices  # noqa: E402
+from emflow.sta.tomo import central_slices  # noqa: E402
 
 
 def main(tomogram: str, out_png: str, title: str) -> None:

@@ -1,4 +1,4 @@
-"""Slow, obvious numpy references for the numba kernels of emflow._phantom."""
+"""Slow, obvious numpy references for the numba kernels of emflow.demo.phantom."""
 
 from __future__ import annotations
 

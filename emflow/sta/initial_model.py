@@ -30,7 +30,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from emflow import align3d, filters, fourier, masks
+from emflow.sta import align3d
+
+from emflow import filters, fourier, masks
 from emflow.geometry import eman_to_matrix, get_symmetry, orientations, random_rotations
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
@@ -186,7 +188,7 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
                          shift_step: float = 1.0) -> align3d.Alignment:
     """Global subtilt alignment for SGD at low resolution: coarse grid, then local pattern search.
 
-    The score is :func:`emflow.align3d.score_orientations` (``−mean_k FRC_k`` over shells
+    The score is :func:`emflow.sta.align3d.score_orientations` (``−mean_k FRC_k`` over shells
     ``minp ≤ |k| < maxp``; lower is better). 1. Every orientation of the asymmetric unit (with
     mirror) on a ``delta`` grid (phi step ``delta``) is scored at ``t = 0`` in one parallel
     kernel call, on the shells up to ``min(maxp, 2/δ)`` (δ in radians) that the grid resolves.
@@ -195,7 +197,7 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
     x, y, z and their diagonals) jointly with 3D shift steps ``shift_step, shift_step/2, …`` px,
     every stencil of 27 × 7 trials in one kernel call; after each level only the better half of
     the candidates goes on. Much cheaper than the Nelder–Mead
-    refinement of :func:`emflow.align3d.align_global` (hundreds of single-trial calls).
+    refinement of :func:`emflow.sta.align3d.align_global` (hundreds of single-trial calls).
 
     Parameters
     ----------
@@ -219,7 +221,7 @@ def align_coarse_to_fine(projector: VolumeProjector, particle: align3d.SubtiltPa
 
     Returns
     -------
-    emflow.align3d.Alignment
+    emflow.sta.align3d.Alignment
         ``rotation`` R, ``shift`` t (reference → particle), score, per-tilt scores.
     """
     b = particle.box

@@ -4,7 +4,7 @@ Geometry (``docs/CONVENTIONS.md``, "Tilt geometry"): tilt image ``i`` is the pro
 tomogram with the specimen transform ``R_i = geometry.tilt_matrix(tilt_i, axis_rot_i,
 offtilt_i)``; a point ``p = (x, y, z)`` (px from the tomogram centre) lands in that image at
 ``u = (R_i p)_x + tx_i + nx//2``, ``v = (R_i p)_y + ty_i + ny//2``. The simulator
-(:mod:`emflow.simulate`) and extraction use the same function, so a particle simulated at ``p``
+(:mod:`emflow.demo.simulate`) and extraction use the same function, so a particle simulated at ``p``
 reconstructs at ``p``.
 
 Method: each tilt image is Fourier-binned (:func:`bin_tilt_series`), mean-subtracted, zero-padded

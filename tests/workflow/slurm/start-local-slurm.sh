@@ -2,9 +2,9 @@
 # start-local-slurm.sh - a real one-node SLURM cluster on localhost, for the
 # emflow SLURM tests and CI (Debian 12, slurm-wlm 22.05, run as root).
 #
-#   eval "$(tests/slurm/start-local-slurm.sh)"   # sets EMFLOW_SLURM_* below
+#   eval "$(tests/workflow/slurm/start-local-slurm.sh)"   # sets EMFLOW_SLURM_* below
 #   snakemake --profile profiles/slurm ...
-#   tests/slurm/stop-local-slurm.sh
+#   tests/workflow/slurm/stop-local-slurm.sh
 #
 # What it does (every step is skipped when already done, so it is idempotent):
 #   1. apt-get update + install munge, slurmctld, slurmd, slurm-client and, with
@@ -146,7 +146,7 @@ fi
 
 changed=0
 put "$ETC/slurm.conf" 0644 <<EOF && changed=1 || true
-# written by emflow tests/slurm/start-local-slurm.sh: one node on localhost
+# written by emflow tests/workflow/slurm/start-local-slurm.sh: one node on localhost
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -183,7 +183,7 @@ EOF
 # not read while Proctrack/Task use no cgroups; written so that switching
 # those plugins on later does not silently mount or constrain anything
 put "$ETC/cgroup.conf" 0644 <<EOF && changed=1 || true
-# written by emflow tests/slurm/start-local-slurm.sh
+# written by emflow tests/workflow/slurm/start-local-slurm.sh
 CgroupAutomount=no
 ConstrainCores=no
 ConstrainRAMSpace=no
@@ -227,7 +227,7 @@ if [ "$ACCOUNTING" = 1 ]; then
         ALTER USER 'slurm'@'localhost' IDENTIFIED BY 'slurm';
         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
     put "$ETC/slurmdbd.conf" 0600 <<EOF && changed=1 || true
-# written by emflow tests/slurm/start-local-slurm.sh
+# written by emflow tests/workflow/slurm/start-local-slurm.sh
 AuthType=auth/munge
 DbdHost=localhost
 DbdPort=6819

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from emflow import fourier
-from emflow._phantom import (
+from emflow.demo.phantom import (
     acquisition_order,
     ctf_stack,
     footprint_mask,
@@ -223,7 +223,7 @@ def simulate_tilt_series(
     min_dist_px : float, optional
         Minimum centre distance (px); default one particle diameter.
     tilt_scheme : {"dose_symmetric", "sequential"}
-        Exposure order (see :func:`emflow._phantom.acquisition_order`).
+        Exposure order (see :func:`emflow.demo.phantom.acquisition_order`).
     defocus_jitter_um : float
         Standard deviation of the per-tilt mid-plane defocus around ``defocus_um``.
     tilt_shift_error_px, tilt_axis_error_deg : float

@@ -24,7 +24,7 @@ The 3D particle is in the tomogram frame: a particle with orientation ``R_p`` re
 
 Picks: :func:`read_picks` reads the EMAN2 info json (``boxes_3d``, unbinned px from the centre,
 filtered by class name), a RELION STAR or a text file (both unbinned px from the corner, via
-:func:`emflow.importer.read_picks`). :func:`check_picks` rejects coordinates outside the tomogram
+:func:`emflow.sta.importer.read_picks`). :func:`check_picks` rejects coordinates outside the tomogram
 (always an :class:`InputError`: a unit or convention mix-up) and boxes that do not fit inside the
 untilted image (an :class:`InputError` unless ``skip_edge``, then they are excluded and reported).
 """
@@ -42,7 +42,7 @@ from emflow import fourier
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
-from emflow.importer import read_picks as _read_picks_any
+from emflow.sta.importer import read_picks as _read_picks_any
 from emflow.io import boxes_from_info, read_info_json, tlt_params
 from emflow.masks import soft_circle
 from emflow.reconstruct import Reconstructor

@@ -1,7 +1,7 @@
 """Ground-truth evaluation of a subtilt refinement run on simulated data (demo).
 
 Each refined particle is matched to its simulated particle by the nearest pick of the same
-tomogram; then :func:`emflow.postprocess.evaluate_alignment` removes the map's free global frame
+tomogram; then :func:`emflow.sta.postprocess.evaluate_alignment` removes the map's free global frame
 (rotation ``G``, shift ``g``) and gives orientation / translation errors, and the refined map is
 compared with the truth map moved into that frame (FSC at 0.5 and 0.143).
 """
@@ -15,8 +15,8 @@ import numpy as np
 
 from emflow.errors import InputError
 from emflow.fsc import fsc, resolution
-from emflow.postprocess import evaluate_alignment, truth_in_map_frame
-from emflow.spt_refine import ParticleTable, RefineState
+from emflow.sta.postprocess import evaluate_alignment, truth_in_map_frame
+from emflow.sta.spt_refine import ParticleTable, RefineState
 
 __all__ = ["read_truth", "match_truth", "evaluate_iteration"]
 

@@ -1,7 +1,7 @@
 """The Snakemake report of the tiny workflow renders its figures (issue #7), and the scoring and plotting
 functions behind it are right.
 
-The workflow run is the session fixture ``tiny_workflow`` (tests/conftest.py, tests/workflow_runner.py),
+The workflow run is the session fixture ``tiny_workflow`` (tests/conftest.py, tests/workflow/workflow_runner.py),
 shared with the determinism test. The report is opened in headless Chromium; the test is skipped when
 no ``chromium`` is installed (CI installs it).
 """
@@ -16,7 +16,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from emflow import plots, scores
+from emflow.pipeline import plots
+
+from emflow.demo import scores
 from emflow.geometry import get_symmetry, random_rotations
 from workflow_runner import run_snakemake
 
@@ -88,9 +90,9 @@ def test_fsc_crossing_interpolates():
 def test_map_vs_truth_resolution_hand_and_symmetry():
     import mrcfile
 
-    from emflow.data import structure_path
+    from emflow.demo.data import structure_path
     from emflow.filters import lowpass_tophat
-    from emflow.simulate import resample_map
+    from emflow.demo.simulate import resample_map
 
     with mrcfile.open(structure_path("proteasome20S")) as m:
         ref, ap = np.asarray(m.data, np.float32), float(m.voxel_size.x)

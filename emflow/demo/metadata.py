@@ -1,6 +1,6 @@
 """Metadata of simulated demo data in the formats users' tools read.
 
-Pure functions that turn :mod:`emflow.simulate` ground truth into an EMAN2 ``info`` dict
+Pure functions that turn :mod:`emflow.demo.simulate` ground truth into an EMAN2 ``info`` dict
 (spec §3.0), RELION particle columns and truth tables; the workflow scripts write them with
 :mod:`emflow.io`.
 """
@@ -11,7 +11,7 @@ import numpy as np
 
 from emflow.geometry import matrix_to_relion
 from emflow.io import add_boxes
-from emflow.simulate import SpaTruth, TiltSeriesTruth
+from emflow.demo.simulate import SpaTruth, TiltSeriesTruth
 
 __all__ = ["tilt_series_info", "tomo_truth_star", "spa_particle_columns", "spa_image_names"]
 

@@ -1,4 +1,4 @@
-"""Slow references and data simulation for tests of emflow.align3d / emflow.initial_model."""
+"""Slow references and data simulation for tests of emflow.sta.align3d / emflow.sta.initial_model."""
 
 from __future__ import annotations
 

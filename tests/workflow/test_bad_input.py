@@ -136,7 +136,7 @@ def test_nan_or_inf_in_tilt_series(tmp_path, bad):
 
 # --------------------------------------------------------------------------------------- picks
 def test_pick_outside_tomogram():
-    from emflow.extract import check_picks
+    from emflow.sta.extract import check_picks
 
     coords = np.array([[0.0, 0.0, 0.0], [300.0, 0.0, 0.0]])  # x beyond nx/2 = 128
     with pytest.raises(InputError) as e:
@@ -145,7 +145,7 @@ def test_pick_outside_tomogram():
 
 
 def test_pick_too_near_edge_for_box():
-    from emflow.extract import check_picks
+    from emflow.sta.extract import check_picks
 
     coords = np.array([[0.0, 0.0, 0.0], [120.0, 0.0, 0.0]])  # 120 + 32/2 > 128
     with pytest.raises(InputError) as e:
@@ -157,7 +157,7 @@ def test_pick_too_near_edge_for_box():
 
 def _tempmatch_search(tmp_path, tomogram, template, **overrides):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    from emflow.workflow_helpers import validate_config
+    from emflow.pipeline.config import validate_config
 
     validate_config(cfg, REPO / "config" / "schema.yaml")
     tm = cfg["tempmatch"] | overrides
@@ -184,7 +184,7 @@ def test_box_larger_than_tomogram(tmp_path):
 
 def test_empty_pick_list(tmp_path):
     """A picks file with no particle of the requested label."""
-    from emflow.extract import read_picks
+    from emflow.sta.extract import read_picks
 
     info = tmp_path / "info.json"
     write_info_json(info, {"apix_unbin": 10.0, "class_list": {"0": {"name": "ribo", "boxsize": 32}},
@@ -217,7 +217,7 @@ def test_empty_particle_set(tmp_path):
 # --------------------------------------------------------------------------------------- config strings
 def test_invalid_symmetry_string():
     from emflow.geometry import get_symmetry
-    from emflow.workflow_helpers import validate_config
+    from emflow.pipeline.config import validate_config
 
     with pytest.raises(InputError) as e:
         get_symmetry("x9")
@@ -230,8 +230,8 @@ def test_invalid_symmetry_string():
 
 
 def test_invalid_iteration_string():
-    parse_iters = pytest.importorskip("emflow.spt_refine", reason="subtomogram refinement stage "
-                                      "(emflow.spt_refine.parse_iters) not written yet").parse_iters
+    parse_iters = pytest.importorskip("emflow.sta.spt_refine", reason="subtomogram refinement stage "
+                                      "(emflow.sta.spt_refine.parse_iters) not written yet").parse_iters
     with pytest.raises(InputError) as e:
         parse_iters("p3,x9")
     _assert_message(e.value, "spt_refine.iters", "'x9'", "p3")

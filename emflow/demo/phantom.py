@@ -1,7 +1,7 @@
 """Building blocks of the demo simulator: map resampling, particle placement, pasting, dose
 order, footprints.
 
-Private to :mod:`emflow.simulate`; kept separate so each piece is small and tested alone.
+Private to :mod:`emflow.demo.simulate`; kept separate so each piece is small and tested alone.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The workflow on a real SLURM cluster gives the same results as a local run.
 
-A one-node SLURM on localhost is started by ``tests/slurm/start-local-slurm.sh`` when
+A one-node SLURM on localhost is started by ``tests/workflow/slurm/start-local-slurm.sh`` when
 none answers and we are root (CI runs as root, so there the test always runs). Each
 test runs a workflow twice, in two temporary folders: once with ``profiles/local`` and
 once with ``profiles/slurm`` (every job an sbatch job), then checks
@@ -41,9 +41,9 @@ from workflow_runner import assert_same_outputs as assert_same_results
 from workflow_runner import clean_env as _runner_env
 from workflow_runner import copy_workflow, load_arrays
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-START = REPO / "tests" / "slurm" / "start-local-slurm.sh"
-STOP = REPO / "tests" / "slurm" / "stop-local-slurm.sh"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+START = REPO / "tests" / "workflow" / "slurm" / "start-local-slurm.sh"
+STOP = REPO / "tests" / "workflow" / "slurm" / "stop-local-slurm.sh"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.slow]
 
@@ -81,7 +81,7 @@ def slurm_cluster():
         }
     else:
         if os.geteuid() != 0:
-            pytest.skip("no SLURM answers (sinfo) and not root, so tests/slurm/start-local-slurm.sh cannot start one")
+            pytest.skip("no SLURM answers (sinfo) and not root, so tests/workflow/slurm/start-local-slurm.sh cannot start one")
         if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
             pytest.skip("no SLURM installed and no apt-get to install it")
         t0 = time.monotonic()
@@ -190,7 +190,7 @@ def assert_same_outputs(local: pathlib.Path, slurm: pathlib.Path, rel_tol: float
 
 # ----------------------------------------------------------------------------- mini workflow
 # A small self-contained workflow with the shape of the real one (a source, two
-# parallel branches with a numba kernel, a merge), using emflow.workflow_log like every
+# parallel branches with a numba kernel, a merge), using emflow.pipeline.log like every
 # emflow script does, so the per-job numba cache is exercised by concurrent SLURM jobs.
 # The merge is a local rule: it reads the SLURM jobs' outputs on the submit host, and
 # it saves one ~40 s polling round of the pinned plugin.
@@ -254,7 +254,7 @@ def box_blur_periodic(vol, radius):
 MINI_SCRIPTS = {
     "mini_noise.py": """
         import os
-        from emflow.workflow_log import setup_logging
+        from emflow.pipeline.log import setup_logging
         log = setup_logging(snakemake)
         log.info("SLURM_JOB_ID=%s", os.environ.get("SLURM_JOB_ID", "none"))
         import numpy as np
@@ -263,7 +263,7 @@ MINI_SCRIPTS = {
     """,
     "mini_blur.py": """
         import os, sys
-        from emflow.workflow_log import setup_logging
+        from emflow.pipeline.log import setup_logging
         log = setup_logging(snakemake)
         log.info("SLURM_JOB_ID=%s NUMBA_CACHE_DIR=%s", os.environ.get("SLURM_JOB_ID", "none"),
                  os.environ.get("NUMBA_CACHE_DIR"))
@@ -275,7 +275,7 @@ MINI_SCRIPTS = {
     """,
     "mini_summary.py": """
         import json, os
-        from emflow.workflow_log import setup_logging
+        from emflow.pipeline.log import setup_logging
         log = setup_logging(snakemake)
         log.info("SLURM_JOB_ID=%s", os.environ.get("SLURM_JOB_ID", "none"))
         import numpy as np
@@ -363,7 +363,7 @@ def real_workflow_targets() -> list[str]:
     use the same rule machinery (script adapters, logs, threads/resources), which is what differs
     between SLURM and local runs.
     """
-    from emflow.workflow_helpers import demo_names
+    from emflow.pipeline.config import demo_names
 
     cfg = _merged_test_config()
     if cfg["input"]["source"] != "demo":

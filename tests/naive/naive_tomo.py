@@ -1,4 +1,4 @@
-"""Slow, obvious numpy references for emflow.tomo kernels."""
+"""Slow, obvious numpy references for emflow.sta.tomo kernels."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
   ``.test/config.yaml``; ``tests/conftest.py`` makes one such run the session fixture
   ``tiny_workflow``, shared by the report, determinism and rerun tests.
 
-All runs share one numba cache (``EMFLOW_SHARED_NUMBA_CACHE``, see ``emflow.workflow_log``):
+All runs share one numba cache (``EMFLOW_SHARED_NUMBA_CACHE``, see ``emflow.pipeline.log``):
 the kernels live in the installed ``emflow`` package, so a cache filled by one copy is valid for
 every other copy, and only the first run of a session (or machine) pays for compilation. numba
 checks each cached entry against its source file's timestamp, so a stale cache is never used.
@@ -29,7 +29,7 @@ import time
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", "report", ".test", "profiles"]
 SNAKEMAKE_TIMEOUT_S = 600
 # results/ subfolders that record how a run went, not what it computed (timestamps, durations)

@@ -30,7 +30,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from emflow import align3d, fourier
+from emflow.sta import align3d
+
+from emflow import fourier
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.errors import InputError
 from emflow.projection import VolumeProjector
@@ -192,8 +194,8 @@ def align_particles_p(table: ParticleTable, state: RefineState, particles, image
 
     Each particle uses ``refs[cls]``. Existing subtilt corrections (``dxf``) are kept: the
     subtilt data see ``Dr·P`` and ``d + ds``. Global mode searches the asymmetric unit
-    (:func:`emflow.align3d.align_global`); local mode refines from the current ``R, t`` within
-    ``maxang_deg`` (:func:`emflow.align3d.align_local`).
+    (:func:`emflow.sta.align3d.align_global`); local mode refines from the current ``R, t`` within
+    ``maxang_deg`` (:func:`emflow.sta.align3d.align_local`).
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""Slow, obvious numpy references for the numba kernels of emflow.tempmatch / emflow.picks."""
+"""Slow, obvious numpy references for the numba kernels of emflow.sta.tempmatch / emflow.sta.picks."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every ``workflow/scripts/*.py`` starts with::
 
-    from emflow.workflow_log import setup_logging
+    from emflow.pipeline.log import setup_logging
     log = setup_logging(snakemake)
 
 This module must be imported before anything that imports numba: it points

@@ -5,7 +5,7 @@ For subtilt ``j`` (particle ``i``, tilt ``τ``) the neighbourhood is the ``smoot
 the same tomogram (``table.group``) nearest to ``i`` (itself included) that have a subtilt on
 tilt ``τ``; positions are ``coord + t`` (px), weights ``exp(−d/smooth)``. One shared correction
 is fitted to all of them, maximising ``Σ_m w_m·c_m / Σ_m w_m`` where ``c_m`` is the FRC of
-neighbour ``m``'s subtilt with its model (see :mod:`emflow.spt_refine`), averaged over shells
+neighbour ``m``'s subtilt with its model (see :mod:`emflow.sta.spt_refine`), averaged over shells
 ``minp ≤ r < maxp``:
 
 * ``t``: a 2D shift ``δ`` added to every neighbour's model shift (|δ| ≤ maxshift);
@@ -40,11 +40,13 @@ import numba
 import numpy as np
 import scipy.optimize
 
-from emflow import align3d, fourier
+from emflow.sta import align3d
+
+from emflow import fourier
 from emflow.ctf import CTF, _chi
 from emflow.geometry import rotvec_to_matrix
 from emflow.projection import VolumeProjector
-from emflow.spt_refine import ParticleTable, RefineState
+from emflow.sta.spt_refine import ParticleTable, RefineState
 
 __all__ = ["neighbours", "refine_subtilts"]
 
