@@ -90,6 +90,11 @@ class TomogramEntry:
     xf: str | None = None
     picks: str | None = None
     defocus_um: float | None = None
+    defocus_file: str | None = None  # IMOD ctfplotter .defocus
+    tilt_com: str | None = None  # IMOD tilt.com (THICKNESS, tilt geometry)
+    tilt_series_star: str | None = None  # RELION 5 per-tilt-series STAR
+    tomogram: str | None = None  # tomogram reconstructed elsewhere (MRC)
+    tomogram_bin: int | None = None  # its binning relative to the tilt series
 
     def as_dict(self) -> dict:
         """Plain dict of the fields (for Snakemake params)."""
@@ -97,7 +102,9 @@ class TomogramEntry:
 
     def user_files(self) -> list[str]:
         """The optional input files that exist for this tomogram (not the tilt series)."""
-        return [f for f in dict.fromkeys((self.tlt, self.xf, self.info_json, self.picks)) if f]
+        files = (self.tlt, self.xf, self.info_json, self.picks, self.defocus_file, self.tilt_com,
+                 self.tilt_series_star)
+        return [f for f in dict.fromkeys(files) if f]
 
 
 def demo_names(config: Mapping) -> list[str]:
@@ -160,9 +167,8 @@ def tomogram_table(config: Mapping) -> dict[str, TomogramEntry]:
         if not rows:
             raise InputError("is empty but input.source is table", source="config key 'input.tomograms'",
                              fix="list at least one tomogram with name, tilt_series and tlt")
-        entries = [TomogramEntry(**{k: row.get(k) for k in
-                                    ("name", "tilt_series", "tlt", "info_json", "xf", "picks", "defocus_um")})
-                   for row in rows]
+        fields = [f.name for f in dataclasses.fields(TomogramEntry)]
+        entries = [TomogramEntry(**{k: row.get(k) for k in fields}) for row in rows]
     table: dict[str, TomogramEntry] = {}
     for e in entries:
         if "__" in e.name:
