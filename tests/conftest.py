@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# slow plain-numpy references (tests/naive/) and the workflow runner (tests/workflow/) are
+# foreign-format fixtures (tests/foreign/), slow plain-numpy references (tests/naive/) and the
+# workflow runner (tests/workflow/) are
 # imported by name from every test folder
-sys.path[:0] = [str(REPO / "tests" / "naive"), str(REPO / "tests" / "workflow")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "naive"), str(REPO / "tests" / "workflow")]
 SHARED_DATA = pathlib.Path(os.environ.get("EMFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
