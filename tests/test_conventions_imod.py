@@ -224,3 +224,51 @@ def test_imod_tomogram_binning_and_thickness():
         fit_tomogram(vol, 2, 24)
     with pytest.raises(ValueError, match="ambiguous"):
         imod_tomogram_layout((64, 64, 64), (64, 64))
+
+
+def test_user_imod_files_through_the_workflow_scripts(tmp_path):
+    """The path a user takes (rules/import.smk + rules/tomogram.smk scripts): IMOD stack + .tlt + .xf +
+    .defocus v3 + tilt.com + an IMOD tomogram (tilt's raw layout, bin 1) → info json and a bin-2 tomogram
+    with the blobs at their (x, y, z) in emflow's frame."""
+    import mrcfile
+    from workflow_runner import run_script
+
+    from emflow.io import read_info_json
+
+    n = len(TILTS)
+    xf = fimod.xf_rows(np.full(n, 4.0), np.tile([2.0, 1.0], (n, 1)))
+    fimod.write_mrc(tmp_path / "TS.st", fimod.project_blobs(BLOBS, TILTS, (64, 64), xf), 5.0, stack=True)
+    fimod.write_tlt(tmp_path / "TS.tlt", TILTS)
+    fimod.write_xf(tmp_path / "TS.xf", xf)
+    fimod.write_defocus_v3(tmp_path / "TS.defocus", [(i + 1, i + 1, t, t, 3100, 2900, 30.0) for i, t in enumerate(TILTS)])
+    fimod.write_tilt_com(tmp_path / "tilt.com", thickness=40, full_image=(64, 64))
+    fimod.write_mrc(tmp_path / "TS_rec.mrc", fimod.imod_raw_tomogram(BLOBS, 64, 64, 40), 5.0)
+    entry = {"name": "TS", "tilt_series": str(tmp_path / "TS.st"), "tlt": str(tmp_path / "TS.tlt"), "info_json": None,
+             "xf": str(tmp_path / "TS.xf"), "picks": None, "defocus_um": None,
+             "defocus_file": str(tmp_path / "TS.defocus"), "tilt_com": str(tmp_path / "tilt.com"),
+             "tilt_series_star": None, "tomogram": str(tmp_path / "TS_rec.mrc"), "tomogram_bin": 1}
+    out = tmp_path / "out"
+    run_script("import_tomogram.py", input={"tilt_series": entry["tilt_series"], "user_files": []},
+               output={"tlt": out / "TS.tlt", "info": out / "TS_info.json"},
+               params={"entry": entry, "apix": 5.0, "voltage_kv": 300.0, "cs_mm": 2.7, "thickness_unbin_px": 64},
+               wildcards={"tomo": "TS"}, log=tmp_path / "import.log")
+    info = read_info_json(out / "TS_info.json")
+    np.testing.assert_allclose(np.array(info["tlt_params"])[:, 3], importer.IMOD_TILT_SIGN * TILTS, atol=0.01)
+    np.testing.assert_allclose(info["defocus"], 3.0) and np.testing.assert_allclose(info["dfdiff"], 0.2)
+    np.testing.assert_allclose(np.loadtxt(out / "TS.tlt"), TILTS, atol=1e-3)  # the import's .tlt is IMOD's again
+    run_script("tomogram_external.py", input={"tomogram": entry["tomogram"], "tilt_series": entry["tilt_series"],
+                                              "info": out / "TS_info.json"},
+               output={"tomogram": out / "TS__bin2.mrc"}, params={"thickness_px": 16, "tomogram_bin": 1},
+               wildcards={"tomo": "TS", "bin": "2"}, log=tmp_path / "tomo.log")
+    with mrcfile.open(out / "TS__bin2.mrc") as m:
+        vol, apix = m.data.copy(), float(m.voxel_size.x)
+    assert vol.shape == (16, 32, 32) and apix == pytest.approx(10.0)
+    truth = fimod.blob_volume(BLOBS * [0.5, 0.5, 0.5, 1, 0.5], vol.shape)
+    mirror = fimod.blob_volume(BLOBS * [0.5, 0.5, -0.5, 1, 0.5], vol.shape)
+    cc = [np.corrcoef(vol.ravel(), v.ravel())[0, 1] for v in (truth, mirror)]
+    assert cc[0] > 0.8 > cc[1], cc
+    with pytest.raises(InputError, match="tomogram_bin"):
+        run_script("tomogram_external.py", input={"tomogram": entry["tomogram"], "tilt_series": entry["tilt_series"],
+                                                  "info": out / "TS_info.json"},
+                   output={"tomogram": out / "TS__bin3.mrc"}, params={"thickness_px": 8, "tomogram_bin": 2},
+                   wildcards={"tomo": "TS", "bin": "3"}, log=tmp_path / "tomo.log")
