@@ -6,14 +6,9 @@
 
 import re
 
-
-def _tomo_regex(names):
-    """Wildcard constraint matching exactly these tomogram names (never matches when empty)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
-EXTERNAL_TOMOGRAMS = [n for n in tomogram_names() if TOMOGRAMS[n].tomogram]
-RECONSTRUCTED_TOMOGRAMS = [n for n in tomogram_names() if not TOMOGRAMS[n].tomogram]
+# wildcard constraints matching exactly the tomograms of each rule ("(?!)" never matches)
+EXTERNAL_TOMO_RE = "|".join(re.escape(n) for n in tomogram_names() if TOMOGRAMS[n].tomogram) or "(?!)"
+RECONSTRUCTED_TOMO_RE = "|".join(re.escape(n) for n in tomogram_names() if not TOMOGRAMS[n].tomogram) or "(?!)"
 
 
 if config["workflows"]["subtomogram"]:
@@ -29,7 +24,7 @@ rule tomogram_reconstruct:
     output:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
     wildcard_constraints:
-        tomo=_tomo_regex(RECONSTRUCTED_TOMOGRAMS),
+        tomo=RECONSTRUCTED_TOMO_RE,
     params:
         thickness_px=config["tomogram"]["thickness_px"],
         radial_filter=config["tomogram"]["radial_filter"],
@@ -57,7 +52,7 @@ rule tomogram_external:
     output:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
     wildcard_constraints:
-        tomo=_tomo_regex(EXTERNAL_TOMOGRAMS),
+        tomo=EXTERNAL_TOMO_RE,
     params:
         thickness_px=config["tomogram"]["thickness_px"],
         tomogram_bin=lambda wildcards: TOMOGRAMS[wildcards.tomo].tomogram_bin,
