@@ -155,7 +155,8 @@ def check_pixel_size(value, *, source: str | os.PathLike, expected: float | None
             log.warning("%s: %s pixel size %.4g Å replaced by %.4g Å from %s", path, what, float(value), override,
                         OVERRIDE_KEY)
         else:
-            log.info("%s: pixel size %.4g Å from %s (%s: %s)", path, override, OVERRIDE_KEY, what,
+            log.info("%s: pixel size %.4g Å from the override (%s, or the value an earlier stage "
+                     "established); %s: %s", path, override, OVERRIDE_KEY, what,
                      "unset" if unset else f"{float(value):.4g}")
         if expected is not None and abs(override - float(expected)) > tol * float(expected):
             raise InputError(

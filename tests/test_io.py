@@ -155,6 +155,8 @@ def test_unset_default_voxel_size_is_not_a_pixel_size(tmp_path):
     with pytest.raises(InputError, match="1.0 Å, the value written when none is set"):
         read_mrc(tmp_path / "one.mrc", expect_apix=5.24)
     assert read_mrc(tmp_path / "one.mrc", expect_apix=1.0)[1] == 1.0  # confirmed by the config
+    for mmap in (False, True):  # raw header value for callers that do not use the pixel size
+        assert read_mrc(tmp_path / "one.mrc", mmap=mmap, check_apix=False)[1] == 1.0
 
 
 def test_apix_mismatch(tmp_path):

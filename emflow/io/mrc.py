@@ -168,9 +168,12 @@ def read_mrc_header(path: str | os.PathLike) -> dict:
 
 
 def _check_apix(apix: float, path, expect_apix, apix_tol: float, apix_override=None,
-                apix_key: str = "microscope.apix") -> float:
+                apix_key: str = "microscope.apix", check: bool = True) -> float:
     """The pixel-size contract of :mod:`emflow.pixel_size` on a header value: an unset header
-    (0, or mrcfile's/IMOD's default 1.0) is an error unless ``apix_override`` is given."""
+    (0, or mrcfile's/IMOD's default 1.0) is an error unless ``apix_override`` is given.
+    ``check=False`` returns the raw header value (files whose pixel size is not used)."""
+    if not check:
+        return float(apix)
     from emflow.pixel_size import check_pixel_size
 
     return check_pixel_size(apix, source=os.fspath(path), expected=expect_apix, key=apix_key, tol=apix_tol,
@@ -188,12 +191,13 @@ def check_finite(data: np.ndarray, path) -> None:
                      "(e.g. normalising an empty box)")
 
 
-def _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key) -> tuple[np.ndarray, float]:
+def _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key, check_apix) -> tuple[np.ndarray, float]:
     """Memory-map the data block with numpy (header validated by mrcfile first)."""
     with _open(path, header_only=True) as mrc:
         h = mrc.header
         _validate_header(h, path)
-        apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol, apix_override, apix_key)
+        apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol, apix_override, apix_key,
+                           check_apix)
         mode = int(h.mode)
         if mode == 101:
             raise InputError("4-bit MRC (mode 101) cannot be memory-mapped", source=path,
@@ -212,7 +216,7 @@ def _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key) -> tuple[np
 
 def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | None = None,
              apix_tol: float = 0.01, check_nan: bool | None = None, apix_override: float | None = None,
-             apix_key: str = "microscope.apix") -> tuple[np.ndarray, float]:
+             apix_key: str = "microscope.apix", check_apix: bool = True) -> tuple[np.ndarray, float]:
     """Read an MRC image, stack or volume.
 
     Parameters
@@ -233,6 +237,10 @@ def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | N
         :func:`emflow.pixel_size.apix_override`): used instead of the header, logged.
     apix_key : str
         Config key of ``expect_apix``, named in messages.
+    check_apix : bool
+        False: return the header's voxel size as it is, unchecked (0 or 1.0 when unset), for files
+        whose pixel size the caller does not use (masks on a known grid, re-reads of a file whose
+        pixel size an earlier stage established).
     check_nan : bool, optional
         Reject NaN/Inf values. Default: True for in-memory reads, False with ``mmap`` (the check
         would read the whole file).
@@ -248,14 +256,14 @@ def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | N
     if check_nan is None:
         check_nan = not mmap
     if mmap and not _is_gz(path):
-        out, apix = _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key)
+        out, apix = _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key, check_apix)
     else:
         with _open(path) as mrc:
             _validate_header(mrc.header, path)
             if mrc.data is None:
                 raise _truncation_error(mrc.header, path)
             apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol, apix_override,
-                               apix_key)
+                               apix_key, check_apix)
             out = np.array(mrc.data, dtype=np.float32, copy=True)
     if out.ndim == 3 and out.shape[0] == 1:
         out = out[0]
