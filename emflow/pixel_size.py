@@ -178,7 +178,8 @@ def check_pixel_size(value, *, source: str | os.PathLike, expected: float | None
         fix = f"write the real pixel size into the file: {header_fix(path, target)}, {_override_fix(path, target)}"
         if expected is not None:
             fix += f" ({key} is {target:.4g} Å, if that is this file's pixel size)"
-        raise InputError(f"no pixel size in the {what}: {why}", source=path, fix=fix)
+        named = f" (the file of config key {key})" if expected is None and key != "microscope.apix" else ""
+        raise InputError(f"no pixel size in the {what}: {why}{named}", source=path, fix=fix)
     v = float(value)
     if expected is not None and abs(v - float(expected)) > tol * float(expected):
         e = float(expected)
@@ -306,3 +307,29 @@ def apix_override(config: Mapping, path: str | os.PathLike) -> float | None:
         if os.path.normpath(str(p)) == want:
             return None if v is None else float(v)
     return None
+
+
+def particles_pixel_size(stack: str | os.PathLike, star: str | os.PathLike | None = None, *,
+                         expected: float | None = None, key: str = "spa.apix", tol: float = 0.01,
+                         override: float | None = None) -> float:
+    """Pixel size of a particle stack that may come with a RELION STAR (its optics table).
+
+    The STAR's ``rlnImagePixelSize`` (or ``rlnPixelSize``) describes the particles, so when it has
+    one it is the value, and the stack's header is checked against it unless the header is unset
+    (0 or 1.0); without a STAR value the stack's own header is the value (:func:`pixel_size`).
+    ``expected`` (e.g. ``spa.apix``) and ``override`` (``input.apix_override`` of the stack) as there.
+    """
+    stack = os.fspath(stack)
+    if star is None or override is not None:
+        return pixel_size(stack, expected=expected, key=key, tol=tol, override=override)
+    star = os.fspath(star)
+    if not os.path.exists(star):
+        raise InputError("file does not exist", source=star, fix="check the path in the config")
+    star_value, star_what = read_pixel_size(star)
+    if star_value is None:
+        return pixel_size(stack, expected=expected, key=key, tol=tol)
+    apix = check_pixel_size(star_value, source=star, expected=expected, key=key, tol=tol, kind="star", what=star_what)
+    header, what = read_pixel_size(stack)
+    if not _is_unset(header, _kind(stack)):
+        check_pixel_size(header, source=stack, expected=apix, key=f"{star_what} of {star}", tol=tol, what=what)
+    return apix

@@ -176,3 +176,96 @@ def test_load_config_checks_paths(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=r"config key 'spt_refine\.ref': file 'nowhere/ref\.mrc' does not exist"):
         load_config(cfg, SCHEMA)
+
+
+# ------------------------------------------------------------------------------------ pixel sizes of user maps
+def _map(path, apix):
+    with mrcfile.new(str(path), overwrite=True) as m:
+        m.set_data(np.zeros((8, 8, 8), np.float32))
+        m.voxel_size = apix
+    return path
+
+
+def test_reference_with_unset_pixel_size(config, tmp_path):
+    """The map used to be rescaled as if its 1.0 header were true (0.17x at 5.9 Å/px): now an error."""
+    _map(tmp_path / "ref.mrc", 1.0)
+    config["spt_refine"]["ref"] = "ref.mrc"
+    msg = _err(config, tmp_path)
+    assert "ref.mrc" in msg and "no pixel size" in msg and "spt_refine.ref" in msg and "input.apix_override" in msg
+    config["input"]["apix_override"] = {"ref.mrc": 4.2}
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+    _map(tmp_path / "ref.mrc", 4.2)  # or fix the header
+    config["input"]["apix_override"] = {}
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+
+
+def test_starting_model_and_template_need_a_pixel_size(config, tmp_path):
+    _map(tmp_path / "model.mrc", 0.0)
+    config["spa"]["startingmodel"] = "model.mrc"
+    assert "spa.startingmodel" in _err(config, tmp_path)
+
+
+def _hdf_stack(path, apix):
+    with h5py.File(path, "w") as f:
+        g = f.create_group("MDF/images")
+        g.attrs["imageid_max"] = np.array([1], np.int32)
+        for i in range(2):
+            im = g.create_group(str(i))
+            im.create_dataset("image", data=np.zeros((16, 16), np.float32))
+            if apix is not None:
+                im.attrs["EMAN.apix_x"] = np.array([apix], np.float32)
+    return path
+
+
+_STAR = """data_optics
+loop_
+_rlnOpticsGroup
+_rlnImagePixelSize
+_rlnVoltage
+1 {apix} 300
+data_particles
+loop_
+_rlnImageName
+_rlnOpticsGroup
+1@p.mrcs 1
+"""
+
+
+def test_spa_stack_without_pixel_size(config, tmp_path):
+    """An HDF stack without apix_x used to get the demo's 3.275 Å."""
+    _hdf_stack(tmp_path / "ptcls.hdf", None)
+    config["input"]["spa_particles"] = "ptcls.hdf"
+    msg = _err(config, tmp_path)
+    assert "ptcls.hdf" in msg and "no pixel size" in msg and "3.275" not in msg
+    _hdf_stack(tmp_path / "ptcls.hdf", 2.0)
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+    config["spa"]["apix"] = 3.0  # the config value is a check
+    assert "spa.apix is 3 Å" in _err(config, tmp_path)
+
+
+def test_spa_mrcs_with_star(config, tmp_path):
+    """The STAR's optics describe the particles: an unset stack header (1.0) takes the STAR's value,
+    a set one must agree with it."""
+    with mrcfile.new(str(tmp_path / "p.mrcs")) as m:
+        m.set_data(np.zeros((2, 16, 16), np.float32))
+        m.set_image_stack()
+        m.voxel_size = 1.0
+    (tmp_path / "p.star").write_text(_STAR.format(apix=1.06))
+    config["input"]["spa_particles"] = "p.mrcs"
+    config["input"]["spa_star"] = "p.star"
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+    with mrcfile.open(str(tmp_path / "p.mrcs"), "r+") as m:
+        m.voxel_size = 2.12
+    msg = _err(config, tmp_path)
+    assert "p.mrcs" in msg and "2.12 Å" in msg and "1.06 Å" in msg and "p.star" in msg
+
+
+def test_user_tomogram_pixel_size_is_apix_times_bin(config, tmp_path):
+    _mrc(tmp_path / "TS_01.mrc")
+    _tlt(tmp_path / "TS_01.tlt")
+    _map(tmp_path / "tomo.mrc", 5.24 * 4)
+    _table(config, tmp_path, tomogram="tomo.mrc", tomogram_bin=4)
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+    config["input"]["tomograms"][0]["tomogram_bin"] = 2
+    msg = _err(config, tmp_path)
+    assert "tomo.mrc" in msg and "tomogram_bin" in msg and "binned ×2" in msg

@@ -61,8 +61,8 @@ def validate_config(config: dict, schema_path: str | pathlib.Path, base_dir: str
         which is Snakemake's).
     check_files : bool
         Also run :func:`check_paths` (every input path exists, output paths stay under
-        ``results/``) and :func:`check_table_files` (tilt counts and pixel sizes of a
-        ``source: table`` input).
+        ``results/``), :func:`check_table_files` (tilt counts and pixel sizes of a
+        ``source: table`` input) and :func:`check_pixel_sizes` (user maps and particle stacks).
 
     Raises
     ------
@@ -95,6 +95,7 @@ def validate_config(config: dict, schema_path: str | pathlib.Path, base_dir: str
     if check_files:
         check_paths(config, base_dir)
         check_table_files(config, base_dir)
+        check_pixel_sizes(config, base_dir)
     return config
 
 
@@ -201,6 +202,39 @@ def check_paths(config: Mapping, base_dir: str | pathlib.Path | None = None) -> 
     raise InputError(f"{len(problems)} bad paths:{lines}", source="config", fix=fix)
 
 
+def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = None) -> None:
+    """Every user map and particle stack the config names has a pixel size of its own (or an
+    ``input.apix_override`` entry), checked against its config value where there is one:
+    ``input.spa_particles`` (+ ``input.spa_star``) against ``spa.apix``; ``spt_refine.ref``,
+    ``tempmatch.template``, ``tempmatch.mask`` and a ``spa.startingmodel`` path for presence
+    (they are resampled by their own pixel size). Tilt series and tomograms of a table input:
+    :func:`check_table_files`. Paths under ``results/`` (made by the workflow) are skipped.
+    """
+    from emflow.pixel_size import apix_override, particles_pixel_size, pixel_size
+
+    base = pathlib.Path(base_dir) if base_dir is not None else pathlib.Path.cwd()
+
+    def resolve(p: str) -> str:
+        q = pathlib.Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    inp = config.get("input", {})
+    stack = inp.get("spa_particles")
+    if stack and not _is_generated(stack):
+        star = inp.get("spa_star")
+        star = resolve(star) if star and not _is_generated(star) else None
+        particles_pixel_size(resolve(stack), star, expected=(config.get("spa") or {}).get("apix"), key="spa.apix",
+                             override=apix_override(config, stack))
+    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "mask")]
+    for section, key in maps:
+        path = (config.get(section) or {}).get(key)
+        if isinstance(path, str) and path and not _is_generated(path):
+            pixel_size(resolve(path), key=f"{section}.{key}", override=apix_override(config, path))
+    start = (config.get("spa") or {}).get("startingmodel")
+    if isinstance(start, str) and _looks_like_path(start) and not _is_generated(start):
+        pixel_size(resolve(start), key="spa.startingmodel", override=apix_override(config, start))
+
+
 def _image_count(path: str) -> int:
     """Images in a tilt series (MRC: nz; EMAN2 HDF: images, or nz of a single 3D image)."""
     from emflow.io import hdf_count, read_hdf_header, read_mrc_header
@@ -230,8 +264,12 @@ def check_table_files(config: Mapping, base_dir: str | pathlib.Path | None = Non
         return str(q if q.is_absolute() else base / q)
 
     apix = config["microscope"]["apix"]
-    for row in inp.get("tomograms") or []:
+    for i, row in enumerate(inp.get("tomograms") or []):
         ts, tlt = row.get("tilt_series"), row.get("tlt")
+        tomo, tomo_bin = row.get("tomogram"), row.get("tomogram_bin")
+        if tomo and not _is_generated(tomo):
+            pixel_size(resolve(tomo), expected=None if tomo_bin is None else apix * tomo_bin,
+                       key=f"microscope.apix × input.tomograms[{i}].tomogram_bin", override=apix_override(config, tomo))
         if not ts or _is_generated(ts):
             continue
         pixel_size(resolve(ts), expected=apix, key="microscope.apix", override=apix_override(config, ts))
