@@ -56,10 +56,7 @@ STAR_PIXEL_LABELS = ("rlnImagePixelSize", "rlnPixelSize", "rlnTomoTiltSeriesPixe
 
 
 def _suffix(path: str) -> str:
-    p = path.lower()
-    if p.endswith(".gz"):
-        p = p[:-3]
-    return os.path.splitext(p)[1]
+    return os.path.splitext(path.lower().removesuffix(".gz"))[1]
 
 
 def _kind(path: str) -> str:
@@ -81,9 +78,9 @@ def header_fix(path: str | os.PathLike, value: float | None) -> str:
     kind = _kind(path)
     v = "<Å/px>" if value is None else f"{float(value):.6g}"
     if kind == "hdf":
-        return ("python -c \"import h5py; f = h5py.File('%s', 'r+'); [g.attrs.__setitem__('EMAN.apix_' + a, %s) "
-                "for g in f['MDF/images'].values() for a in 'xyz']; f.close()\" (or e2proc2d.py/e2proc3d.py "
-                "--apix %s)" % (path, v, v))
+        return (f"python -c \"import h5py; f = h5py.File('{path}', 'r+'); "
+                f"[g.attrs.__setitem__('EMAN.apix_' + a, {v}) for g in f['MDF/images'].values() for a in 'xyz']; "
+                f"f.close()\" (or e2proc2d.py/e2proc3d.py --apix {v})")
     if kind == "star":
         return f"set rlnImagePixelSize (or rlnTomoTiltSeriesPixelSize) to {v} in the optics block of {path}"
     if kind == "json":
@@ -188,7 +185,7 @@ def check_pixel_size(value, *, source: str | os.PathLike, expected: float | None
         for r in (ratio, 1.0 / ratio):
             n = round(r)
             if n >= 2 and abs(r - n) < 0.02 * n:
-                hint = f" ({'the file is binned' if r == ratio else 'the config is binned'} ×{n}?)"
+                hint = f" (×{n}: {'a binned file' if r == ratio else 'a binned value in the config'}?)"
                 break
         raise InputError(
             f"pixel size in the {what} is {v:.4g} Å but {key} is {e:.4g} Å{hint}",

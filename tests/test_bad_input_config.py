@@ -161,7 +161,7 @@ def test_tilt_series_pixel_size_at_validation(config, tmp_path):
     _tlt(tmp_path / "TS_01.tlt")
     _mrc(tmp_path / "TS_01.mrc", apix=2 * 5.24)
     msg = _err(_table(config, tmp_path), tmp_path)
-    assert "TS_01.mrc" in msg and "10.48 Å" in msg and "microscope.apix is 5.24 Å" in msg and "binned ×2" in msg
+    assert "TS_01.mrc" in msg and "10.48 Å" in msg and "microscope.apix is 5.24 Å" in msg and "×2: a binned file" in msg
     _mrc(tmp_path / "TS_01.mrc", apix=1.0)  # the unset default: no silent use of 1.0 or of the config
     msg = _err(config, tmp_path)
     assert "no pixel size" in msg and "m.voxel_size = 5.24" in msg and "input.apix_override" in msg
@@ -268,4 +268,4 @@ def test_user_tomogram_pixel_size_is_apix_times_bin(config, tmp_path):
     validate_config(config, SCHEMA, base_dir=tmp_path)
     config["input"]["tomograms"][0]["tomogram_bin"] = 2
     msg = _err(config, tmp_path)
-    assert "tomo.mrc" in msg and "tomogram_bin" in msg and "binned ×2" in msg
+    assert "tomo.mrc" in msg and "tomogram_bin" in msg and "×2: a binned file" in msg

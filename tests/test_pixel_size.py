@@ -89,7 +89,7 @@ def test_mismatch_names_file_both_values_and_both_fixes(tmp_path):
 
 def test_binned_file_is_named_as_such(tmp_path):
     path = _mrc(tmp_path / "ts_bin4.mrc", 4 * 5.24)
-    with pytest.raises(InputError, match=r"binned ×4"):
+    with pytest.raises(InputError, match=r"×4: a binned file"):
         pixel_size(path, expected=5.24)
 
 

@@ -162,12 +162,12 @@ def _output_path_errors(config: Mapping) -> list[tuple[str, str]]:
     if isinstance(spt, str):
         p = pathlib.PurePosixPath(spt)
         if p.is_absolute() or ".." in p.parts or p.parts[:1] != (RESULTS,) or len(p.parts) < 2:
-            errors.append(("spt_refine.path", f"'{spt}' is not a folder under results/ (every output stays in "
-                           "results/; absolute paths and '..' are refused)"))
+            errors.append(("spt_refine.path", (f"'{spt}' is not a folder under results/ (every output stays in "
+                                               "results/; absolute paths and '..' are refused)")))
     spa = (config.get("spa") or {}).get("path")
     if isinstance(spa, str) and (spa in (".", "..") or "/" in spa or "\\" in spa):
-        errors.append(("spa.path", f"'{spa}' is not a folder name (the run goes to results/spa/<path>; "
-                       "'.', '..' and '/' are refused)"))
+        errors.append(("spa.path", (f"'{spa}' is not a folder name (the run goes to results/spa/<path>; "
+                                    "'.', '..' and '/' are refused)")))
     return errors
 
 

@@ -15,7 +15,7 @@ from emflow.pixel_size import pixel_size  # noqa: E402
 def tilt_series_geometry(path: str, apix_config: float, apix_override: float | None = None) -> tuple[int, int, int]:
     """(n tilts, nx, ny) of a tilt series, checking its pixel size against the config."""
     if path.endswith(".hdf"):
-        images, headers = read_hdf_stack(path, indices=[0])
+        images, _ = read_hdf_stack(path, indices=[0])
         n, (ny, nx) = hdf_count(path), images.shape[-2:]
     else:
         header = read_mrc_header(path)
