@@ -151,6 +151,8 @@ def check_pixel_size(value, *, source: str | os.PathLike, expected: float | None
         if not unset and abs(float(value) - override) > tol * override:
             log.warning("%s: %s pixel size %.4g Å replaced by %.4g Å from %s", path, what, float(value), override,
                         OVERRIDE_KEY)
+        elif not unset:
+            log.debug("%s: %s pixel size %.4g Å agrees with the override %.4g Å", path, what, float(value), override)
         else:
             log.info("%s: pixel size %.4g Å from the override (%s, or the value an earlier stage "
                      "established); %s: %s", path, override, OVERRIDE_KEY, what,
