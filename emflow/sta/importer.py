@@ -11,8 +11,9 @@ Conventions
 * An IMOD ``.xf`` row ``[[A11, A12, DX], [A21, A22, DY]]`` maps raw to aligned image coordinates
   about the image centre: ``a = A r + d``. With the tilt axis along y in the aligned image,
   ``r = A⁻¹ (a − d)``, so ``Rz(rot)`` (EMAN's passive z rotation) is ``A⁻¹`` and ``(tx, ty) = −A⁻¹ d``.
-* STAR and text picks are unbinned pixels from the tomogram corner (RELION's convention); the
-  tomogram is ``nx × ny`` (the tilt images) by ``thickness_unbin_px``.
+* Picks are read by :func:`emflow.sta.import_picks.read_picks` (every format, its origin and
+  label); corner-based formats need the declared thickness ``thickness_unbin_px`` of the tomogram
+  they were picked in (None: unknown).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pathlib
 import numpy as np
 
 from emflow.errors import InputError
-from emflow.io import add_boxes, boxes_from_info, read_coords_txt, read_info_json, read_star, read_tlt, read_xf
+from emflow.io import add_boxes, read_info_json, read_tlt, read_xf
+from emflow.io.relion_tomo import read_tilt_series_star, relion_tilt_series_info
+from emflow.sta.import_picks import read_picks
 
 
 def xf_to_tlt_params(xf: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
@@ -34,28 +37,6 @@ def xf_to_tlt_params(xf: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
     # tilt_matrix's z rotation is EMAN's passive Rz(rot) = [[c, s], [-s, c]]
     rot = np.degrees(np.arctan2(-a_inv[:, 1, 0], a_inv[:, 0, 0]))
     return np.column_stack([shift, rot, np.asarray(tilts_deg, dtype=np.float64), np.zeros(len(xf))])
-
-
-def read_picks(path: str | os.PathLike, shape_xyz: tuple[int, int, int], label: str | None = None) -> np.ndarray:
-    """Particle positions ``(n, 3)`` in unbinned px from the tomogram centre.
-
-    ``path`` is an EMAN2 info json (``boxes_3d``, optionally filtered by ``label``), a RELION
-    STAR file (``rlnCoordinateX/Y/Z``) or a text file ``x y z`` (both from the corner).
-    """
-    path = pathlib.Path(path)
-    centre = np.array(shape_xyz, dtype=np.float64) // 2
-    if path.suffix == ".json":
-        coords, _, _ = boxes_from_info(read_info_json(path), label=label, source=path)
-        return coords
-    if path.suffix == ".star":
-        blocks = read_star(path)
-        for table in blocks.values():
-            if isinstance(table, dict) and "rlnCoordinateX" in table:
-                xyz = np.column_stack([np.asarray(table[f"rlnCoordinate{a}"], dtype=np.float64) for a in "XYZ"])
-                return xyz - centre
-        raise InputError("no loop with rlnCoordinateX/Y/Z", source=path,
-                         fix="export the picks as a RELION particle/coordinate STAR file")
-    return read_coords_txt(path) - centre
 
 
 def build_info(
@@ -70,9 +51,11 @@ def build_info(
     info_json: str | None = None,
     picks: str | None = None,
     defocus_um: float | None = None,
-    thickness_unbin_px: int,
-    pick_label: str = "manual",
-    boxsize_unbin: int = 64,
+    thickness_unbin_px: int | None = None,
+    pick_label: str | None = None,
+    allow_empty_picks: bool = False,
+    tilt_series_star: str | None = None,
+    ampcont: float = 0.1,
 ) -> dict:
     """Assemble the EMAN2 info dict of one tomogram from whatever the user supplied.
 
@@ -80,6 +63,9 @@ def build_info(
     ``.xf`` its shifts and axis rotation; ``defocus_um`` fills a missing per-tilt defocus.
     """
     info: dict = read_info_json(info_json) if info_json else {}
+    if tilt_series_star:  # RELION 5 per-tilt-series STAR: geometry, CTF, exposure (emflow.io.relion_tomo)
+        info.update(relion_tilt_series_info(read_tilt_series_star(
+            tilt_series_star, name, apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont), shape_xy))
     if tlt:
         tilts = read_tlt(tlt)
     elif info.get("tlt_params"):
@@ -106,7 +92,8 @@ def build_info(
     if "defocus" not in info and defocus_um is not None:
         info["defocus"] = [float(defocus_um)] * n
         info["phase"] = [0.0] * n
-    if picks and picks != info_json:
-        coords = read_picks(picks, (shape_xy[0], shape_xy[1], thickness_unbin_px))
-        add_boxes(info, coords, pick_label, boxsize_unbin, method="manual", replace=True)
+    if picks:
+        ps = read_picks(picks, tomo_name=name, tomogram_shape_unbin_xyz=(shape_xy[0], shape_xy[1], thickness_unbin_px),
+                        apix_unbin=apix, label=pick_label, allow_empty=allow_empty_picks)
+        add_boxes(info, ps.coords, ps.label, ps.boxsize_unbin, method="manual", scores=ps.scores, replace=True)
     return info
