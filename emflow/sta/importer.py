@@ -18,8 +18,6 @@ Conventions
 
 from __future__ import annotations
 
-import os
-import pathlib
 
 import numpy as np
 
