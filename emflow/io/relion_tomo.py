@@ -374,7 +374,7 @@ def relion_particles(table: dict, optics: dict | None, rows, *, apix: float, siz
 
 def write_relion5_particles(path: str | os.PathLike, particles: dict[str, tuple], *, apix: float,
                             voltage_kv: float, cs_mm: float, ampcont: float,
-                            sizes_xyz: dict[str, tuple[int, int, int]]) -> None:
+                            sizes_xyz: dict[str, tuple[int, int, int]] | None = None, extra: dict | None = None) -> None:
     """Write a RELION 5 particles STAR (``data_optics`` + ``data_particles``).
 
     Parameters
@@ -382,7 +382,10 @@ def write_relion5_particles(path: str | os.PathLike, particles: dict[str, tuple]
     particles : ``{tomo_name: (coords (n, 3) px from the projection centre, eulers_eman (n, 3) or None)}``
     apix : float
         Tilt-series pixel size (``rlnTomoTiltSeriesPixelSize``).
-    sizes_xyz : ``{tomo_name: (nx, ny, nz)}`` unbinned tomogram sizes (``rlnTomoSizeX/Y/Z``).
+    sizes_xyz : ``{tomo_name: (nx, ny, nz)}`` unbinned tomogram sizes (``rlnTomoSizeX/Y/Z``); only
+        odd sizes matter (RELION's centre ``size/2`` is then half a pixel from ``int(size/2)``);
+        None: even sizes.
+    extra : more particle columns ``{label: (n,) array}`` in the order of ``particles``.
 
     Columns: ``rlnTomoName``, ``rlnCenteredCoordinateX/Y/ZAngst``, ``rlnAngleRot/Tilt/Psi`` (the
     full rotation; ``rlnTomoSubtomogramRot/Tilt/Psi`` zero), ``rlnOriginX/Y/ZAngst`` zero,
@@ -393,7 +396,7 @@ def write_relion5_particles(path: str | os.PathLike, particles: dict[str, tuple]
     for name, (coords, eulers) in particles.items():
         coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
         names += [name] * len(coords)
-        xyz_a.append(px_to_centred_angst(coords, apix, sizes_xyz[name]))
+        xyz_a.append(px_to_centred_angst(coords, apix, (sizes_xyz or {}).get(name, (0, 0, 0))))
         e = np.zeros((len(coords), 3)) if eulers is None else np.asarray(eulers, dtype=np.float64).reshape(-1, 3)
         eul.append(matrix_to_relion(eman_to_matrix(*e.T)) if len(e) else np.zeros((0, 3)))
     xyz = np.concatenate(xyz_a) if xyz_a else np.zeros((0, 3))
@@ -410,6 +413,8 @@ def write_relion5_particles(path: str | os.PathLike, particles: dict[str, tuple]
             "rlnTomoSubtomogramPsi": np.zeros(n),
             "rlnOriginXAngst": np.zeros(n), "rlnOriginYAngst": np.zeros(n), "rlnOriginZAngst": np.zeros(n),
             "rlnOpticsGroup": np.ones(n, dtype=np.int64)}
+    for k, v in (extra or {}).items():
+        part[k] = v
     write_star(path, {"optics": optics, "particles": part})
 
 

@@ -138,10 +138,9 @@ def test_template_matching_finds_the_particles(user_tomo_run):
 def test_refined_map_has_the_hand_of_the_truth(user_tomo_run):
     from emflow.sta.postprocess import truth_in_map_frame
     from emflow.sta.spt_eval import evaluate_iteration, match_truth
-    from emflow.sta.spt_files import load_reference, read_map, read_state, read_tables
+    from emflow.sta.spt_files import read_map, read_state, read_tables
 
     work, truth, _ = user_tomo_run
-    run = work / "results" / "spt_refine" / "sptr_01"
     runs = sorted((work / "results").glob("spt*/**/particle_info_3d.lst"))
     assert runs, "no subtomogram refinement ran"
     run = runs[0].parent
@@ -159,7 +158,7 @@ def test_refined_map_has_the_hand_of_the_truth(user_tomo_run):
     rot, pos = match_truth(table, t, shrink=shrink)
     ref, ref_apix = read_mrc(structure_path("ribosome70S"))
     truth_map = resample_map(ref, ref_apix, apix, box=final.shape[0])
-    ev = evaluate_iteration(table, state, final, load_reference_array(truth_map), apix, rot, pos)
+    ev = evaluate_iteration(table, state, final, np.asarray(truth_map, np.float32), apix, rot, pos)
     framed = truth_in_map_frame(truth_map, np.array(ev["frame_rotation"]), np.array(ev["frame_shift_px"]))
     hand = scores.map_vs_truth(final, framed, apix)
     print("refined map vs truth:", {k: ev[k] for k in ("fsc_truth_05_a", "median_orientation_deg", "n_particles")},
@@ -168,5 +167,16 @@ def test_refined_map_has_the_hand_of_the_truth(user_tomo_run):
     assert ev["fsc_truth_05_a"] is not None and ev["fsc_truth_05_a"] <= 45.0, ev["fsc_truth_05_a"]
 
 
-def load_reference_array(vol):
-    return np.asarray(vol, np.float32)
+def test_exported_particles_read_back_as_relion5(user_tomo_run):
+    """particles_final.star is RELION 5's layout: it reads back (rlnTomoName, centred Å, optics pixel
+    size) onto the true particles."""
+    from emflow.io.relion_tomo import particles_by_tomogram, relion_particles
+
+    work, truth, _ = user_tomo_run
+    (star,) = (work / "results").glob("spt*/**/particles_final.star")
+    table, optics, groups = particles_by_tomogram(star)
+    assert list(groups) == [NAME] and optics["rlnTomoTiltSeriesPixelSize"][0] == pytest.approx(APIX)
+    p = relion_particles(table, optics, groups[NAME], apix=APIX, size_xyz=SHAPE, source=star)
+    s, _ = scores.score_tomogram_picks(p.coords, None, truth)
+    assert s["precision"] == 1.0 and s["true_positives"] >= len(truth["particles"]) - 2, s
+    assert p.eulers_eman is not None and np.isfinite(p.eulers_eman).all()
