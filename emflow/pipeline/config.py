@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from emflow.errors import InputError
+from emflow.io.info import read_info_json
 
 DEMO_ROOT = "results/demo"
 TILT_SERIES_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".hdf")
@@ -130,7 +131,10 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
     """Tomograms of an EMAN2 project folder: ``tiltseries/<name>.*`` + ``info/<name>_info.json``.
 
     The tilt angles come from ``tlt_params`` in the info json (EMAN2 writes no .tlt), so
-    ``tlt`` is ``None`` and the info json is required.
+    ``tlt`` is ``None`` and the info json is required. Tilt series may be EMAN2 HDF (what
+    ``e2import.py`` writes) or MRC; the picks are the json's ``boxes_3d`` (every class, names and
+    box sizes kept, coordinates from the tomogram centre), when it has any. ``tomograms/`` is not
+    needed (emflow reconstructs from the tilt series).
     """
     root = pathlib.Path(project)
     if not (root / "tiltseries").is_dir():
@@ -149,7 +153,9 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
                 source=root,
                 fix="run e2tomogram.py (it writes tlt_params) or use input.source: table with a .tlt file",
             )
-        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info), picks=str(info)))
+        has_boxes = bool(read_info_json(info).get("boxes_3d"))  # no boxes yet: picks come from template matching
+        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info),
+                                     picks=str(info) if has_boxes else None))
     if not entries:
         raise InputError("no tilt series found in tiltseries/", source=root, fix="check the project folder")
     return entries

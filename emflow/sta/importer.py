@@ -90,8 +90,13 @@ def build_info(
     if "defocus" not in info and defocus_um is not None:
         info["defocus"] = [float(defocus_um)] * n
         info["phase"] = [0.0] * n
-    if picks:
-        ps = read_picks(picks, tomo_name=name, tomogram_shape_unbin_xyz=(shape_xy[0], shape_xy[1], thickness_unbin_px),
-                        apix_unbin=apix, label=pick_label, allow_empty=allow_empty_picks)
-        add_boxes(info, ps.coords, ps.label, ps.boxsize_unbin, method="manual", scores=ps.scores, replace=True)
+    if picks:  # emflow.sta.import_picks: every format, its origin, label and box size
+        shape = (shape_xy[0], shape_xy[1], thickness_unbin_px)
+        labels = [pick_label]
+        if picks == info_json and pick_label is None:  # an EMAN2 project's own json: every class, each checked
+            labels = sorted({c["name"] for c in (info.get("class_list") or {}).values()}) or [None]
+        for label in labels:
+            ps = read_picks(picks, tomo_name=name, tomogram_shape_unbin_xyz=shape, apix_unbin=apix, label=label,
+                            allow_empty=allow_empty_picks)
+            add_boxes(info, ps.coords, ps.label, ps.boxsize_unbin, method="manual", scores=ps.scores, replace=True)
     return info

@@ -180,3 +180,38 @@ def test_exported_particles_read_back_as_relion5(user_tomo_run):
     s, _ = scores.score_tomogram_picks(p.coords, None, truth)
     assert s["precision"] == 1.0 and s["true_positives"] >= len(truth["particles"]) - 2, s
     assert p.eulers_eman is not None and np.isfinite(p.eulers_eman).all()
+
+
+def test_eman2_project_as_is(tmp_path):
+    """``input.source: eman2_project`` on an EMAN2 folder as e2import/e2spt_boxer leave it (HDF tilt
+    series, info json with two classes): the import keeps both classes' names and box sizes, the
+    tomogram is reconstructed from the HDF, and extraction uses the class's own box (no
+    extract.boxsize_unbin)."""
+    from foreign import eman2 as fe
+
+    from emflow.io import read_hdf_stack
+
+    work = copy_workflow(tmp_path / "wf")
+    ref, apix_ref = read_mrc(structure_path("ribosome70S"))
+    rng = np.random.default_rng(11)
+    tilts = np.array(tilt_range(-60.0, 60.0, 6.0))
+    stack, truth = simulate_tilt_series(resample_map(ref, apix_ref, APIX), APIX, apix=APIX, shape_xyz=SHAPE,
+                                        tilts_deg=tilts, n_particles=8, rng=rng, snr=0.5, min_dist_px=56, workers=2)
+    # e2tomogram.py tlt_params: [tx, ty, ztilt, ytilt, xtilt]; the simulator's tilt is EMAN's ytilt
+    boxes = [[*p, "manual", 0.0, 0] for p in truth.positions_px] + [[0.0, 0.0, 0.0, "manual", 0.0, 1]]
+    fe.write_project(work / "user_data" / "eman2", NAME, stack=stack, apix=APIX,
+                     tlt_params=[[0, 0, truth.tilt_axis_deg, t, 0] for t in truth.tilts_deg],
+                     defocus=truth.defocus_recorded_um, boxes=boxes,
+                     class_list={0: {"name": "ribo", "boxsize": 64}, 1: {"name": "gold", "boxsize": 32}})
+    (work / "user_data" / "eman2.yaml").write_text(
+        "input:\n  source: eman2_project\n  eman2_project: user_data/eman2\n"
+        "workflows:\n  subtomogram: true\n  single_particle: false\nextract:\n  label: ribo\n")
+    targets = [f"results/import/info/{NAME}_info.json", f"results/tomograms/{NAME}__bin4.mrc",
+               f"results/extract/particles3d/{NAME}__ribo.hdf"]
+    run_snakemake(work, None, [*targets, "--cores", "2", "--configfile", ".test/config.yaml",
+                               "user_data/eman2.yaml", *spa_stack_workaround(work)], timeout=900)
+    info = json.loads((work / targets[0]).read_text())
+    assert sorted((v["name"], v["boxsize"]) for v in info["class_list"].values()) == [("gold", 32), ("ribo", 64)]
+    assert info["defocus"] == pytest.approx(list(truth.defocus_recorded_um))
+    vols, heads = read_hdf_stack(work / targets[2])
+    assert len(vols) == len(truth.positions_px) and vols.shape[-1] == 64
