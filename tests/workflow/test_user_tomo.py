@@ -213,5 +213,7 @@ def test_eman2_project_as_is(tmp_path):
     info = json.loads((work / targets[0]).read_text())
     assert sorted((v["name"], v["boxsize"]) for v in info["class_list"].values()) == [("gold", 32), ("ribo", 64)]
     assert info["defocus"] == pytest.approx(list(truth.defocus_recorded_um))
-    vols, heads = read_hdf_stack(work / targets[2])
-    assert len(vols) == len(truth.positions_px) and vols.shape[-1] == 64
+    vols, _ = read_hdf_stack(work / targets[2])
+    summary = json.loads((work / "results" / "extract" / "summary" / f"{NAME}__ribo.json").read_text())
+    assert summary["n_picks"] == len(truth.positions_px) and summary["box"] == 64  # the class's own box
+    assert len(vols) == summary["n_picks"] - len(summary["excluded"]) >= 4 and vols.shape[-1] == 64
