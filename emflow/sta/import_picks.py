@@ -217,29 +217,41 @@ def read_picks(path: str | os.PathLike, *, tomo_name: str, tomogram_shape_unbin_
     return picks
 
 
-def declared_thickness_unbin(entry, apix_unbin: float) -> int | None:
+def declared_thickness_unbin(entry, apix_unbin: float, image_yx: tuple[int, int] | None = None) -> int | None:
     """The thickness (unbinned px) of the tomogram a user's picks refer to, or None.
 
     From, in this order: the entry's ``thickness_unbin_px`` (RELION's ``rlnTomoSizeZ`` for
-    ``input.source: relion5``), the header of ``tomogram`` (nz × ``tomogram_bin``, or × the
-    ratio of its voxel size to the tilt series' when the bin is not given), IMOD ``tilt.com``
-    ``THICKNESS`` (unbinned px: IMOD tilt man page, IMAGEBINNED).
+    ``input.source: relion5``), IMOD ``tilt.com`` ``THICKNESS`` (unbinned px: ``tilt`` man page,
+    IMAGEBINNED), the ``tomogram`` made elsewhere (its thickness axis found from the tilt images'
+    size ``image_yx`` as :func:`emflow.sta.tomo.imod_tomogram_layout` does, × ``tomogram_bin``, or
+    × the ratio of its voxel size to the tilt series' when the bin is not given).
     """
     get = entry.get if hasattr(entry, "get") else lambda k: getattr(entry, k, None)
     if get(THICKNESS_KEY):
         return int(get(THICKNESS_KEY))
-    if get("tomogram"):
-        h = read_mrc_header(get("tomogram"))
-        nz = int(h["shape"][0])
-        if get("tomogram_bin"):
-            return nz * int(get("tomogram_bin"))
-        if h["apix"] > 0:
-            return int(round(nz * h["apix"] / apix_unbin))
-        raise InputError("the tomogram has no voxel size and no tomogram_bin is given", source=get("tomogram"),
-                         fix="set `tomogram_bin` in its input.tomograms entry")
     if get("tilt_com"):
         for line in pathlib.Path(get("tilt_com")).read_text(errors="replace").splitlines():
             parts = line.split()
             if parts and parts[0].upper() == "THICKNESS" and len(parts) > 1:
-                return int(float(parts[1]))
+                return int(round(float(parts[1])))
+    if get("tomogram"):
+        h = read_mrc_header(get("tomogram"))
+        if get("tomogram_bin"):
+            b = int(get("tomogram_bin"))
+        elif h["apix"] > 0:
+            b = max(1, int(round(h["apix"] / apix_unbin)))
+        else:
+            raise InputError("the tomogram has no voxel size and no tomogram_bin is given", source=get("tomogram"),
+                             fix="set `tomogram_bin` in its input.tomograms entry")
+        nz, ny, _ = h["shape"]
+        if image_yx is None:
+            return int(nz) * b
+        from emflow.sta.tomo import imod_tomogram_layout
+
+        try:
+            layout = imod_tomogram_layout(tuple(h["shape"]), (image_yx[0] // b, image_yx[1] // b))
+        except ValueError as exc:
+            raise InputError(f"cannot tell the tomogram's thickness axis: {exc}", source=get("tomogram"),
+                             fix=f"set `{THICKNESS_KEY}` (unbinned px) in its input.tomograms entry") from None
+        return int(ny if layout == "raw" else nz) * b
     return None
