@@ -214,7 +214,7 @@ def tomogram_table(config: Mapping) -> dict[str, TomogramEntry]:
         entries = relion5_entries(config)
     else:
         rows = config["input"]["tomograms"]
-        if not rows:
+        if not rows and config["workflows"]["subtomogram"]:  # an SPA-only run needs no tomograms
             raise InputError("is empty but input.source is table", source="config key 'input.tomograms'",
                              fix="list at least one tomogram with name, tilt_series and tlt")
         fields = [f.name for f in dataclasses.fields(TomogramEntry)]
