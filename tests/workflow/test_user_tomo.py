@@ -84,7 +84,7 @@ def spa_stack_workaround(work: pathlib.Path) -> list[str]:
     ``workflows.single_particle: false`` (issue 12, fixed on the spa branch), point
     ``input.spa_particles`` at a placeholder stack; nothing reads it otherwise. Returns the extra
     config files (none once spa.smk no longer does that)."""
-    if "\nSPA_CHUNKS = [" not in (work / "rules" / "spa.smk").read_text():
+    if "SPA_ON" in (work / "rules" / "spa.smk").read_text():  # the spa branch's fix is in
         return []
     frel.write_mrc(work / "user_data" / "spa_placeholder.mrcs", np.zeros((1, 8, 8), np.float32), APIX)
     (work / "user_data" / "spa_placeholder.yaml").write_text("input:\n  spa_particles: user_data/spa_placeholder.mrcs\n")
