@@ -194,6 +194,7 @@ def test_source_relion5_builds_the_tomogram_table(tmp_path, monkeypatch):
     (e,) = tomogram_table(cfg).values()
     assert e.name == "TS_01" and e.tilt_series.endswith("TS_01.mrcs") and e.thickness_unbin_px == 41
     assert e.tilt_series_star.endswith("TS_01.star") and e.picks == str(parts) and e.tlt is None
+    assert e.tomo_hand == -1.0
     cfg["microscope"]["apix"] = 3.0
     with pytest.raises(InputError, match="microscope.apix"):
         tomogram_table(cfg)

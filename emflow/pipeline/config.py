@@ -99,6 +99,7 @@ class TomogramEntry:
     thickness_unbin_px: int | None = None  # thickness of the tomogram the picks were made in (RELION rlnTomoSizeZ)
     picks_label: str | None = None  # the class to read from a picks file with several (EMAN2 class_list name)
     allow_empty_picks: bool = False  # a picks file without particles is accepted (else an InputError)
+    tomo_hand: float | None = None  # RELION rlnTomoHand (source relion5; kept in the info json)
 
     def as_dict(self) -> dict:
         """Plain dict of the fields (for Snakemake params)."""
@@ -196,7 +197,7 @@ def relion5_entries(config: Mapping) -> list[TomogramEntry]:
         entries.append(TomogramEntry(
             name=name, tilt_series=t.tilt_series, tlt=None, tilt_series_star=t.tilt_series_star,
             picks=inp.get("relion_particles_star"),
-            thickness_unbin_px=None if t.size_xyz is None else int(t.size_xyz[2])))
+            thickness_unbin_px=None if t.size_xyz is None else int(t.size_xyz[2]), tomo_hand=t.hand))
     return entries
 
 

@@ -208,6 +208,7 @@ def build_info(
     pick_label: str | None = None,
     allow_empty_picks: bool = False,
     tilt_series_star: str | None = None,
+    tomo_hand: float | None = None,
     ampcont: float = 0.1,
 ) -> dict:
     """Assemble the EMAN2 info dict of one tomogram from whatever the user supplied.
@@ -223,7 +224,8 @@ def build_info(
     info: dict = read_info_json(info_json) if info_json else {}
     if tilt_series_star:  # RELION 5 per-tilt-series STAR: geometry, CTF, exposure (emflow.io.relion_tomo)
         info.update(relion_tilt_series_info(read_tilt_series_star(
-            tilt_series_star, name, apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont), shape_xy))
+            tilt_series_star, name, apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont,
+            hand=-1.0 if tomo_hand is None else tomo_hand), shape_xy))
     geo = tilt_com_geometry(read_tilt_com(tilt_com), source=tilt_com) if tilt_com else None
     xf_binning = 1.0
     if geo is not None:

@@ -25,7 +25,8 @@ def main(tilt_series, out_tlt, out_info, entry, apix, voltage_kv, cs_mm, ampcont
                       defocus_um=entry["defocus_um"], defocus_file=entry.get("defocus_file"),
                       tilt_com=entry.get("tilt_com"), thickness_unbin_px=declared_thickness_unbin(entry, apix, (ny, nx)),
                       pick_label=entry.get("picks_label"), allow_empty_picks=bool(entry.get("allow_empty_picks")),
-                      tilt_series_star=entry.get("tilt_series_star"), ampcont=ampcont)
+                      tilt_series_star=entry.get("tilt_series_star"), tomo_hand=entry.get("tomo_hand"),
+                      ampcont=ampcont)
     tilts = np.array([row[3] for row in info["tlt_params"]])
     if len(tilts) != n:
         raise InputError(f"the tilt series has {n} images but {len(tilts)} tilt angles were given",
