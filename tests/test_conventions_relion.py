@@ -198,3 +198,31 @@ def test_source_relion5_builds_the_tomogram_table(tmp_path, monkeypatch):
     cfg["microscope"]["apix"] = 3.0
     with pytest.raises(InputError, match="microscope.apix"):
         tomogram_table(cfg)
+
+
+def test_relion4_tomograms_star_through_the_importer(tmp_path):
+    """RELION 4 keeps the per-tomogram blocks in tomograms.star and stores the projection matrices
+    (``rlnTomoProjX/Y/Z/W`` "[a,b,c,d]", read as is: tomogram_set.cpp L358-392)."""
+    from emflow.sta.importer import build_info
+
+    size, image = (120, 110, 40), (120, 110)
+    tilts = np.arange(-45, 46, 15.0)
+    Ps = [frel.projection_matrix(0.0, t, 80.0, 12.0, -7.0, APIX, size, image) for t in tilts]
+    rows = {f"rlnTomoProj{a}": ["[" + ",".join(f"{v:.9f}" for v in P[i]) + "]" for P in Ps]
+            for i, a in enumerate("XYZW")}
+    frel.write_star(tmp_path / "tomograms.star", {
+        "global": {"rlnTomoName": ["TS_01"], "rlnTomoTiltSeriesName": ["TS_01.st:mrc"], "rlnTomoFrameCount": [len(tilts)],
+                   "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
+                   "rlnTomoHand": [-1.0], "rlnTomoTiltSeriesPixelSize": [APIX], "rlnTomoSizeX": [size[0]],
+                   "rlnTomoSizeY": [size[1]], "rlnTomoSizeZ": [size[2]]},
+        "TS_01": {**rows, "rlnDefocusU": [30000.0] * len(tilts), "rlnDefocusV": [30000.0] * len(tilts),
+                  "rlnDefocusAngle": [0.0] * len(tilts)}})
+    tomo = read_relion_tomograms(tmp_path / "tomograms.star")["TS_01"]
+    assert tomo.tilt_series.endswith("TS_01.st")
+    info = build_info(name="TS_01", shape_xy=image, apix=APIX, voltage_kv=300, cs_mm=2.7,
+                      tilt_series_star=str(tmp_path / "tomograms.star"), thickness_unbin_px=size[2])
+    for P, row in zip(Ps, np.array(info["tlt_params"])):
+        p_dec = np.array([20.0, 90.0, 33.0])
+        np.testing.assert_allclose(emflow_project(row, p_dec - np.floor(np.array(size) / 2), image),
+                                   (P @ np.append(p_dec, 1))[:2], atol=1e-6)
+    assert info["defocus"] == pytest.approx([3.0] * len(tilts))

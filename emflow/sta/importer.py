@@ -225,7 +225,8 @@ def build_info(
     if tilt_series_star:  # RELION 5 per-tilt-series STAR: geometry, CTF, exposure (emflow.io.relion_tomo)
         info.update(relion_tilt_series_info(read_tilt_series_star(
             tilt_series_star, name, apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont,
-            hand=-1.0 if tomo_hand is None else tomo_hand), shape_xy))
+            hand=-1.0 if tomo_hand is None else tomo_hand,  # RELION 4 matrices: rlnTomoSizeX/Y = the images
+            size_xyz=None if thickness_unbin_px is None else (*shape_xy, thickness_unbin_px)), shape_xy))
     geo = tilt_com_geometry(read_tilt_com(tilt_com), source=tilt_com) if tilt_com else None
     xf_binning = 1.0
     if geo is not None:

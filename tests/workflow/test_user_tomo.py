@@ -1,4 +1,11 @@
-"""A tomography-only workflow run on user data in RELION 5 format, with real bars.
+"""Tomography-only workflow runs on user data in foreign formats, with real bars.
+
+Two datasets (``kind``), the same simulated tilt series:
+
+* ``relion5``: a RELION 5 project (``.test/user_tomo/config.yaml``, ``input.source: relion5``);
+* ``imod_eman2``: an IMOD stack + ``.tlt`` in IMOD's tilt sense + ctfplotter ``.defocus``
+  (``tests/foreign/imod.py``) with EMAN2 picks (an ``e2spt_boxer`` info json, class ``ribo``, box 64,
+  ``tests/foreign/eman2.py``) (``.test/user_tomo/imod_eman2.yaml``, ``input.source: table``).
 
 The data: one tilt series simulated with :mod:`emflow.demo.simulate` (a chiral 70S ribosome, the
 tiny sizes of ``.test/config.yaml``), but every FILE the workflow reads is written by
@@ -28,6 +35,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from foreign import eman2 as fe
+from foreign import imod as fimod
 from foreign import relion as frel
 from workflow_runner import copy_workflow, run_snakemake
 
@@ -44,8 +53,8 @@ SHAPE = (256, 256, 128)
 NAME = "TS_01"
 
 
-def write_user_data(root: pathlib.Path) -> dict:
-    """Simulate one tilt series and write it as a RELION 5 project under ``root``; returns the truth."""
+def simulate():
+    """One tilt series of the chiral 70S ribosome at the tiny sizes of .test/config.yaml."""
     ref, apix_ref = read_mrc(structure_path("ribosome70S"))
     vol = resample_map(ref, apix_ref, APIX)
     rng = np.random.default_rng(7)
@@ -53,6 +62,44 @@ def write_user_data(root: pathlib.Path) -> dict:
     stack, truth = simulate_tilt_series(vol, APIX, apix=APIX, shape_xyz=SHAPE, tilts_deg=tilts, n_particles=12,
                                         rng=rng, snr=0.5, defocus_um=3.0, dose_per_tilt=3.0, min_dist_px=56,
                                         defocus_jitter_um=0.1, workers=2)
+    return stack, truth, noisy_picks(truth.positions_px, 2.0, rng), rng
+
+
+def simulated_position(truth, i, p):
+    """Where the simulator put point ``p`` (px from the volume centre) in tilt image ``i`` (px from
+    the image centre): its definition, ``(tilt_matrix(tilt, axis) p)_xy``."""
+    return (tilt_matrix(truth.tilts_deg[i], truth.tilt_axis_deg) @ p)[:2]
+
+
+def write_imod_eman2(root: pathlib.Path) -> dict:
+    """IMOD stack, .tlt (IMOD's angles) and .defocus + EMAN2 picks json under ``root``."""
+    stack, truth, picks, _ = simulate()
+    # IMOD's angle for this geometry: a view of IMOD angle θ is u = x cos θ + z sin θ (tilt.f90,
+    # tests/foreign/imod.py aligned_position); the simulator's is x cos t − z sin t, so θ = −t
+    # (checked point by point below, before any file is written).
+    theta = -truth.tilts_deg
+    assert truth.tilt_axis_deg == 0
+    for i in range(len(theta)):
+        np.testing.assert_allclose(fimod.aligned_position(truth.positions_px, theta[i]),
+                                   [simulated_position(truth, i, p) for p in truth.positions_px], atol=1e-6)
+    (root / "imod").mkdir(parents=True)
+    fimod.write_mrc(root / "imod" / f"{NAME}.st", stack, APIX, stack=True)
+    fimod.write_tlt(root / "imod" / f"{NAME}.tlt", theta)
+    df_nm = np.asarray(truth.defocus_recorded_um) * 1000
+    fimod.write_defocus_v2(root / "imod" / f"{NAME}.defocus",
+                           [(i + 1, i + 1, a, a, d) for i, (a, d) in enumerate(zip(theta, df_nm))])
+    # e2spt_boxer's json: boxes_3d from the tomogram centre (e2spt_extract.py L370-378), tlt_params
+    # with EMAN's ytilt (= the simulator's t, e2tomogram.py get_xf_pos)
+    fe.write_info_json(root / "eman2" / "info" / f"{NAME}_info.json",
+                       tlt_params=[[0, 0, 0, t, 0] for t in truth.tilts_deg], apix_unbin=APIX,
+                       boxes=[[*p, "manual", 0.0, 0] for p in picks], class_list={0: {"name": "ribo", "boxsize": 64}})
+    return truth.to_dict() | {"tomogram": NAME, "picks_px": picks.tolist()}
+
+
+def write_relion5(root: pathlib.Path) -> dict:
+    """Simulate one tilt series and write it as a RELION 5 project under ``root``; returns the truth."""
+    stack, truth, picks, rng = simulate()
+    tilts = truth.tilts_deg
     # RELION's angles for this geometry: the simulator projects p (px from the centre) to
     # (tilt_matrix(tilt, axis) p)_xy + n//2. RELION's Ry is active (t3Matrix.h L478-495), so its
     # rlnTomoYTilt is −tilt and rlnTomoZRot −axis; checked point by point against RELION's matrix.
@@ -60,7 +107,7 @@ def write_user_data(root: pathlib.Path) -> dict:
     for i in range(len(tilts)):
         P = frel.projection_matrix(0.0, ytilt[i], zrot[i], 0.0, 0.0, APIX, SHAPE, SHAPE[:2])
         for p in truth.positions_px:
-            sim = (tilt_matrix(truth.tilts_deg[i], truth.tilt_axis_deg) @ p)[:2] + np.array(SHAPE[:2]) // 2
+            sim = simulated_position(truth, i, p) + np.array(SHAPE[:2]) // 2
             relion = (P @ np.append(p + np.array(SHAPE) // 2, 1.0))[:2]
             np.testing.assert_allclose(relion, sim, atol=1e-6)
     df = np.asarray(truth.defocus_recorded_um) * 1e4
@@ -68,7 +115,6 @@ def write_user_data(root: pathlib.Path) -> dict:
         "stack": stack, "size_xyz": SHAPE, "xtilt": np.zeros(len(tilts)), "ytilt": ytilt, "zrot": zrot,
         "xshift_angst": np.zeros(len(tilts)), "yshift_angst": np.zeros(len(tilts)), "defocus_u": df,
         "defocus_v": df, "defocus_angle": np.zeros(len(tilts)), "pre_exposure": truth.dose_e_per_a2}}, apix=APIX)
-    picks = noisy_picks(truth.positions_px, 2.0, rng)
     origins_a = rng.uniform(-10, 10, picks.shape)  # RELION: position = coordinate − origin
     centred_a = (picks + np.array(SHAPE) / 2 - np.array(SHAPE) // 2) * APIX + origins_a
     decoy = rng.uniform(-100, 100, (5, 3)) * [1, 1, 0.4] * APIX  # another tomogram's particles, same file
@@ -91,14 +137,19 @@ def spa_stack_workaround(work: pathlib.Path) -> list[str]:
     return ["user_data/spa_placeholder.yaml"]
 
 
-@pytest.fixture(scope="module")
-def user_tomo_run(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("user_tomo") / "wf")
-    truth = write_user_data(work / "user_data" / "relion")
+KINDS = {"relion5": (write_relion5, "relion", ".test/user_tomo/config.yaml", "manual"),
+         "imod_eman2": (write_imod_eman2, "", ".test/user_tomo/imod_eman2.yaml", "ribo")}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def user_tomo_run(request, tmp_path_factory):
+    writer, sub, config, label = KINDS[request.param]
+    work = copy_workflow(tmp_path_factory.mktemp(f"user_tomo_{request.param}") / "wf")
+    truth = writer(work / "user_data" / sub) | {"label": label}
     extra = spa_stack_workaround(work)
-    out, seconds = run_snakemake(work, None, ["--cores", "2", "--configfile", ".test/config.yaml",
-                                              ".test/user_tomo/config.yaml", *extra], timeout=1500)
-    print(f"user_tomo workflow: {seconds:.0f} s")
+    out, seconds = run_snakemake(work, None, ["--cores", "2", "--configfile", ".test/config.yaml", config, *extra],
+                                 timeout=1500)
+    print(f"user_tomo workflow ({request.param}): {seconds:.0f} s")
     return work, truth, out
 
 
@@ -118,13 +169,14 @@ def test_user_tomo_runs_without_demo_files(user_tomo_run):
 def test_imported_picks_are_the_true_particles(user_tomo_run):
     work, truth, _ = user_tomo_run
     info = json.loads((work / "results" / "import" / "info" / f"{NAME}_info.json").read_text())
-    (cid,) = [int(k) for k, v in info["class_list"].items() if v["name"] == "manual"]
+    (cid,) = [int(k) for k, v in info["class_list"].items() if v["name"] == truth["label"]]
     xyz = np.array([b[:3] for b in info["boxes_3d"] if b[5] == cid])
-    assert len(xyz) == len(truth["particles"])  # the decoy tomogram's rows were left out
+    assert len(xyz) == len(truth["particles"])  # (relion5) the decoy tomogram's rows were left out
     s, _ = scores.score_tomogram_picks(xyz, None, truth)
     assert s["f1"] == 1.0, s
     np.testing.assert_allclose(xyz, truth["picks_px"], atol=1e-3)  # origins applied, z from the centre
-    np.testing.assert_allclose(np.array(info["tlt_params"])[:, 3], truth["tilts_deg"], atol=1e-6)
+    np.testing.assert_allclose(np.array(info["tlt_params"])[:, 3], truth["tilts_deg"], atol=1e-6)  # the tilt sense
+    np.testing.assert_allclose(info["defocus"], truth["defocus_recorded_um"], atol=2e-3)
 
 
 def test_template_matching_finds_the_particles(user_tomo_run):
