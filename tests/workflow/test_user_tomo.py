@@ -183,7 +183,7 @@ def test_template_matching_finds_the_particles(user_tomo_run):
     work, truth, _ = user_tomo_run
     xyz, rots = _picks(work / "results" / "picks" / f"{NAME}__picks.star", APIX)
     s, _ = scores.score_tomogram_picks(xyz, None, truth)
-    print("template matching on RELION input:", s)
+    print("template matching on user data:", s)
     assert s["f1"] >= 0.8, s
 
 
