@@ -51,7 +51,7 @@ if config["workflows"]["single_particle"] and not config["spa"]["check"] and _ha
         "map": f"{SPA_DIR}/threed_filt_{SPA_ITERS[-1]}.mrc", "category": "3. Single particle",
         "caption": f"Final single-particle map (iteration {SPA_ITERS[-1]}, after mass normalisation / mask).",
     }
-    if DEMO and not config["input"]["spa_particles"]:
+    if spa_demo_data():
         REPORT_FSC["spa_fsc_truth"] = {
             "files": [f"{SPA_DIR}/fsc_truth_{it}.txt" for it in SPA_ITERS],
             "labels": [f"iteration {it}" for it in SPA_ITERS],
@@ -94,24 +94,28 @@ if config["workflows"]["subtomogram"] and _has_rule("spt_refine_postprocess"):
         "caption": f"Final subtomogram average (iteration {SPT_LAST}).",
     }
 
-if DEMO:
+# Demo-only entries exist only for the workflows that run on demo data: a user's SPA run (even
+# with input.source demo for the tomograms) gets no demo map and no demo scores.
+REPORT_DEMO_SPT = DEMO and config["workflows"]["subtomogram"]
+REPORT_DEMO_SPA = config["workflows"]["single_particle"] and spa_demo_data() and not config["spa"]["check"]
+if REPORT_DEMO_SPT:
     REPORT_MAPS["truth_tomo"] = {
         "map": truth_map_tomo(), "category": "5. Demo ground truth",
         "caption": "The true map of the demo tomograms' particle (resampled from the bundled PDB-derived "
                    "structure), the template for template matching.",
     }
-    if config["workflows"]["single_particle"]:
-        REPORT_MAPS["truth_spa"] = {
-            "map": truth_map_spa(), "category": "5. Demo ground truth",
-            "caption": "The true map of the demo single-particle set.",
-        }
+if REPORT_DEMO_SPA:
+    REPORT_MAPS["truth_spa"] = {
+        "map": truth_map_spa(), "category": "5. Demo ground truth",
+        "caption": "The true map of the demo single-particle set.",
+    }
 
 
 REPORT_TARGETS = (
     [f"results/report/figures/{name}.png" for name in REPORT_FIGURES]
     + [f"results/report/maps/{name}.png" for name in REPORT_MAPS]
     + [f"results/report/fsc/{name}.png" for name in REPORT_FSC]
-    + (["results/demo_scores.json", "results/report/demo_scores.png"] if DEMO else [])
+    + (["results/demo_scores.json", "results/report/demo_scores.png"] if REPORT_DEMO_SPT or REPORT_DEMO_SPA else [])
 )
 # The run-time chart waits for every stage and every other report figure, so it shows them all.
 REPORT_STAGE_TARGETS = list(FINAL_TARGETS) + REPORT_TARGETS

@@ -16,12 +16,16 @@ import math
 from emflow.spa.refine_loop import STAGE_KEYS, check_options
 
 SPA = config["spa"]
+SPA_ON = config["workflows"]["single_particle"]
 SPA_DIR = f"results/spa/{SPA['path']}"
 SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
-SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))]
+if SPA_ON:
+    spa_check_inputs()  # particles given, contrast declared: before the stack's header is read
+# the particle count comes from the stack's header: read only when the SPA workflow runs
+SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))] if SPA_ON else []
 
 
-if config["workflows"]["single_particle"]:
+if SPA_ON:
     check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
     if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare; nothing else runs
         FINAL_TARGETS.append(f"{SPA_DIR}/particles.hdf")
@@ -38,7 +42,8 @@ rule spa_prepare:
     params:
         spa=spa_params("prepare"),
         microscope=config["microscope"],
-        demo_apix=config["demo"]["spa"]["apix"],
+        contrast=spa_contrast(),
+        apix_expected=spa_apix_expected(),
     log:
         f"results/logs/spa/spa_prepare/{SPA['path']}.log",
     benchmark:

@@ -4,9 +4,47 @@
 
 # ---------------------------------------------------------------- spa.smk
 
+def spa_demo_data():
+    """True when the SPA workflow refines the demo's simulated particles (input.source demo, no
+    input.spa_particles): only then are demo files (truth map, demo STAR) inputs of SPA jobs."""
+    return DEMO and not config["input"]["spa_particles"]
+
+
+def spa_check_inputs():
+    """Stop before any job when the SPA workflow has no particles or no declared contrast."""
+    from emflow.errors import InputError
+
+    if spa_demo_data():
+        return
+    if not config["input"]["spa_particles"]:
+        raise InputError("is null but workflows.single_particle is true and input.source is not demo",
+                         source="config key 'input.spa_particles'",
+                         fix="give the particle stack (MRC/MRCS or EMAN2 HDF) and its STAR file (input.spa_star), "
+                             "or set workflows.single_particle: false")
+    if not config["input"]["spa_contrast"]:
+        raise InputError("is not set: the contrast of the particles must be declared",
+                         source="config key 'input.spa_contrast'",
+                         fix="dark: protein darker than the background, as recorded (raw micrograph crops, RELION "
+                             "extract without 'Invert contrast'); bright: protein white (RELION extract with "
+                             "'Invert contrast? Yes', its default; EMAN2 particles)")
+    if SPA["startingmodel"] == "truth_lowpass30":
+        raise InputError("truth_lowpass30 needs the demo's true map, which user data do not have",
+                         source="config key 'spa.startingmodel'", fix="use blob or the path of an MRC map")
+
+
+def spa_contrast():
+    """Declared particle contrast: the demo simulator writes protein-white (bright) particles."""
+    return "bright" if spa_demo_data() else config["input"]["spa_contrast"]
+
+
+def spa_apix_expected():
+    """The pixel size the particles must have (a check of the file's own): demo setting or spa.apix."""
+    return config["demo"]["spa"]["apix"] if spa_demo_data() else SPA["apix"]
+
+
 def spa_n_particles():
     """Number of particles (known before the run: demo setting or the user stack's header)."""
-    if DEMO and not config["input"]["spa_particles"]:
+    if spa_demo_data():
         return config["demo"]["spa"]["n_particles"]
     from emflow.io import read_mrc_header, hdf_count
 
@@ -38,7 +76,7 @@ def spa_simmx_chunks(wildcards):
 
 def spa_truth_map():
     """The demo's true map (FSC vs truth, truth_lowpass30 starting model); none for user data."""
-    return [truth_map_spa()] if DEMO and not config["input"]["spa_particles"] else []
+    return [truth_map_spa()] if spa_demo_data() else []
 
 
 def spa_truth_symmetry():

@@ -250,7 +250,7 @@ def test_user_imod_files_through_the_workflow_scripts(tmp_path):
     out = tmp_path / "out"
     run_script("import_tomogram.py", input={"tilt_series": entry["tilt_series"], "user_files": []},
                output={"tlt": out / "TS.tlt", "info": out / "TS_info.json"},
-               params={"entry": entry, "apix": 5.0, "voltage_kv": 300.0, "cs_mm": 2.7, "thickness_unbin_px": 64},
+               params={"entry": entry, "apix": 5.0, "voltage_kv": 300.0, "cs_mm": 2.7, "ampcont": 0.1},
                wildcards={"tomo": "TS"}, log=tmp_path / "import.log")
     info = read_info_json(out / "TS_info.json")
     np.testing.assert_allclose(np.array(info["tlt_params"])[:, 3], importer.IMOD_TILT_SIGN * TILTS, atol=0.01)

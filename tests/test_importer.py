@@ -70,4 +70,6 @@ def test_mismatched_xf_is_named(tmp_path):
 
 def test_text_picks_from_corner(tmp_path):
     (tmp_path / "p.txt").write_text("10 20 30\n40 50 60\n")
-    np.testing.assert_allclose(read_picks(tmp_path / "p.txt", (64, 64, 32)), [[-22, -12, 14], [8, 18, 44]])
+    ps = read_picks(tmp_path / "p.txt", tomo_name="a", tomogram_shape_unbin_xyz=(64, 64, 64), apix_unbin=1.0)
+    np.testing.assert_allclose(ps.coords, [[-22, -12, -2], [8, 18, 28]])
+    assert ps.label == "manual" and ps.boxsize_unbin is None

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from emflow.errors import InputError
+from emflow.io.info import read_info_json
 
 DEMO_ROOT = "results/demo"
 TILT_SERIES_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".hdf")
@@ -298,6 +299,10 @@ class TomogramEntry:
     tilt_series_star: str | None = None  # RELION 5 per-tilt-series STAR
     tomogram: str | None = None  # tomogram reconstructed elsewhere (MRC)
     tomogram_bin: int | None = None  # its binning relative to the tilt series
+    thickness_unbin_px: int | None = None  # thickness of the tomogram the picks were made in (RELION rlnTomoSizeZ)
+    picks_label: str | None = None  # the class to read from a picks file with several (EMAN2 class_list name)
+    allow_empty_picks: bool = False  # a picks file without particles is accepted (else an InputError)
+    tomo_hand: float | None = None  # RELION rlnTomoHand (source relion5; kept in the info json)
 
     def as_dict(self) -> dict:
         """Plain dict of the fields (for Snakemake params)."""
@@ -306,7 +311,7 @@ class TomogramEntry:
     def user_files(self) -> list[str]:
         """The optional input files that exist for this tomogram (not the tilt series)."""
         files = (self.tlt, self.xf, self.info_json, self.picks, self.defocus_file, self.tilt_com,
-                 self.tilt_series_star)
+                 self.tilt_series_star, self.tomogram)
         return [f for f in dict.fromkeys(files) if f]
 
 
@@ -330,7 +335,10 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
     """Tomograms of an EMAN2 project folder: ``tiltseries/<name>.*`` + ``info/<name>_info.json``.
 
     The tilt angles come from ``tlt_params`` in the info json (EMAN2 writes no .tlt), so
-    ``tlt`` is ``None`` and the info json is required.
+    ``tlt`` is ``None`` and the info json is required. Tilt series may be EMAN2 HDF (what
+    ``e2import.py`` writes) or MRC; the picks are the json's ``boxes_3d`` (every class, names and
+    box sizes kept, coordinates from the tomogram centre), when it has any. ``tomograms/`` is not
+    needed (emflow reconstructs from the tilt series).
     """
     root = pathlib.Path(project)
     if not (root / "tiltseries").is_dir():
@@ -349,9 +357,50 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
                 source=root,
                 fix="run e2tomogram.py (it writes tlt_params) or use input.source: table with a .tlt file",
             )
-        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info), picks=str(info)))
+        has_boxes = bool(read_info_json(info).get("boxes_3d"))  # no boxes yet: picks come from template matching
+        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info),
+                                     picks=str(info) if has_boxes else None))
     if not entries:
         raise InputError("no tilt series found in tiltseries/", source=root, fix="check the project folder")
+    return entries
+
+
+def relion5_entries(config: Mapping) -> list[TomogramEntry]:
+    """Tomograms of a RELION 4/5 project: one per row of ``input.relion_tomograms_star``.
+
+    The tilt series is the row's ``rlnTomoTiltSeriesName`` (or the one stack its per-tilt
+    ``rlnMicrographName`` entries index); geometry, CTF and exposure come from its per-tilt-series
+    STAR; picks from ``input.relion_particles_star`` (rows of this ``rlnTomoName``); the tomogram
+    thickness for the picks' bounds from ``rlnTomoSizeZ``. The optics of tomograms.star must agree
+    with ``microscope`` (pixel size within 1 %).
+    """
+    from emflow.io.relion_tomo import read_relion_tomograms
+
+    inp = config["input"]
+    key = "config key 'input.relion_tomograms_star'"
+    if not inp.get("relion_tomograms_star"):
+        raise InputError("is null but input.source is relion5", source=key,
+                         fix="give RELION's tomograms.star (e.g. Tomograms/job009/tomograms.star)")
+    star = inp["relion_tomograms_star"]
+    tomos = read_relion_tomograms(star)
+    mic = config["microscope"]
+    entries = []
+    for name, t in tomos.items():
+        if t.tilt_series is None:
+            raise InputError(f"tomogram {name}: its tilt images are separate files (rlnMicrographName), not one stack",
+                             source=t.tilt_series_star,
+                             fix="stack them in tilt-series order (IMOD `newstack`) and add rlnTomoTiltSeriesName "
+                                 "(the stack) to tomograms.star, or use input.source: table")
+        for what, val, cfg, k in (("rlnTomoTiltSeriesPixelSize", t.apix, mic["apix"], "microscope.apix"),
+                                  ("rlnVoltage", t.voltage_kv, mic["voltage_kv"], "microscope.voltage_kv"),
+                                  ("rlnSphericalAberration", t.cs_mm, mic["cs_mm"], "microscope.cs_mm")):
+            if abs(val - cfg) > 0.01 * max(abs(cfg), 1e-6):
+                raise InputError(f"tomogram {name}: {what} = {val:g} but {k} = {cfg:g}", source=star,
+                                 fix=f"set {k}: {val:g} (the tilt series' own value)")
+        entries.append(TomogramEntry(
+            name=name, tilt_series=t.tilt_series, tlt=None, tilt_series_star=t.tilt_series_star,
+            picks=inp.get("relion_particles_star"),
+            thickness_unbin_px=None if t.size_xyz is None else int(t.size_xyz[2]), tomo_hand=t.hand))
     return entries
 
 
@@ -365,9 +414,11 @@ def tomogram_table(config: Mapping) -> dict[str, TomogramEntry]:
             raise InputError("is null but input.source is eman2_project", source="config key 'input.eman2_project'",
                              fix="give the path of the EMAN2 project folder")
         entries = eman2_project_entries(config["input"]["eman2_project"])
+    elif source == "relion5":
+        entries = relion5_entries(config)
     else:
         rows = config["input"]["tomograms"]
-        if not rows:
+        if not rows and config["workflows"]["subtomogram"]:  # an SPA-only run needs no tomograms
             raise InputError("is empty but input.source is table", source="config key 'input.tomograms'",
                              fix="list at least one tomogram with name, tilt_series and tlt")
         fields = [f.name for f in dataclasses.fields(TomogramEntry)]

@@ -11,28 +11,214 @@ from emflow.ctf import CTF
 from emflow.errors import InputError
 
 
-def ctfs_from_star(star: dict, n: int, microscope: dict, source: str) -> list[CTF]:
-    """Per-particle :class:`CTF` from a RELION particle STAR table (defocus in Å → µm)."""
-    parts = star.get("particles") or next((t for t in star.values() if isinstance(t, dict) and "rlnDefocusU" in t), None)
-    if parts is None or "rlnDefocusU" not in parts:
-        raise InputError("no particle table with rlnDefocusU", source=source, fix="give a RELION particle STAR with CTF columns")
-    optics = star.get("optics", {})
-    du = np.asarray(parts["rlnDefocusU"], float)
-    dv = np.asarray(parts.get("rlnDefocusV", du), float)
-    ang = np.asarray(parts.get("rlnDefocusAngle", np.zeros_like(du)), float)
-    if len(du) != n:
-        raise InputError(f"{len(du)} STAR rows but {n} particles", source=source, fix="use the STAR file of this stack")
+def relion_defocus_to_eman(defocus_u_a, defocus_v_a, angle_deg):
+    """RELION astigmatism ``(rlnDefocusU, rlnDefocusV, rlnDefocusAngle)`` → EMAN/emflow
+    ``(defocus_um, dfdiff_um, dfang_deg)``, for any U, V (the one place this is converted).
 
-    def opt(key, default):
-        for table in (parts, optics):
-            if key in table:
-                return float(np.asarray(table[key], float)[0])
-        return float(default)
+    RELION (github 3dem/relion, src/ctf.cpp L249-258, commit 73f0a3c0): the defocus quadratic form is
+    ``A = Qᵀ·diag(−U, −V)·Q`` with ``Q`` the rotation by ``rlnDefocusAngle``, i.e. the defocus along
+    the frequency direction θ is ``(U+V)/2 + (U−V)/2·cos(2(θ − angle))`` (src/ctf.h L304-314,
+    ``getDeltaF``): ``U`` lies along ``angle``, whichever of U, V is larger.
+    EMAN2 (github cryoem/eman2 libEM/ctf.h L241, L302): ``df(θ) = defocus + dfdiff/2·cos(2θ − 2·dfang)``,
+    ``dfang`` the major (larger-defocus) axis counter-clockwise from x; emflow.ctf uses the same.
+    So ``defocus = (U+V)/2``, ``dfdiff = |U−V|`` and ``dfang = angle`` when U ≥ V, ``angle + 90°``
+    when V > U (the larger defocus lies along V), folded into [0, 180).
 
-    volt, cs, amp = (opt("rlnVoltage", microscope["voltage_kv"]), opt("rlnSphericalAberration", microscope["cs_mm"]),
-                     opt("rlnAmplitudeContrast", microscope["ampcont"]))
-    return [CTF(defocus_um=float((u + v) / 2e4), voltage_kv=volt, cs_mm=cs, ampcont=amp, dfdiff_um=float(abs(u - v) / 1e4),
-                dfang_deg=float(a)) for u, v, a in zip(du, dv, ang)]
+    Returns three float64 arrays (µm, µm, degrees).
+    """
+    u = np.asarray(defocus_u_a, np.float64)
+    v = np.asarray(defocus_v_a, np.float64)
+    ang = np.asarray(angle_deg, np.float64)
+    dfang = np.where(u >= v, ang, ang + 90.0) % 180.0
+    return (u + v) / 2e4, np.abs(u - v) / 1e4, dfang
+
+
+def _particle_table(star: dict, source: str) -> dict:
+    parts = star.get("particles")
+    if parts is None:  # RELION 3.0: one unnamed (data_) block
+        parts = next((t for t in star.values() if isinstance(t, dict) and "rlnDefocusU" in t), None)
+    if not parts or "rlnDefocusU" not in parts:
+        raise InputError("no particle table with rlnDefocusU", source=source,
+                         fix="give a RELION particle STAR with CTF columns (data_particles with rlnDefocusU/V/Angle)")
+    return parts
+
+
+def star_optics_values(star: dict, key: str, source: str, required: bool = True) -> np.ndarray | None:
+    """Per-particle values of ``key``: the particle column if present (RELION 3.0), else the
+    value of the particle's optics group (RELION 3.1+ ``data_optics``, matched by ``rlnOpticsGroup``).
+
+    Returns float64 ``(n,)``, or None when absent and not ``required`` (InputError when required).
+    """
+    parts = _particle_table(star, source)
+    n = len(parts["rlnDefocusU"])
+    if key in parts:
+        return np.asarray(parts[key], np.float64)
+    optics = star.get("optics")
+    if optics and key in optics:
+        groups = np.asarray(optics.get("rlnOpticsGroup", np.arange(1, len(optics[key]) + 1)), np.int64)
+        values = dict(zip(groups.tolist(), np.asarray(optics[key], np.float64).tolist()))
+        if "rlnOpticsGroup" in parts:
+            pg = np.asarray(parts["rlnOpticsGroup"], np.int64)
+        elif len(values) == 1:
+            pg = np.full(n, groups[0])
+        else:
+            raise InputError(f"{len(values)} optics groups but the particles have no rlnOpticsGroup column",
+                             source=source, fix="add rlnOpticsGroup to data_particles")
+        missing = sorted(set(pg.tolist()) - set(values))
+        if missing:
+            raise InputError(f"particles refer to optics group(s) {missing[:5]} that data_optics does not list",
+                             source=source, fix="use the STAR file RELION wrote (data_optics and data_particles together)")
+        return np.array([values[g] for g in pg.tolist()], np.float64)
+    if required:
+        raise InputError(f"no {key} in the particles or in data_optics", source=source,
+                         fix=f"add {key} (RELION 3.1+: a column of data_optics; RELION 3.0: a particle column)")
+    return None
+
+
+def star_stack_order(star: dict, n: int, stack_path: str, source: str) -> np.ndarray:
+    """Row of the STAR table of each stack image: ``rlnImageName`` ``k@stack`` (1-based k) must name
+    every image of the one stack once (any row order). Without rlnImageName rows follow the stack."""
+    import os
+
+    parts = _particle_table(star, source)
+    rows = len(parts["rlnDefocusU"])
+    if rows != n:
+        raise InputError(f"{rows} STAR rows but {n} particles in {stack_path}", source=source,
+                         fix="use the STAR file of this stack")
+    names = parts.get("rlnImageName")
+    if names is None:
+        return np.arange(n)
+    idx, stacks = [], set()
+    for name in names:
+        k, _, stack = str(name).partition("@")
+        if not stack or not k.isdigit():
+            raise InputError(f"rlnImageName {name!r} is not 'k@stack'", source=source, fix="use RELION's k@stack names")
+        idx.append(int(k) - 1)
+        stacks.add(os.path.basename(stack))
+    if len(stacks) > 1 or os.path.basename(stack_path) not in stacks:
+        raise InputError(f"the particles are in stack(s) {sorted(stacks)[:3]}, not in {os.path.basename(stack_path)}",
+                         source=source, fix="emflow reads one stack: join them, e.g. `relion_stack_create --i "
+                         "particles.star --o joined` and use joined.mrcs with joined.star")
+    idx = np.asarray(idx)
+    if sorted(idx.tolist()) != list(range(n)):
+        raise InputError("rlnImageName does not name every image of the stack exactly once", source=source,
+                         fix="use the STAR file of this stack")
+    order = np.empty(n, np.int64)
+    order[idx] = np.arange(n)
+    return order
+
+
+def ctfs_from_star(star: dict, n: int, source: str, stack_path: str | None = None) -> list[CTF]:
+    """Per-particle :class:`CTF` (in stack order) from a RELION 3.0 or 3.1+ particle STAR.
+
+    Defocus U/V (Å) and angle per particle (:func:`relion_defocus_to_eman`); voltage, Cs and
+    amplitude contrast per particle or per optics group (:func:`star_optics_values`); optional
+    rlnPhaseShift (deg) and rlnCtfBfactor (Å², same ``exp(−B s²/4)`` envelope). Data whose CTF was
+    already applied (``rlnCtfDataAreCtfPremultiplied`` = 1) are refused.
+    """
+    parts = _particle_table(star, source)
+    pre = star_optics_values(star, "rlnCtfDataAreCtfPremultiplied", source, required=False)
+    if pre is not None and np.any(pre != 0):
+        raise InputError("rlnCtfDataAreCtfPremultiplied = 1: the images are already multiplied by their CTF",
+                         source=source, fix="give the particles as extracted (not CTF-premultiplied)")
+    order = star_stack_order(star, n, stack_path, source) if stack_path else np.arange(n)
+    if not stack_path and len(parts["rlnDefocusU"]) != n:
+        raise InputError(f"{len(parts['rlnDefocusU'])} STAR rows but {n} particles", source=source,
+                         fix="use the STAR file of this stack")
+    du = np.asarray(parts["rlnDefocusU"], np.float64)
+    dv = np.asarray(parts.get("rlnDefocusV", du), np.float64)
+    ang = np.asarray(parts.get("rlnDefocusAngle", np.zeros_like(du)), np.float64)
+    defocus, dfdiff, dfang = relion_defocus_to_eman(du, dv, ang)
+    volt, cs, amp = (star_optics_values(star, k, source)
+                     for k in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    phase = star_optics_values(star, "rlnPhaseShift", source, required=False)
+    bfac = star_optics_values(star, "rlnCtfBfactor", source, required=False)
+    phase = np.zeros_like(du) if phase is None else phase
+    bfac = np.zeros_like(du) if bfac is None else bfac
+    return [CTF(defocus_um=float(defocus[r]), voltage_kv=float(volt[r]), cs_mm=float(cs[r]), ampcont=float(amp[r]),
+                bfactor=float(bfac[r]), dfdiff_um=float(dfdiff[r]), dfang_deg=float(dfang[r]),
+                phase_shift_deg=float(phase[r])) for r in order.tolist()]
+
+
+def resolve_apix(header_apix: float | None, star_apix: np.ndarray | None, expected: float | None,
+                 stack_path: str, star_path: str | None, tol: float = 0.01) -> float:
+    """The particles' pixel size (Å) from their own metadata, the config value a check.
+
+    ``header_apix``: the stack header's (MRC voxel size / HDF apix_x; 0, None or the 1.0 default
+    count as missing); ``star_apix``: rlnImagePixelSize per particle (one value for the stack);
+    ``expected``: spa.apix (or the demo's setting). Disagreement beyond ``tol`` (relative) or no value
+    at all → :class:`InputError` naming the files, the values and the fix. A header without a pixel
+    size is accepted when the STAR or spa.apix gives one (the header of many stacks says 1.0 or 0).
+    """
+    header = float(header_apix) if header_apix and abs(float(header_apix) - 1.0) > 1e-6 else None
+    star = None
+    if star_apix is not None and len(star_apix):
+        vals = np.unique(np.round(np.asarray(star_apix, np.float64), 6))
+        if len(vals) > 1:
+            raise InputError(f"rlnImagePixelSize differs between optics groups ({vals.tolist()})", source=star_path,
+                             fix="refine each pixel size separately (one stack, one pixel size)")
+        star = float(vals[0])
+    known = [(v, w) for v, w in ((header, f"the header of {stack_path}"), (star, f"rlnImagePixelSize of {star_path}"),
+                                 (expected, "config key spa.apix")) if v]
+    if not known:
+        raise InputError(f"no pixel size: the header says {header_apix!r} and there is no STAR rlnImagePixelSize",
+                         source=stack_path, fix="set the header (`mrcfile.open(path, 'r+').voxel_size = X`) or spa.apix")
+    ref, ref_where = known[0]
+    for v, where in known[1:]:
+        if abs(v - ref) > tol * ref:
+            raise InputError(f"pixel size {ref:.4f} Å from {ref_where} but {v:.4f} Å from {where}", source=stack_path,
+                             fix="correct the wrong one: the header with `mrcfile.open(path, 'r+').voxel_size = X`, "
+                                 "the STAR's rlnImagePixelSize, or spa.apix")
+    return float(ref)
+
+
+CONTRASTS = ("dark", "bright")
+
+
+def to_protein_white(stack: np.ndarray, contrast: str, source: str = "input.spa_contrast") -> np.ndarray:
+    """The one place the declared particle contrast is converted to emflow's protein-white
+    convention: ``dark`` (protein darker than background, as recorded) is multiplied by −1,
+    ``bright`` is kept."""
+    if contrast not in CONTRASTS:
+        raise InputError(f"contrast {contrast!r} is not one of {CONTRASTS}", source=source,
+                         fix="declare the particles' contrast: dark (as recorded) or bright (protein white)")
+    stack = np.asarray(stack, np.float32)
+    return -stack if contrast == "dark" else stack
+
+
+def contrast_score(stack: np.ndarray, inner: float = 0.15, outer: float = 0.38) -> float:
+    """z-score of the mean particle's centre-minus-edge: per image, the mean inside radius
+    ``inner·box`` minus the mean of the ring beyond ``outer·box`` (a low-pass, contrast-sign
+    statistic), averaged over the stack and divided by its standard error.
+
+    Positive for protein-white particles (phase-flipped, or with the CTF's low-frequency sign),
+    negative for protein-dark ones; ``|z| < 3`` is inconclusive. stack: ``[n, y, x]``.
+    """
+    stack = np.asarray(stack, np.float32)
+    b = stack.shape[-1]
+    yy, xx = np.indices(stack.shape[-2:])
+    r = np.hypot(yy - stack.shape[-2] // 2, xx - b // 2)
+    centre, edge = r < inner * b, r >= outer * b
+    d = stack[:, centre].mean(axis=1) - stack[:, edge].mean(axis=1)
+    se = d.std() / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return float(d.mean() / se) if se > 0 else 0.0
+
+
+def check_contrast(stack: np.ndarray, declared: str, source: str, z_bar: float = 3.0) -> float:
+    """Stop when the data contradict the declared contrast.
+
+    ``stack``: particles already converted to protein white (:func:`to_protein_white`) and
+    phase-flipped when CTFs are known. Returns the :func:`contrast_score`; raises
+    :class:`InputError` when it is below ``−z_bar`` (the particles are the other contrast).
+    """
+    z = contrast_score(stack)
+    if z < -z_bar:
+        other = "bright" if declared == "dark" else "dark"
+        raise InputError(
+            f"the particles were declared {declared} but look {other}: after conversion to protein white the "
+            f"mean particle is darker at its centre than at its edge (z = {z:.1f})", source=source,
+            fix=f"set input.spa_contrast: {other} (if the particles are centred in their boxes)")
+    return z
 
 
 def ctf_header(c: CTF, apix: float) -> dict:

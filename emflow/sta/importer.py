@@ -39,21 +39,22 @@ Conventions
   emflow adds ``dfdiff`` (µm, defocus1 − defocus2) and ``dfang`` (degrees, ctfplotter's astigmatism
   angle, which RELION reads as ``rlnDefocusAngle`` with defocus 1 = U:
   ``src/jaz/tomography/tomo_ctf_helper.cpp`` L83-100), named after EMAN2's ``EMAN2Ctf`` fields.
-* STAR and text picks are unbinned pixels from the tomogram corner (RELION's convention); the
-  tomogram is ``nx × ny`` (the tilt images) by ``thickness_unbin_px`` (``THICKNESS`` of a given
-  ``tilt.com``, which is in unbinned px: ``tilt`` man page, IMAGEBINNED).
+* Picks are read by :func:`emflow.sta.import_picks.read_picks` (every format, its origin and
+  label); corner-based formats (text, RELION 4) need the declared thickness ``thickness_unbin_px``
+  of the tomogram they were picked in (``THICKNESS`` of a given ``tilt.com``, which is in unbinned
+  px: ``tilt`` man page, IMAGEBINNED; None: unknown).
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
 
 import numpy as np
 
 from emflow.errors import InputError
-from emflow.io import add_boxes, boxes_from_info, read_coords_txt, read_info_json, read_star, read_tlt, read_xf
+from emflow.io import add_boxes, read_info_json, read_tlt, read_xf
 from emflow.io.imod import DefocusTable, read_defocus, read_tilt_com
+from emflow.io.relion_tomo import read_tilt_series_star, relion_tilt_series_info
+from emflow.sta.import_picks import read_picks
 
 #: EMAN ytilt = IMOD_TILT_SIGN × IMOD tilt angle (module docstring, "Tilt sense").
 IMOD_TILT_SIGN = -1.0
@@ -189,28 +190,6 @@ def tilt_com_geometry(entries: dict, *, source=None) -> dict:
             "parallel": "PARALLEL" in entries}
 
 
-def read_picks(path: str | os.PathLike, shape_xyz: tuple[int, int, int], label: str | None = None) -> np.ndarray:
-    """Particle positions ``(n, 3)`` in unbinned px from the tomogram centre.
-
-    ``path`` is an EMAN2 info json (``boxes_3d``, optionally filtered by ``label``), a RELION
-    STAR file (``rlnCoordinateX/Y/Z``) or a text file ``x y z`` (both from the corner).
-    """
-    path = pathlib.Path(path)
-    centre = np.array(shape_xyz, dtype=np.float64) // 2
-    if path.suffix == ".json":
-        coords, _, _ = boxes_from_info(read_info_json(path), label=label, source=path)
-        return coords
-    if path.suffix == ".star":
-        blocks = read_star(path)
-        for table in blocks.values():
-            if isinstance(table, dict) and "rlnCoordinateX" in table:
-                xyz = np.column_stack([np.asarray(table[f"rlnCoordinate{a}"], dtype=np.float64) for a in "XYZ"])
-                return xyz - centre
-        raise InputError("no loop with rlnCoordinateX/Y/Z", source=path,
-                         fix="export the picks as a RELION particle/coordinate STAR file")
-    return read_coords_txt(path) - centre
-
-
 def build_info(
     *,
     name: str,
@@ -225,9 +204,12 @@ def build_info(
     defocus_um: float | None = None,
     defocus_file: str | None = None,
     tilt_com: str | None = None,
-    thickness_unbin_px: int,
-    pick_label: str = "manual",
-    boxsize_unbin: int = 64,
+    thickness_unbin_px: int | None = None,
+    pick_label: str | None = None,
+    allow_empty_picks: bool = False,
+    tilt_series_star: str | None = None,
+    tomo_hand: float | None = None,
+    ampcont: float = 0.1,
 ) -> dict:
     """Assemble the EMAN2 info dict of one tomogram from whatever the user supplied.
 
@@ -240,6 +222,11 @@ def build_info(
     The tilt.com geometry is kept under ``info["imod_tilt_com"]``.
     """
     info: dict = read_info_json(info_json) if info_json else {}
+    if tilt_series_star:  # RELION 5 per-tilt-series STAR: geometry, CTF, exposure (emflow.io.relion_tomo)
+        info.update(relion_tilt_series_info(read_tilt_series_star(
+            tilt_series_star, name, apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm, ampcont=ampcont,
+            hand=-1.0 if tomo_hand is None else tomo_hand,  # RELION 4 matrices: rlnTomoSizeX/Y = the images
+            size_xyz=None if thickness_unbin_px is None else (*shape_xy, thickness_unbin_px)), shape_xy))
     geo = tilt_com_geometry(read_tilt_com(tilt_com), source=tilt_com) if tilt_com else None
     xf_binning = 1.0
     if geo is not None:
@@ -289,7 +276,13 @@ def build_info(
     if "defocus" not in info and defocus_um is not None:
         info["defocus"] = [float(defocus_um)] * n
         info["phase"] = [0.0] * n
-    if picks and picks != info_json:
-        coords = read_picks(picks, (shape_xy[0], shape_xy[1], thickness_unbin_px))
-        add_boxes(info, coords, pick_label, boxsize_unbin, method="manual", replace=True)
+    if picks:  # emflow.sta.import_picks: every format, its origin, label and box size
+        shape = (shape_xy[0], shape_xy[1], thickness_unbin_px)
+        labels = [pick_label]
+        if picks == info_json and pick_label is None:  # an EMAN2 project's own json: every class, each checked
+            labels = sorted({c["name"] for c in (info.get("class_list") or {}).values()}) or [None]
+        for label in labels:
+            ps = read_picks(picks, tomo_name=name, tomogram_shape_unbin_xyz=shape, apix_unbin=apix, label=label,
+                            allow_empty=allow_empty_picks)
+            add_boxes(info, ps.coords, ps.label, ps.boxsize_unbin, method="manual", scores=ps.scores, replace=True)
     return info

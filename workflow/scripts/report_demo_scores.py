@@ -38,7 +38,7 @@ def read_picks(truth_path, picks_path):
 tomos = [read_picks(t, p) for t, p in zip(smk.input.truth, smk.input.picks)]
 # the template (e.g. the SGD model) has its own frame, common to all tomograms: found from all matches
 pairs = [scores.matched_rotations(xyz, rots, truth) for truth, xyz, rots in tomos]
-est, true = (np.concatenate([p[k] for p in pairs]) for k in (0, 1))
+est, true = (np.concatenate([p[k] for p in pairs]) if pairs else np.zeros((0, 3, 3)) for k in (0, 1))  # SPA-only demo
 frame = scores.template_frame(est, true, sym) if len(est) else np.eye(3)
 result["template_frame_deg"] = float(scores.orientation_errors(frame[None], np.eye(3)[None])[0])
 for truth, xyz, rots in tomos:
