@@ -8,6 +8,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from emflow.geometry import angle_between  # noqa: E402
 from emflow.io import atomic_write  # noqa: E402
 from emflow.sta.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
 from emflow.sta.spt_refine import AlignParams, align_particles_p, chunk_ranges  # noqa: E402
@@ -43,7 +44,7 @@ else:
                           microscope=smk.params.microscope, progress=prog)
     r = table.rows_of(parts)
     dds = np.hypot(*(new.dshift[r] - state.dshift[r]).T)
-    drot = np.degrees(np.arccos(np.clip((np.einsum("kji,kji->k", new.drot[r], state.drot[r]) - 1) / 2, -1, 1)))
+    drot = angle_between(state.drot[r], new.drot[r])
     log.info("%s at %.1f Å: shift change rms %.2f px, rotation change median %.2f°, |ddefocus| median %.3f µm",
              kind, res_a, float(np.sqrt(np.mean(dds ** 2))), float(np.median(drot)),
              float(np.median(np.abs(new.ddef_um[r]))))
