@@ -114,38 +114,33 @@ def resample_map(vol: np.ndarray, apix_in: float, apix_out: float, box=None) -> 
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _map_fix(path) -> str:
-    return (f"set the voxel size in the file's header, e.g. in Python: "
-            f"mrcfile.open('{path}', 'r+').voxel_size = <Å/px> (EMAN2 HDF: e2proc3d.py --apix <Å/px>)")
-
-
-def read_user_map(path: str | os.PathLike, key: str) -> tuple[np.ndarray, float]:
-    """A user's 3D map (MRC or EMAN2 HDF, first image) and its pixel size from the file's header.
-
-    A missing, zero or 1.0 Å voxel size (the value many programs write when they do not know it) is
-    refused: the map would be rescaled by the wrong factor without a word.
+def read_user_map(path: str | os.PathLike, key: str, override: float | None = None) -> tuple[np.ndarray, float]:
+    """A user's 3D map (MRC or EMAN2 HDF, first image) and its pixel size from the file's own header
+    (:func:`emflow.pixel_size.pixel_size`: a missing, zero or unset 1.0 Å voxel size is an InputError
+    naming the file and how to set the header, unless ``override`` — the user's
+    ``input.apix_override`` entry for this file — is given).
 
     Raises
     ------
     InputError
-        Naming the file, the config ``key`` that points at it and how to set the header.
+        Naming the file, the config ``key`` that points at it and the fix.
     """
-    from emflow.io import read_mrc
+    from emflow.pixel_size import pixel_size
 
     path = str(path)
     if not os.path.isfile(path):
         raise InputError(f"map file {path} does not exist", source=key, fix=f"correct {key} or set it to null")
-    if path.endswith((".hdf", ".h5")):
+    apix = pixel_size(path, key=key, override=override)
+    if path.lower().endswith((".hdf", ".h5", ".hdf5")):
         from emflow.io import read_hdf_stack
 
-        img, heads = read_hdf_stack(path, [0])
-        vol, apix = img[0], heads[0].get("apix_x")
+        img, _ = read_hdf_stack(path, [0])
+        vol = img[0]
     else:
-        vol, apix = read_mrc(path)  # raises InputError on a zero voxel size
+        from emflow.io import read_mrc
+
+        vol, _ = read_mrc(path, check_apix=False)  # the pixel size was checked above
     if vol.ndim != 3 or min(vol.shape) < 2:
         raise InputError(f"{path} is not a 3D map (shape {vol.shape})", source=key,
                          fix="give a 3D map (one volume, not an image or a stack)")
-    if apix is None or not np.isfinite(apix) or apix <= 0 or abs(float(apix) - 1.0) < 1e-6:
-        raise InputError(f"{path} has no usable pixel size in its header (voxel size {apix} Å): a 1.0 or 0 "
-                         "value is what programs write when they do not know it", source=path, fix=_map_fix(path))
     return np.asarray(vol, np.float32), float(apix)

@@ -101,6 +101,14 @@ def tempmatch_template():
     return config["tempmatch"]["template"] or "results/initial_model/sptsgd_01/output_cls0.mrc"
 
 
+def tempmatch_template_overrides():
+    """input.apix_override values of the user's template and mask (None where none is given)."""
+    from emflow.pixel_size import apix_override
+
+    tm = config["tempmatch"]
+    return {key: apix_override(config, tm[key]) if tm[key] else None for key in ("template", "template_mask")}
+
+
 def tempmatch_template_mask():
     """The user's template mask (tempmatch.template_mask), none by default."""
     return [config["tempmatch"]["template_mask"]] if config["tempmatch"]["template_mask"] else []

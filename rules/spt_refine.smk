@@ -54,6 +54,7 @@ checkpoint spt_refine_setup:
         spt=spt_stage_params("setup"),
         shrink=config["extract"]["shrink"],
         user_ref=bool(SPT["ref"]),
+        apix_override=spt_reference_overrides,
     log:
         f"results/logs/spt_refine/spt_refine_setup/{SPT_RUN}_setup.log",
     benchmark:

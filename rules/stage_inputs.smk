@@ -169,6 +169,14 @@ def spt_postprocess_params(wildcards):
     return iteration_params(SPT, int(wildcards.it), "postprocess")
 
 
+def spt_reference_overrides(wildcards):
+    """input.apix_override entries of the reference (and its halves): {path: Å/px}."""
+    from emflow.pixel_size import apix_override
+
+    paths = spt_reference_inputs(wildcards).values()
+    return {p: apix_override(config, p) for p in paths if apix_override(config, p) is not None}
+
+
 def spt_reference():
     """spt_refine.ref (the user's map, any pixel size and box), else the SGD initial model (rules/initial_model.smk)."""
     return SPT["ref"] or "results/initial_model/sptsgd_01/output_cls0.hdf"

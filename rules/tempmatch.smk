@@ -27,6 +27,7 @@ rule tempmatch_search:
     params:
         tm=rule_params(config, "tempmatch_search", "tempmatch"),
         microscope=rule_params(config, "tempmatch_search", "microscope"),
+        apix_override=tempmatch_template_overrides(),
     log:
         "results/logs/tempmatch/tempmatch_search/{tomo}.log",
     benchmark:

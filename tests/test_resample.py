@@ -85,6 +85,8 @@ def test_user_map_without_pixel_size_is_refused(tmp_path):
     with pytest.raises(InputError) as e:
         read_user_map(p, "tempmatch.template")
     assert "emd_map.mrc" in str(e.value) and "voxel_size" in str(e.value)
+    vol, apix = read_user_map(p, "tempmatch.template", override=3.5)  # input.apix_override
+    assert apix == 3.5
     with mrcfile.open(p, "r+") as m:
         m.voxel_size = 4.2
     vol, apix = read_user_map(p, "tempmatch.template")

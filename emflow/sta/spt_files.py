@@ -181,11 +181,13 @@ def read_map(path: str) -> tuple[np.ndarray, float | None]:
     return read_mrc(path)
 
 
-def load_reference(path: str, box: int, apix: float, key: str = "spt_refine.ref") -> np.ndarray:
+def load_reference(path: str, box: int, apix: float, key: str = "spt_refine.ref",
+                   override: float | None = None) -> np.ndarray:
     """A reference map (MRC or EMAN2 HDF, any pixel size and box) on the particles' grid.
 
     The pixel size comes from the map's own header (:func:`emflow.resample.read_user_map`: a missing or
-    1.0 Å default is an InputError naming the file); the map is Fourier-resampled to ``apix`` and
+    1.0 Å default is an InputError naming the file, unless ``override``, the user's
+    ``input.apix_override`` value for it, is given); the map is Fourier-resampled to ``apix`` and
     clipped/padded to ``box`` about its centre voxel ``n//2`` (:func:`emflow.resample.resample_map`).
 
     Returns
@@ -194,7 +196,7 @@ def load_reference(path: str, box: int, apix: float, key: str = "spt_refine.ref"
     """
     from emflow.resample import read_user_map, resample_map
 
-    vol, a = read_user_map(path, key)
+    vol, a = read_user_map(path, key, override)
     return resample_map(vol, a, apix, box)
 
 
@@ -212,7 +214,7 @@ def goldcontinue_half_paths(ref: str) -> tuple[str, str]:
 
 def starting_references(ref: str, box: int, apix: float, *, startres: float, goldstandard: bool = True,
                         goldcontinue: bool = False, halves: tuple[str, str] | None = None,
-                        key: str = "spt_refine.ref") -> tuple[np.ndarray, np.ndarray]:
+                        key: str = "spt_refine.ref", overrides: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The even and odd references of iteration 1 (``threed_00_even/odd``; e2spt_refine_new.py L159-191).
 
     * ``goldcontinue``: the half maps ``halves`` (default :func:`goldcontinue_half_paths`) of the run
@@ -222,6 +224,7 @@ def starting_references(ref: str, box: int, apix: float, *, startres: float, gol
       halves: identical below ``startres``, zero (hence independent) beyond it.
     * neither: the unfiltered reference for both halves (EMAN warns of model bias; so do we, in the log).
 
+    ``overrides`` maps file paths to the user's pixel sizes (``input.apix_override``).
     Both are normalised to their edge mean and softly masked (sphere of 0.45·box), as EMAN's
     ``normalize.edgemean`` + ``mask.soft``.
 
@@ -232,6 +235,10 @@ def starting_references(ref: str, box: int, apix: float, *, startres: float, gol
     from emflow import filters, masks
 
     sphere = masks.soft_sphere(box, box * 0.45, box * 0.04)
+    overrides = overrides or {}
+
+    def load(path):
+        return load_reference(path, box, apix, key, overrides.get(str(path)))
 
     def prep(vol):
         return (filters.normalize_edgemean(vol) * sphere).astype(np.float32)
@@ -243,8 +250,8 @@ def starting_references(ref: str, box: int, apix: float, *, startres: float, gol
                 raise InputError(f"goldcontinue needs the half maps of the run to continue; {p} does not exist",
                                  source=key, fix="point spt_refine.ref at a map whose _even/_odd halves exist "
                                  "(e.g. results/spt/spt_01/threed_05.hdf), or set spt_refine.goldcontinue: false")
-        return (prep(load_reference(paths[0], box, apix, key)), prep(load_reference(paths[1], box, apix, key)))
-    vol = prep(load_reference(ref, box, apix, key))
+        return prep(load(paths[0])), prep(load(paths[1]))
+    vol = prep(load(ref))
     if goldstandard:
         vol = filters.lowpass_tophat(vol, apix, startres).astype(np.float32)
     return vol, vol.copy()

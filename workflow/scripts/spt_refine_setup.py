@@ -29,7 +29,8 @@ write_state(table, RefineState.identity(table), out.ali3d, out.ali2d)
 halves = (inp.ref_even, inp.ref_odd) if spt["goldcontinue"] else None
 even, odd = starting_references(inp.ref, box, apix, startres=spt["startres"], goldstandard=spt["goldstandard"],
                                 goldcontinue=spt["goldcontinue"], halves=halves,
-                                key="spt_refine.ref" if snakemake.params.user_ref else inp.ref)  # noqa: F821
+                                key="spt_refine.ref" if snakemake.params.user_ref else inp.ref,  # noqa: F821
+                                overrides=snakemake.params.apix_override)  # noqa: F821
 if spt["goldcontinue"]:
     log.info("goldcontinue: the halves start from %s and %s (unfiltered, independent)", *halves)
 elif not spt["goldstandard"]:

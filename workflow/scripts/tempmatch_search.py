@@ -20,7 +20,7 @@ cfg, mic = smk.params.tm, smk.params.microscope
 
 tomo, apix_tomo = read_mrc(smk.input.tomogram)
 if cfg["template"]:  # the user's map: pixel size from its own header (a 1.0/0 default is refused)
-    template, apix_tmpl = read_user_map(smk.input.template, "tempmatch.template")
+    template, apix_tmpl = read_user_map(smk.input.template, "tempmatch.template", smk.params.apix_override["template"])
 else:  # the SGD initial model (emflow wrote its pixel size)
     template, apix_tmpl = read_mrc(smk.input.template)
 mask = None
@@ -28,7 +28,8 @@ if cfg["template_mask"]:
     if not cfg["template"]:
         raise InputError("tempmatch.template_mask is set but tempmatch.template is not", source="tempmatch.template_mask",
                          fix="give the template the mask belongs to (tempmatch.template), or set template_mask: null")
-    mask, apix_mask = read_user_map(smk.input.template_mask[0], "tempmatch.template_mask")
+    mask, apix_mask = read_user_map(smk.input.template_mask[0], "tempmatch.template_mask",
+                                    smk.params.apix_override["template_mask"])
     if mask.shape != template.shape or abs(apix_mask - apix_tmpl) > 0.01 * apix_tmpl:
         raise InputError(f"the template mask ({mask.shape}, {apix_mask:.3f} Å/px) is not on the template's grid "
                          f"({template.shape}, {apix_tmpl:.3f} Å/px)", source=smk.input.template_mask[0],
