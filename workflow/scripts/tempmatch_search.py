@@ -64,13 +64,13 @@ weight, tomo_filter = tt.template_weight(
     ampcont=mic["ampcont"], dose_per_tilt_e_a2=dose, lowpass_res_a=cfg["lowpass_res_a"],
     highpass_res_a=cfg["highpass_res_a"])
 
-eul, rots = tm.search_orientations(cfg["sym"], cfg["delta_deg"])
-log.info("%d orientations (sym %s, delta %g°), template box %d, %d tilts, ctf %s, dose %s",
-         len(rots), cfg["sym"], cfg["delta_deg"], b, len(tilts), cfg["ctf_weighting"], dose)
 if cfg["mask_radius_a"]:
     radius = cfg["mask_radius_a"] / apix_tomo
 else:  # the sphere enclosing the user's mask, else match_template's default (box/2 − 2)
     radius = tt.mask_radius_px(grid.mask) if grid.mask is not None else None
+eul, rots = tm.search_orientations(cfg["sym"], cfg["delta_deg"])
+log.info("%d orientations (sym %s, delta %g°), template box %d, %d tilts, ctf %s, dose %s",
+         len(rots), cfg["sym"], cfg["delta_deg"], b, len(tilts), cfg["ctf_weighting"], dose)
 res = tm.match_template(
     tomo, template, rots, weight=weight, mask_radius_px=radius, filter_fn=tomo_filter,
     local_normalisation=cfg["local_normalisation"], clamp_sigma=cfg["clamp_sigma"], tile_size=cfg["tile_size_px"],
