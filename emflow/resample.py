@@ -17,10 +17,13 @@ DFT and evaluated at the output sample positions ``x_j = n//2 + (j − box//2) �
 (input px). When the pixel size grows (down-sampling) only frequencies up to the new Nyquist
 ``0.5/apix_out`` Å⁻¹ are kept (an ideal low-pass, as a Fourier crop); when it shrinks nothing is
 added beyond the input's Nyquist (as a Fourier pad). Output samples outside the input's extent are 0
-(the map is zero outside its box), so a larger output box is zero-padded. The interpolation is
+(the map is zero outside its box ``[n//2 − n/2, n//2 + n/2)`` input px, the DFT's periodic cell about
+the centre), so a larger output box is zero-padded. The interpolation is
 separable: one ``(box, n)`` matrix per axis, applied with BLAS, so it costs ``O(n³·box)`` and no
 FFT size constraints apply (the pixel-size ratio need not be rational with small terms). For an
-integer ratio with ``box = n·apix_in/apix_out`` it equals :func:`emflow.fourier.fourier_crop`.
+integer ratio with ``box = n·apix_in/apix_out`` it equals :func:`emflow.fourier.fourier_crop`
+(exactly when up-sampling; when down-sampling up to the frequency on the new Nyquist, which
+fourier_crop aliases into one bin and this gives half weight on each side).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def resample_matrix(n: int, box: int, ratio: float) -> np.ndarray:
         w = 0.5 if abs(k - kmax_f) < 1e-9 else 1.0
         m += 2.0 * w * np.cos(2.0 * np.pi * k * d / n)
     m /= n
-    m[(x < -0.5) | (x > n - 0.5), :] = 0.0  # beyond the input's extent: zero
+    # beyond the input's periodic cell [n//2 − n/2, n//2 + n/2) (the box about its centre): zero
+    m[(x < n // 2 - n / 2 - 1e-9) | (x >= n // 2 + n / 2 - 1e-9), :] = 0.0
     return m
 
 

@@ -65,6 +65,9 @@ def test_integer_ratio_equals_fourier_crop():
     a = resample_map(vol, 1.0, 2.0, 16)
     b = fourier.fourier_crop(vol, 16)
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+    # up-sampling (a Fourier pad) is the same for any map, white noise included
+    up = resample_map(noise, 4.0, 1.0, 128)
+    np.testing.assert_allclose(up, fourier.fourier_crop(noise, 128), atol=1e-4 * np.abs(up).max())
     # identity when nothing changes
     np.testing.assert_allclose(resample_map(vol, 3.0, 3.0, 32), vol, atol=1e-4)
 
