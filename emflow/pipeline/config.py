@@ -125,7 +125,7 @@ def input_paths(config: Mapping) -> list[tuple[str, str, str]]:
     ``input.*`` paths are listed for the source that uses them (``input.spa_*`` whenever set:
     a demo run may take user SPA data); section keys (templates, masks, references, starting
     model) whenever set. Keys another stage adds later are picked up when present
-    (``tempmatch.template``, ``tempmatch.mask``).
+    (``tempmatch.template``, ``tempmatch.template_mask``).
     """
     out: list[tuple[str, str, str]] = []
     inp = config.get("input", {})
@@ -146,7 +146,7 @@ def input_paths(config: Mapping) -> list[tuple[str, str, str]]:
             out.append((f"input.{key}", str(inp[key]), "file"))
     for p in (inp.get("apix_override") or {}):
         out.append((f"input.apix_override['{p}']", str(p), "file"))
-    for section, key in (("tempmatch", "template"), ("tempmatch", "mask"), ("picks", "mask"),
+    for section, key in (("tempmatch", "template"), ("tempmatch", "template_mask"), ("picks", "mask"),
                          ("spt_refine", "ref"), ("spa", "usefilt"), ("spa", "m3dsetsf")):
         value = (config.get(section) or {}).get(key)
         if isinstance(value, str) and value:
@@ -207,7 +207,7 @@ def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = Non
     """Every user map and particle stack the config names has a pixel size of its own (or an
     ``input.apix_override`` entry), checked against its config value where there is one:
     ``input.spa_particles`` (+ ``input.spa_star``) against ``spa.apix``; ``spt_refine.ref``,
-    ``tempmatch.template``, ``tempmatch.mask`` and a ``spa.startingmodel`` path for presence
+    ``tempmatch.template``, ``tempmatch.template_mask`` and a ``spa.startingmodel`` path for presence
     (they are resampled by their own pixel size). Tilt series and tomograms of a table input:
     :func:`check_table_files`. Paths under ``results/`` (made by the workflow) are skipped.
     """
@@ -226,7 +226,7 @@ def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = Non
         star = resolve(star) if star and not _is_generated(star) else None
         particles_pixel_size(resolve(stack), star, expected=(config.get("spa") or {}).get("apix"), key="spa.apix",
                              override=apix_override(config, stack))
-    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "mask")]
+    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "template_mask")]
     for section, key in maps:
         path = (config.get(section) or {}).get(key)
         if isinstance(path, str) and path and not _is_generated(path):

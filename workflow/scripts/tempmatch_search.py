@@ -13,6 +13,7 @@ from emflow.sta import tempmatch_template as tt  # noqa: E402
 from emflow.resample import read_user_map  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.geometry import tilt_matrix  # noqa: E402
+from emflow.sta.importer import imod_to_tlt_params  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, read_tlt, write_mrc  # noqa: E402
 
 smk = snakemake  # noqa: F821
@@ -46,13 +47,11 @@ if min(tomo.shape) < b:
     raise InputError(f"tomogram {tomo.shape} is smaller than the template box {b} px", source=smk.input.tomogram,
                      fix="use a smaller tempmatch.template_box_px or a less binned tomogram")
 
-# Tilt geometry: EMAN tlt_params when the info json has them, else the .tlt (axis along y).
-if info.get("tlt_params"):
-    p = np.array([r[:5] for r in info["tlt_params"]], np.float64)
-    tilts, slice_rots = p[:, 3], tilt_matrix(p[:, 3], p[:, 2], p[:, 4])
-else:
-    tilts = read_tlt(smk.input.tlt)
-    slice_rots = tilt_matrix(tilts)
+# Tilt geometry: EMAN tlt_params when the info json has them, else the .tlt in IMOD's convention
+# (axis along y), converted in the one IMOD -> EMAN place
+p = (np.array([r[:5] for r in info["tlt_params"]], np.float64) if info.get("tlt_params")
+     else imod_to_tlt_params(read_tlt(smk.input.tlt)))
+tilts, slice_rots = p[:, 3], tilt_matrix(p[:, 3], p[:, 2], p[:, 4])
 defocus = info.get("defocus")
 if cfg["ctf_weighting"] != "none" and not defocus:
     raise InputError("tempmatch.ctf_weighting needs per-tilt defocus, but the info json has no 'defocus'",
