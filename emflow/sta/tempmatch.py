@@ -397,6 +397,30 @@ class MatchResult:
     stats: SearchStats
 
 
+def _reuse_freed_memory() -> None:
+    """Let glibc serve large arrays from its heap and keep freed ones for reuse (``mallopt``
+    ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` = 1 GiB; no-op elsewhere). By default arrays above
+    32 MB are fresh ``mmap``s: every rotation of a 256² × 128 tile then page-faults its FFT outputs
+    (~12 bytes per voxel) back in, measured at about a third of the time per rotation. Memory stays
+    bounded by the largest set of live arrays (freed blocks are reused, not accumulated)."""
+    global _MALLOPT_DONE
+    if _MALLOPT_DONE:
+        return
+    _MALLOPT_DONE = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_MALLOPT_DONE = False
+
+
 class _PrunedTemplateFFT:
     """rfftn of a tile that is zero except for a (box³) template placed wrapped at the origin.
 
@@ -493,6 +517,7 @@ def match_template(
     """
     from emflow.rotate import rotate_volume
 
+    _reuse_freed_memory()
     vol = np.asarray(tomogram, np.float32)
     tmpl = np.asarray(template, np.float32)
     b = tmpl.shape[0]
