@@ -276,6 +276,23 @@ def _reduce_private(F, W, Fp, Wp):
             W[z] += Wp[t, z]
 
 
+def _ift_centre_crop(F: np.ndarray, N: int, b: int, workers: int) -> np.ndarray:
+    """``fourier.crop(fourier.ift(F, (N, N, N)), b)`` without computing the voxels the crop drops.
+
+    ``F`` (N, N, N//2+1) in :func:`fourier.ft` layout (unshifted). One axis at a time, each
+    inverse transform is followed by the crop along that axis (real-space index ``j`` of the
+    centred box is ``j − b/2 mod N``), so the y and x passes run on 1/2 and 1/4 of the data:
+    ~0.55 of the full inverse FFT for ``N = 2b``. Float32 output, same values to rounding.
+    """
+    if b == N:
+        return fourier.ift(F, (N, N, N), workers=workers).astype(np.float32, copy=False)
+    keep = (np.arange(b) - b // 2) % N
+    a = scipy.fft.ifft(F, axis=0, workers=workers)[keep]
+    a = scipy.fft.ifft(a, axis=1, workers=workers, overwrite_x=True)[:, keep]
+    a = scipy.fft.irfft(a, n=N, axis=2, workers=workers, overwrite_x=True)[:, :, keep]
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def _orientation_order(rots: np.ndarray, bin_deg: float = 10.0) -> np.ndarray:
     """Insertion order grouping slices of similar orientation (orientation blocking): slices whose
     planes are close touch the same accumulator lines one after another, which keeps them in cache.
@@ -492,6 +509,11 @@ class Reconstructor:
             _reduce_private(self.F, self.W, Fp, Wp)
         self.n_inserted += n
 
+    def clear(self) -> None:
+        """Zero the accumulators (reuse one reconstructor for many particles)."""
+        self._acc[...] = 0
+        self.n_inserted = 0
+
     # ------------------------------------------------------------------ merge / save / load
     def _check_compatible(self, other: "Reconstructor") -> None:
         if (other.box, other.n_pad, other.kernel) != (self.box, self.n_pad, self.kernel) or \
@@ -571,8 +593,7 @@ class Reconstructor:
             F[~nz] = 0
         N, b = self.n_pad, self.box
         F = scipy.fft.ifftshift(F, axes=(0, 1))
-        vol = fourier.ift(F, (N, N, N), workers=self.workers)
-        vol = fourier.crop(vol, b)
+        vol = _ift_centre_crop(F, N, b, self.workers)
         if gridding_correct:
             a = gridding_apodization(N, b, self.kernel)
             vol /= (a[:, None, None] * a[None, :, None] * a[None, None, :]).astype(np.float32)

@@ -490,8 +490,7 @@ def iter_extract(
                 n_sub[k] = int(sel.sum())
                 if n_sub[k] < params.min_tilt_fraction * ntilt or n_sub[k] == 0:
                     continue
-                rec.F[...] = 0
-                rec.W[...] = 0
+                rec.clear()
                 rec.insert_ft(F[sel], R[tt[sel]])
                 volumes[k] = _normalise_edge(fourier.crop(rec.finish(), box))
             del F
