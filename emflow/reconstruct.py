@@ -163,89 +163,118 @@ def _insert_one(F, W, S, wsl, has_wsl, wimg, R, kernel, rmax2, zmod, zrem):
             _deposit(F, W, px, py, pz, vr, vi, wt, kernel, c, zmod, zrem)
 
 
-_ZBLOCK = 4  # z planes per ownership block of the fast trilinear insertion
+_ZBLOCK = 8  # z planes per cache block of the trilinear insertion (8: +15-25 % vs 4 at N = 256, measured)
 
 
 @jit
-def _insert_tri_one(A, S, wsl, has_wsl, wimg, r00, r01, r02, r10, r11, r12, rmax2, T, t):
-    """Trilinear deposit of one slice ``S`` (n, n//2+1) into the interleaved accumulator ``A``
-    (N, N, N//2+1, 3) = ``[Re F, Im F, W]``, planes ``z`` with ``(z // _ZBLOCK) % T == t`` only.
+def _kx_range(a, b, lo, hi, kmin, kmax):
+    """Integers ``kx`` in [kmin, kmax] with ``lo <= a·kx + b < hi`` (widened by one each side;
+    callers check exactly). Returns (first, last); empty when first > last."""
+    k0, k1 = float(kmin), float(kmax)
+    if a > 1e-12:
+        k0 = max(k0, (lo - b) / a - 1.0)
+        k1 = min(k1, (hi - b) / a + 1.0)
+    elif a < -1e-12:
+        k0 = max(k0, (hi - b) / a - 1.0)
+        k1 = min(k1, (lo - b) / a + 1.0)
+    elif not (lo - 1.0 <= b < hi + 1.0):
+        return 1, 0
+    return int(np.ceil(k0)), int(np.floor(k1))
 
-    Same samples, weights and Friedel folding as :func:`_insert_one` + :func:`_deposit`
-    (kernel 1): F and W of a voxel share a cache line and the two x-neighbours are adjacent, so a
-    sample touches 4 lines instead of 16; rows end at the insertion radius; no per-voxel dispatch.
-    """
+
+@jit
+def _insert_tri_block(A, S, wsl, has_wsl, wimg, r00, r01, r02, r10, r11, r12, rmax2, zb):
+    """The samples of one slice that deposit into z planes ``[zb·B, (zb+1)·B)`` (B = _ZBLOCK) only:
+    for each row the kx where the (Friedel-folded) sample's planes ``floor(pz) + c`` and ``+1`` can
+    reach the block are an interval, found from the linear ``pz(kx)``. Same samples, weights and
+    folding as :func:`_insert_one` + :func:`_deposit` (kernel 1). The accumulator ``A``
+    (N, N, N//2+1, 3) interleaves ``[Re F, Im F, W]``: F and W of a voxel share a cache line and the
+    two x-neighbours are adjacent (4 lines per sample instead of 16); processing all slices block by
+    block keeps the block's accumulator planes in cache; no per-voxel kernel dispatch."""
     n = S.shape[0]
     N = A.shape[0]
     nxh = A.shape[2]
     c = N // 2
+    zlo = zb * _ZBLOCK
+    zhi = zlo + _ZBLOCK
+    plo = zlo - 1 - c  # floor(pz) + c in [zlo - 1, zhi - 1]
+    phi = zhi - c
     for j in range(n):
         fy = j if j < n // 2 else j - n
         ry2 = rmax2 - fy * fy
         if ry2 < 0:
             continue
-        kx0 = 1 if fy < 0 else 0  # (0, -ky) is the Friedel mate of (0, ky): insert once
-        for kx in range(kx0, S.shape[1]):
-            if kx * kx > ry2:
-                break
-            px = r00 * kx + r10 * fy
-            py = r01 * kx + r11 * fy
-            pz = r02 * kx + r12 * fy
-            v = S[j, kx]
-            vr = v.real
-            vi = v.imag
-            if px < 0.0:  # Friedel: store the mate -p with the conjugate value
-                px = -px
-                py = -py
-                pz = -pz
-                vi = -vi
-            zf = np.floor(pz)
-            z0 = int(zf) + c
-            own0 = z0 >= 0 and z0 < N and (z0 // _ZBLOCK) % T == t
-            own1 = z0 + 1 >= 0 and z0 + 1 < N and ((z0 + 1) // _ZBLOCK) % T == t
-            if not (own0 or own1):
-                continue
-            wt = wsl[j, kx] if has_wsl else wimg
-            if kx == 0 and fy == 0:
-                wt *= 0.5  # the origin is its own Friedel mate (hermitian_sums adds it again)
-            xf = np.floor(px)
-            yf = np.floor(py)
-            x0 = int(xf)
-            y0 = int(yf) + c
-            fx = px - xf
-            fy_ = py - yf
-            fz = pz - zf
-            for dz in range(2):
-                if (own0 if dz == 0 else own1):
-                    wz = wt * (fz if dz else 1.0 - fz)
-                    zz = z0 + dz
-                    for dy in range(2):
-                        yy = y0 + dy
-                        if yy < 0 or yy >= N:
-                            continue
-                        wzy = wz * (fy_ if dy else 1.0 - fy_)
-                        w0 = wzy * (1.0 - fx)
-                        a = A[zz, yy, x0]
-                        a[0] += w0 * vr
-                        a[1] += w0 * vi
-                        a[2] += w0
-                        if x0 + 1 < nxh:
-                            w1 = wzy * fx
-                            a = A[zz, yy, x0 + 1]
-                            a[0] += w1 * vr
-                            a[1] += w1 * vi
-                            a[2] += w1
+        kx0 = 1 if fy < 0 else 0
+        kmax = min(int(np.floor(np.sqrt(ry2))), S.shape[1] - 1)
+        for case in range(2):  # 0: stored at p (px >= 0); 1: stored at -p (px < 0)
+            sg = 1.0 if case == 0 else -1.0
+            a0, a1 = _kx_range(sg * r02, sg * r12 * fy, plo, phi, kx0, kmax)
+            for kx in range(a0, a1 + 1):
+                if kx * kx > ry2:
+                    continue
+                px = r00 * kx + r10 * fy
+                if (px < 0.0) != (case == 1):
+                    continue
+                py = r01 * kx + r11 * fy
+                pz = r02 * kx + r12 * fy
+                v = S[j, kx]
+                vr = v.real
+                vi = v.imag
+                if case == 1:
+                    px = -px
+                    py = -py
+                    pz = -pz
+                    vi = -vi
+                zf = np.floor(pz)
+                z0 = int(zf) + c
+                own0 = z0 >= zlo and z0 < zhi and z0 < N
+                own1 = z0 + 1 >= zlo and z0 + 1 < zhi and z0 + 1 < N
+                if not (own0 or own1):
+                    continue
+                wt = wsl[j, kx] if has_wsl else wimg
+                if kx == 0 and fy == 0:
+                    wt *= 0.5
+                xf = np.floor(px)
+                yf = np.floor(py)
+                x0 = int(xf)
+                y0 = int(yf) + c
+                fx = px - xf
+                fy_ = py - yf
+                fz = pz - zf
+                for dz in range(2):
+                    if (own0 if dz == 0 else own1):
+                        wz = wt * (fz if dz else 1.0 - fz)
+                        zz = z0 + dz
+                        for dy in range(2):
+                            yy = y0 + dy
+                            if yy < 0 or yy >= N:
+                                continue
+                            wzy = wz * (fy_ if dy else 1.0 - fy_)
+                            w0 = wzy * (1.0 - fx)
+                            e = A[zz, yy, x0]
+                            e[0] += w0 * vr
+                            e[1] += w0 * vi
+                            e[2] += w0
+                            if x0 + 1 < nxh:
+                                w1 = wzy * fx
+                                e = A[zz, yy, x0 + 1]
+                                e[0] += w1 * vr
+                                e[1] += w1 * vi
+                                e[2] += w1
 
 
 @pjit
-def _insert_tri(A, slices, wslices, has_wsl, wimg, rots, img_of, rmax2, nthreads):
-    """Fast trilinear insertion (:func:`_insert_tri_one`); thread ``t`` owns z blocks ``≡ t (mod T)``."""
+def _insert_tri_blocked(A, slices, wslices, has_wsl, wimg, rots, img_of, rmax2, nthreads):
+    """Cache-blocked trilinear insertion: thread ``t`` takes z blocks ``t, t+T, …`` and inserts every
+    slice's share of one block before moving to the next (:func:`_insert_tri_block`)."""
+    nblk = (A.shape[0] + _ZBLOCK - 1) // _ZBLOCK
     for t in numba.prange(nthreads):
-        for m in range(rots.shape[0]):
-            i = img_of[m]
-            R = rots[m]
-            _insert_tri_one(A, slices[i], wslices[i if has_wsl else 0], has_wsl, wimg[i],
-                            R[0, 0], R[0, 1], R[0, 2], R[1, 0], R[1, 1], R[1, 2], rmax2, nthreads, t)
+        for zb in range(t, nblk, nthreads):
+            for m in range(rots.shape[0]):
+                i = img_of[m]
+                R = rots[m]
+                _insert_tri_block(A, slices[i], wslices[i if has_wsl else 0], has_wsl, wimg[i],
+                                  R[0, 0], R[0, 1], R[0, 2], R[1, 0], R[1, 1], R[1, 2], rmax2, zb)
 
 
 @pjit
@@ -497,7 +526,7 @@ class Reconstructor:
         if self._strategy() == "slab" and self.kernel == "trilinear":
             T = numba.get_num_threads()
             order = _orientation_order(rots)
-            _insert_tri(self._acc, S, wsl, has, w, rots[order], img_of[order], rmax2, T)
+            _insert_tri_blocked(self._acc, S, wsl, has, w, rots[order], img_of[order], rmax2, T)
         elif self._strategy() == "slab":
             T = numba.get_num_threads()
             _insert_slab(self.F, self.W, S, wsl, has, w, rots, img_of, k, rmax2, T)
