@@ -618,7 +618,7 @@ class Reconstructor:
             F /= (W + 1.0)
         else:
             nz = W > 0
-            F[nz] /= W[nz]
+            np.divide(F, W, out=F, where=nz)  # in place: no gathered copies of the grid
             F[~nz] = 0
         N, b = self.n_pad, self.box
         F = scipy.fft.ifftshift(F, axes=(0, 1))

@@ -387,12 +387,14 @@ class TiltSource:
 def particles_per_block(mem_mb: float, n_tilts: int, pad2d: int, box: int) -> int:
     """Particles extracted together so that one extraction job stays within ``mem_mb``.
 
-    Fixed cost: the ``pad2d³`` insertion grid (complex64 + float32 = 12 B/voxel) and ~400 MB of
-    interpreter, numba and FFT plans. Per particle (measured by ``benchmarks/bench_extract.py``):
+    Fixed cost: the ``pad2d³`` insertion grid (complex64 + float32 = 12 B/voxel) and as much again
+    for :meth:`Reconstructor.finish`'s temporaries, plus ~400 MB of interpreter, numba and FFT plans
+    (box 128 / pad2d 256: 0.8 GB; measured 0.76 GB after a one-particle warm-up). Per particle
+    (an upper bound: ``benchmarks/bench_extract.py`` measured ~65 MB at 41 tilts of 256²):
     its ``n_tilts`` subtilts live as float32 crops, their complex64 FT, the phase-flip signs and
     shift ramps (≈ 40 B per subtilt pixel in all) plus the ``box³`` float32 volume.
     """
-    fixed = 12.0 * pad2d**3 + 400e6
+    fixed = 24.0 * pad2d**3 + 400e6
     per = 40.0 * n_tilts * pad2d * pad2d + 4.0 * box**3
     return int(max(1, (0.8 * mem_mb * 1e6 - fixed) // per))
 
