@@ -17,6 +17,18 @@ from emflow.sta.extract import (  # noqa: E402
 )
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; ``ru_maxrss`` would include the parent's over fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(inp, out, wildcards, extract: dict, microscope: dict, names: dict, threads: int, mem_mb: float) -> None:
     start = time.monotonic()
     with open(inp.plan) as f:
@@ -46,7 +58,7 @@ def main(inp, out, wildcards, extract: dict, microscope: dict, names: dict, thre
     seconds = time.monotonic() - start
     summary = {"chunk": wildcards.chunk, "first": a, "stop": b, "n_subtilts": res["n_subtilts"].tolist(),
                "zero_volume": res["zero_volume"].tolist(), "apix": res["apix"], "seconds": round(seconds, 2),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+               "peak_rss_mb": round(peak_rss_mb(), 1)}
     with atomic_write(out.summary) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     log.info("%d particles, %d subtilts in %.1f s (%.2f particles/s), peak RSS %.0f MB", b - a,
