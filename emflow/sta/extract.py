@@ -32,6 +32,7 @@ untilted image (an :class:`InputError` unless ``skip_edge``, then they are exclu
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import pathlib
 from collections.abc import Callable, Mapping
@@ -357,11 +358,22 @@ class TiltSource:
         self.shape = (n, ny // self.shrink, nx // self.shrink)
         self.mean = np.zeros(n)
         self.sd = np.ones(n)
+        self._mmap = _find_mmap(raw)
         for t in range(n):
             img = self._binned(t, 0, self.shape[1], 0, self.shape[2])
             self.mean[t] = img.mean(dtype=np.float64)
             sd = img.std(dtype=np.float64)
             self.sd[t] = sd if sd > 0 else 1.0
+            self.release()
+
+    def release(self) -> None:
+        """Unmap the file pages read so far (``madvise(MADV_DONTNEED)``; they stay in the page cache),
+        so the job's resident memory does not grow with the part of the tilt series it has visited."""
+        if self._mmap is not None:
+            try:
+                self._mmap.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):
+                self._mmap = None
 
     def _binned(self, t: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Shrunk rows ``r0:r1``, columns ``c0:c1`` of tilt ``t`` (float32, not normalised)."""
@@ -381,7 +393,18 @@ class TiltSource:
                 continue
             img = self._binned(int(t), rr0, rr1, cc0, cc1)
             out[k, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = (img - self.mean[t]) / self.sd[t]
+        self.release()
         return out
+
+
+def _find_mmap(a):
+    """The ``mmap.mmap`` behind a (view of a) ``numpy.memmap``, or None."""
+    while a is not None:
+        m = getattr(a, "_mmap", None)
+        if isinstance(m, mmap.mmap):
+            return m
+        a = getattr(a, "base", None)
+    return None
 
 
 def particles_per_block(mem_mb: float, n_tilts: int, pad2d: int, box: int) -> int:
