@@ -163,6 +163,120 @@ def _insert_one(F, W, S, wsl, has_wsl, wimg, R, kernel, rmax2, zmod, zrem):
             _deposit(F, W, px, py, pz, vr, vi, wt, kernel, c, zmod, zrem)
 
 
+_ZBLOCK = 8  # z planes per cache block of the trilinear insertion (8: +15-25 % vs 4 at N = 256, measured)
+
+
+@jit
+def _kx_range(a, b, lo, hi, kmin, kmax):
+    """Integers ``kx`` in [kmin, kmax] with ``lo <= a·kx + b < hi`` (widened by one each side;
+    callers check exactly). Returns (first, last); empty when first > last."""
+    k0, k1 = float(kmin), float(kmax)
+    if a > 1e-12:
+        k0 = max(k0, (lo - b) / a - 1.0)
+        k1 = min(k1, (hi - b) / a + 1.0)
+    elif a < -1e-12:
+        k0 = max(k0, (hi - b) / a - 1.0)
+        k1 = min(k1, (lo - b) / a + 1.0)
+    elif not (lo - 1.0 <= b < hi + 1.0):
+        return 1, 0
+    return int(np.ceil(k0)), int(np.floor(k1))
+
+
+@jit
+def _insert_tri_block(A, S, wsl, has_wsl, wimg, r00, r01, r02, r10, r11, r12, rmax2, zb):
+    """The samples of one slice that deposit into z planes ``[zb·B, (zb+1)·B)`` (B = _ZBLOCK) only:
+    for each row the kx where the (Friedel-folded) sample's planes ``floor(pz) + c`` and ``+1`` can
+    reach the block are an interval, found from the linear ``pz(kx)``. Same samples, weights and
+    folding as :func:`_insert_one` + :func:`_deposit` (kernel 1). The accumulator ``A``
+    (N, N, N//2+1, 3) interleaves ``[Re F, Im F, W]``: F and W of a voxel share a cache line and the
+    two x-neighbours are adjacent (4 lines per sample instead of 16); processing all slices block by
+    block keeps the block's accumulator planes in cache; no per-voxel kernel dispatch."""
+    n = S.shape[0]
+    N = A.shape[0]
+    nxh = A.shape[2]
+    c = N // 2
+    zlo = zb * _ZBLOCK
+    zhi = zlo + _ZBLOCK
+    plo = zlo - 1 - c  # floor(pz) + c in [zlo - 1, zhi - 1]
+    phi = zhi - c
+    for j in range(n):
+        fy = j if j < n // 2 else j - n
+        ry2 = rmax2 - fy * fy
+        if ry2 < 0:
+            continue
+        kx0 = 1 if fy < 0 else 0
+        kmax = min(int(np.floor(np.sqrt(ry2))), S.shape[1] - 1)
+        for case in range(2):  # 0: stored at p (px >= 0); 1: stored at -p (px < 0)
+            sg = 1.0 if case == 0 else -1.0
+            a0, a1 = _kx_range(sg * r02, sg * r12 * fy, plo, phi, kx0, kmax)
+            for kx in range(a0, a1 + 1):
+                if kx * kx > ry2:
+                    continue
+                px = r00 * kx + r10 * fy
+                if (px < 0.0) != (case == 1):
+                    continue
+                py = r01 * kx + r11 * fy
+                pz = r02 * kx + r12 * fy
+                v = S[j, kx]
+                vr = v.real
+                vi = v.imag
+                if case == 1:
+                    px = -px
+                    py = -py
+                    pz = -pz
+                    vi = -vi
+                zf = np.floor(pz)
+                z0 = int(zf) + c
+                own0 = z0 >= zlo and z0 < zhi and z0 < N
+                own1 = z0 + 1 >= zlo and z0 + 1 < zhi and z0 + 1 < N
+                if not (own0 or own1):
+                    continue
+                wt = wsl[j, kx] if has_wsl else wimg
+                if kx == 0 and fy == 0:
+                    wt *= 0.5
+                xf = np.floor(px)
+                yf = np.floor(py)
+                x0 = int(xf)
+                y0 = int(yf) + c
+                fx = px - xf
+                fy_ = py - yf
+                fz = pz - zf
+                for dz in range(2):
+                    if (own0 if dz == 0 else own1):
+                        wz = wt * (fz if dz else 1.0 - fz)
+                        zz = z0 + dz
+                        for dy in range(2):
+                            yy = y0 + dy
+                            if yy < 0 or yy >= N:
+                                continue
+                            wzy = wz * (fy_ if dy else 1.0 - fy_)
+                            w0 = wzy * (1.0 - fx)
+                            e = A[zz, yy, x0]
+                            e[0] += w0 * vr
+                            e[1] += w0 * vi
+                            e[2] += w0
+                            if x0 + 1 < nxh:
+                                w1 = wzy * fx
+                                e = A[zz, yy, x0 + 1]
+                                e[0] += w1 * vr
+                                e[1] += w1 * vi
+                                e[2] += w1
+
+
+@pjit
+def _insert_tri_blocked(A, slices, wslices, has_wsl, wimg, rots, img_of, rmax2, nthreads):
+    """Cache-blocked trilinear insertion: thread ``t`` takes z blocks ``t, t+T, …`` and inserts every
+    slice's share of one block before moving to the next (:func:`_insert_tri_block`)."""
+    nblk = (A.shape[0] + _ZBLOCK - 1) // _ZBLOCK
+    for t in numba.prange(nthreads):
+        for zb in range(t, nblk, nthreads):
+            for m in range(rots.shape[0]):
+                i = img_of[m]
+                R = rots[m]
+                _insert_tri_block(A, slices[i], wslices[i if has_wsl else 0], has_wsl, wimg[i],
+                                  R[0, 0], R[0, 1], R[0, 2], R[1, 0], R[1, 1], R[1, 2], rmax2, zb)
+
+
 @pjit
 def _insert_slab(F, W, slices, wslices, has_wsl, wimg, rots, img_of, kernel, rmax2, nthreads):
     for t in numba.prange(nthreads):
@@ -189,6 +303,35 @@ def _reduce_private(F, W, Fp, Wp):
         for t in range(Fp.shape[0]):
             F[z] += Fp[t, z]
             W[z] += Wp[t, z]
+
+
+def _ift_centre_crop(F: np.ndarray, N: int, b: int, workers: int) -> np.ndarray:
+    """``fourier.crop(fourier.ift(F, (N, N, N)), b)`` without computing the voxels the crop drops.
+
+    ``F`` (N, N, N//2+1) in :func:`fourier.ft` layout (unshifted). One axis at a time, each
+    inverse transform is followed by the crop along that axis (real-space index ``j`` of the
+    centred box is ``j − b/2 mod N``), so the y and x passes run on 1/2 and 1/4 of the data:
+    ~0.55 of the full inverse FFT for ``N = 2b``. Float32 output, same values to rounding.
+    """
+    if b == N:
+        return fourier.ift(F, (N, N, N), workers=workers).astype(np.float32, copy=False)
+    keep = (np.arange(b) - b // 2) % N
+    a = scipy.fft.ifft(F, axis=0, workers=workers)[keep]
+    a = scipy.fft.ifft(a, axis=1, workers=workers, overwrite_x=True)[:, keep]
+    a = scipy.fft.irfft(a, n=N, axis=2, workers=workers, overwrite_x=True)[:, :, keep]
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _orientation_order(rots: np.ndarray, bin_deg: float = 10.0) -> np.ndarray:
+    """Insertion order grouping slices of similar orientation (orientation blocking): slices whose
+    planes are close touch the same accumulator lines one after another, which keeps them in cache.
+    Sorted by the plane normal ``R[2]`` (sign-folded: a plane and its Friedel mate are the same
+    plane) in ``bin_deg`` bins of polar and azimuthal angle, then by in-plane angle."""
+    n = rots[:, 2, :] * np.where(rots[:, 2, 2:3] < 0, -1.0, 1.0)
+    pol = np.degrees(np.arccos(np.clip(n[:, 2], -1.0, 1.0))) // bin_deg
+    az = np.degrees(np.arctan2(n[:, 1], n[:, 0])) // bin_deg
+    inplane = np.arctan2(rots[:, 0, 1], rots[:, 0, 0])
+    return np.lexsort((inplane, az, pol))
 
 
 def _resolve_sym(sym) -> np.ndarray:
@@ -255,8 +398,10 @@ class Reconstructor:
         self.box, self.pad, self.n_pad, self.kernel = box, float(pad), N, kernel
         self.sym = _resolve_sym(sym)
         self.strategy, self.workers = strategy, workers
-        self.F = np.zeros((N, N, N // 2 + 1), dtype=np.complex64)
-        self.W = np.zeros((N, N, N // 2 + 1), dtype=np.float32)
+        # interleaved accumulator [Re F, Im F, W] per voxel; F and W are views of it
+        self._acc = np.zeros((N, N, N // 2 + 1, 3), dtype=np.float32)
+        self.F = self._acc[..., :2].view(np.complex64)[..., 0]
+        self.W = self._acc[..., 2]
         self.n_inserted = 0
 
     # ------------------------------------------------------------------ insertion
@@ -287,9 +432,12 @@ class Reconstructor:
         sh = _as_shifts(shifts, images.shape[0])
         if sh is not None:
             ky, kx = fourier.freq_grid((N, N))
-            # the image content sits at +t; a ramp of +t in the exponent moves it back by -t
-            ramp = np.exp(2j * np.pi * (kx[None] * sh[:, 0, None, None] + ky[None] * sh[:, 1, None, None]))
-            S *= ramp.astype(np.complex64)
+            # the image content sits at +t; a ramp of +t in the exponent moves it back by -t.
+            # Separable: exp(2πi(kx·tx + ky·ty)) = exp(2πi kx·tx)·exp(2πi ky·ty), 2N exponentials per image
+            ex = np.exp(2j * np.pi * kx[0][None, :] * sh[:, 0, None]).astype(np.complex64)
+            ey = np.exp(2j * np.pi * ky[:, 0][None, :] * sh[:, 1, None]).astype(np.complex64)
+            S *= ey[:, :, None]
+            S *= ex[:, None, :]
         return S
 
     def insert(self, images, rotations, weights=None, shifts=None, ctf=None, chunk: int = 64) -> None:
@@ -375,7 +523,11 @@ class Reconstructor:
         img_of = np.repeat(np.arange(n), nsym)
         rmax2 = (N / 2.0 - 1.0) ** 2
         k = KERNELS[self.kernel]
-        if self._strategy() == "slab":
+        if self._strategy() == "slab" and self.kernel == "trilinear":
+            T = numba.get_num_threads()
+            order = _orientation_order(rots)
+            _insert_tri_blocked(self._acc, S, wsl, has, w, rots[order], img_of[order], rmax2, T)
+        elif self._strategy() == "slab":
             T = numba.get_num_threads()
             _insert_slab(self.F, self.W, S, wsl, has, w, rots, img_of, k, rmax2, T)
         else:
@@ -385,6 +537,11 @@ class Reconstructor:
             _insert_private(Fp, Wp, S, wsl, has, w, rots, img_of, k, rmax2)
             _reduce_private(self.F, self.W, Fp, Wp)
         self.n_inserted += n
+
+    def clear(self) -> None:
+        """Zero the accumulators (reuse one reconstructor for many particles)."""
+        self._acc[...] = 0
+        self.n_inserted = 0
 
     # ------------------------------------------------------------------ merge / save / load
     def _check_compatible(self, other: "Reconstructor") -> None:
@@ -461,12 +618,11 @@ class Reconstructor:
             F /= (W + 1.0)
         else:
             nz = W > 0
-            F[nz] /= W[nz]
+            np.divide(F, W, out=F, where=nz)  # in place: no gathered copies of the grid
             F[~nz] = 0
         N, b = self.n_pad, self.box
         F = scipy.fft.ifftshift(F, axes=(0, 1))
-        vol = fourier.ift(F, (N, N, N), workers=self.workers)
-        vol = fourier.crop(vol, b)
+        vol = _ift_centre_crop(F, N, b, self.workers)
         if gridding_correct:
             a = gridding_apodization(N, b, self.kernel)
             vol /= (a[:, None, None] * a[None, :, None] * a[None, None, :]).astype(np.float32)

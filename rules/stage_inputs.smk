@@ -268,3 +268,21 @@ def spt_truth_evals(wildcards):
 
 def spt_rec_chunks(wildcards):
     return expand(f"{SPT_PATH}/chunks/rec_{wildcards.it}_{{c}}.npz", c=spt_chunk_ids(wildcards))
+
+
+# ---------------------------------------------------------------- extract.smk
+
+def extract_chunk_files(wildcards):
+    """Chunk files of one tomogram × label (as many chunks as the extract_plan checkpoint made)."""
+    import json
+
+    plan = checkpoints.extract_plan.get(tomo=wildcards.tomo, label=wildcards.label).output.plan
+    with open(plan) as f:
+        n = len(json.load(f)["chunks"])
+    stem = f"results/extract/chunks/{wildcards.tomo}__{wildcards.label}"
+    ids = [f"{c:03d}" for c in range(n)]
+    return {
+        "subtilts": [f"{stem}/particles_{c}.hdf" for c in ids],
+        "chunks3d": [f"{stem}/particles3d_{c}.hdf" for c in ids],
+        "chunk_summaries": [f"{stem}/summary_{c}.json" for c in ids],
+    }

@@ -17,7 +17,7 @@ from emflow.sta.extract import (
 )
 from emflow.fsc import fsc, resolution
 from emflow.io import (
-    read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_info_json, write_star,
+    read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_info_json,
 )
 from emflow.projection import project
 from emflow.rotate import rotate_volume
@@ -147,7 +147,7 @@ def test_too_few_tilts_gives_zero_volume(clean):
     assert res.zero_volume.all() and not res.volumes.any()
 
 
-def test_picks_from_info_star_and_text(tmp_path, clean):
+def test_picks_from_info_json_only(tmp_path, clean):
     _, truth, info, _ = clean
     shape_unbin = SHAPE
     p_json = tmp_path / "t_info.json"
@@ -157,13 +157,13 @@ def test_picks_from_info_star_and_text(tmp_path, clean):
     assert boxsize == truth.box
     with pytest.raises(InputError, match="no particle class named 'ribo'"):
         read_picks(p_json, "ribo", shape_unbin)
+    # STAR/text picks are converted once, on import (tests/test_conventions_*.py); extraction
+    # refuses them rather than guess their origin
     corner = truth.positions_px + np.array(shape_unbin) // 2
-    p_star = tmp_path / "p.star"
-    write_star(p_star, {"particles": {f"rlnCoordinate{a}": corner[:, i] for i, a in enumerate("XYZ")}})
-    np.testing.assert_allclose(read_picks(p_star, None, shape_unbin)[0], truth.positions_px)
     p_txt = tmp_path / "p.txt"
     np.savetxt(p_txt, corner)
-    np.testing.assert_allclose(read_picks(p_txt, None, shape_unbin)[0], truth.positions_px, atol=1e-6)
+    with pytest.raises(InputError, match="info json"):
+        read_picks(p_txt, None, shape_unbin)
 
 
 def test_pick_outside_or_at_edge(tmp_path):
@@ -212,3 +212,47 @@ def test_sets_lst_count_and_spatial_split(tmp_path):
     write_set(path, set_entries(groups, spliteo=False))
     assert all(e.meta == {} for e in read_lst(path))
     assert json.loads(json.dumps([e.meta for e in back]))  # plain JSON metadata
+
+
+@pytest.mark.parametrize("shrink", [1, 2])
+def test_streamed_chunks_equal_the_in_memory_extraction(tmp_path, clean, shrink):
+    """Chunk jobs (lazy memory-mapped tilt series, blocks of particles written as made) joined by the
+    gather give the same subtilts, volumes and headers as the all-in-memory path."""
+    from emflow.io import write_mrc
+    from emflow.sta.extract import TiltSource, chunk_bounds, extract_to_files, gather_extraction, open_tilt_series
+
+    stack, truth, _, geom = clean
+    box, pad2d = extraction_boxes(truth.box, shrink, 2.0)
+    params = ExtractParams(box=box, pad2d=pad2d, shrink=shrink)
+    coords = truth.positions_px
+    ref = extract_particles(prepare_tilt_series(stack, shrink), geom, coords, params)
+    ts = tmp_path / "ts.mrc"
+    write_mrc(ts, stack.astype(np.float32), APIX)
+    raw = open_tilt_series(ts)
+    assert isinstance(raw, np.memmap) or isinstance(getattr(raw, "base", None), np.memmap)
+    source = TiltSource(raw, shrink)
+    f2, f3 = str(tmp_path / "sub.hdf"), str(tmp_path / "p3d.hdf")
+    chunks = []
+    bounds = chunk_bounds(len(coords), 2)
+    assert bounds == [(0, 2), (2, 4), (4, 5)]
+    for j, (a, b) in enumerate(bounds):
+        c2, c3 = str(tmp_path / f"sub_{j}.hdf"), str(tmp_path / f"p3d_{j}.hdf")
+        extract_to_files(source, geom, coords[a:b], params, particles_path=c2, particles3d_path=c3,
+                         file_threed=f3, file_twod=f2, first_model_id=a, block=1)
+        chunks.append((c2, c3))
+    gather_extraction(chunks, f2, f3)
+    sub, h2 = read_hdf_stack(f2)
+    vol, h3 = read_hdf_stack(f3)
+    np.testing.assert_allclose(sub, ref.subtilts, atol=2e-5)
+    np.testing.assert_allclose(vol, ref.volumes, atol=2e-5)
+    r2 = subtilt_headers(ref, coords, geom, file_threed=f3)
+    r3 = particle_headers(ref, coords, file_twod=f2)
+    for got, want in zip(h2, r2):
+        assert got["model_id"] == want["model_id"] and got["tilt_id"] == want["tilt_id"]
+        assert got["file_threed"] == f3
+        np.testing.assert_allclose(got["ptcl_source_coord"], want["ptcl_source_coord"], atol=1e-4)
+        assert got["ctf"]["defocus"] == pytest.approx(want["ctf"]["defocus"], abs=1e-6)
+    for got, want in zip(h3, r3):
+        assert list(np.atleast_1d(got["class_ptcl_idxs"])) == want["class_ptcl_idxs"]
+        assert got["model_id"] == want["model_id"] and got["class_ptcl_src"] == f2
+    assert len(h2) == len(r2) and len(h3) == len(r3) == 5

@@ -228,3 +228,88 @@ def test_recall_precision_and_flcf_wedge_beats_plain_cc(template, rng):
     pairs = m_best["pairs"]
     err = angle_between(best.rotations[found.rot_index[pairs[:, 0]]], true_rots[pairs[:, 1]])
     assert np.median(err) < 30.0
+
+
+# ----------------------------------------------------------------------------- angular sampling, memory
+
+
+def test_angular_step_from_diameter_and_resolution():
+    # pytom-match-pick src/pytom_tm/tmjob.py L489-493 (commit 27f5d68):
+    # angle_increment = rad2deg(max(2 * voxel_size, low_pass) / particle_diameter)
+    assert tm.angular_step_deg(290.0, 30.0) == pytest.approx(np.degrees(30.0 / 290.0))  # ribosome, 15 Å/px: 5.93°
+    assert tm.search_step_deg(12.5, apix=10.0, template_box=32) == 12.5
+    # auto: resolution = max(2·apix, low-pass); diameter = given, else the mask's (box − 4 px)
+    assert tm.search_step_deg("auto", apix=10.0, template_box=32, lowpass_res_a=45.0,
+                              particle_diameter_a=250.0) == pytest.approx(np.degrees(45.0 / 250.0))
+    assert tm.search_step_deg("auto", apix=10.0, template_box=32, lowpass_res_a=None) == \
+        pytest.approx(np.degrees(20.0 / 280.0))
+    assert tm.search_step_deg("auto", apix=10.0, template_box=32, mask_radius_px=10.0) == \
+        pytest.approx(np.degrees(20.0 / 200.0))
+    with pytest.raises(ValueError):
+        tm.angular_step_deg(0.0, 20.0)
+
+
+def _angles_to_set(Q, R):
+    tr = np.einsum("nij,mij->nm", Q, R)
+    return np.degrees(np.arccos(np.clip((tr.max(axis=1) - 1) / 2, -1, 1)))
+
+
+@pytest.mark.parametrize("delta", [10.0, 15.0, 20.0, 30.0])
+def test_orientation_set_covers_so3_at_its_step_without_redundancy(delta, rng):
+    """``delta`` is the grid spacing: nearest neighbours ≈ delta and none closer than 0.95·delta (no
+    redundant rotations; EMAN's generator had pairs 0.29–0.43·delta apart), and every rotation lies
+    within 0.8·delta of the set (covering radius)."""
+    _, R = tm.search_orientations("c1", delta)
+    far = _angles_to_set(random_rotations(2000, rng), R)
+    assert far.max() < 0.8 * delta  # measured 8.06°, 11.69°, 15.41°, 23.53°
+    sub = R[:: max(1, len(R) // 400)]
+    tr = np.einsum("nij,mij->nm", sub, R)
+    tr[tr > 3 - 1e-9] = -10  # itself
+    nn = np.degrees(np.arccos(np.clip((tr.max(axis=1) - 1) / 2, -1, 1)))
+    assert nn.min() > 0.95 * delta and np.median(nn) == pytest.approx(delta, rel=0.02)
+
+
+def test_rotation_count_matches_pytme_at_equal_coverage(rng):
+    """pyTME samples by covering radius (Karney's sets; tme/data/metadata.yaml, commit 866fd92:
+    c48u83 = 1992 rotations, covering 16.29°, its set for --angular-sampling 15). emflow's 20° grid
+    covers as well (15.4°) with no more rotations (1908); the 4416 at a nominal 15° are a finer
+    coverage (11.7°), not an oversampled one."""
+    _, R20 = tm.search_orientations("c1", 20.0)
+    assert len(R20) <= 1992 and _angles_to_set(random_rotations(2000, rng), R20).max() < 16.29
+    assert len(tm.search_orientations("c1", 15.0)[1]) == 4416
+
+
+def test_cn_search_covers_the_asymmetric_unit(rng):
+    """C4: a quarter of the c1 set, and every rotation is within the c1 covering radius of some
+    ``R·S`` (S a C4 operator) of the C4 set."""
+    from emflow.geometry import get_symmetry
+
+    _, R1 = tm.search_orientations("c1", 20.0)
+    _, R4 = tm.search_orientations("c4", 20.0)
+    assert len(R4) == pytest.approx(len(R1) / 4, rel=0.1)
+    S = get_symmetry("c4").matrices
+    full = np.einsum("nij,sjk->nsik", R4, S).reshape(-1, 3, 3)
+    assert _angles_to_set(random_rotations(1000, rng), full).max() < 0.85 * 20.0  # measured 16.0°
+
+
+def test_search_memory_does_not_grow_with_rotations(rng):
+    """One tile: no rotated template is kept (each is used once); several tiles: the cache of
+    templates is capped at one tile's FT. Peak traced memory is flat in the rotation count."""
+    import tracemalloc
+
+    tomo = rng.normal(size=(24, 32, 32)).astype(np.float32)
+    tmpl = rng.normal(size=(16, 16, 16)).astype(np.float32)
+    peaks = {}
+    for tile in (64, 24):
+        for n in (10, 80):
+            rots = random_rotations(n, rng)
+            tm.match_template(tomo, tmpl, rots[:2], tile_size=tile, workers=1)  # warm-up (numba)
+            tracemalloc.start()
+            tm.match_template(tomo, tmpl, rots, tile_size=tile, workers=1)
+            peaks[tile, n] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    template_bytes = 4 * 16**3
+    # 70 more templates would be 70 × 16 KiB = 1.1 MiB if they were kept
+    assert peaks[64, 80] - peaks[64, 10] < 10 * template_bytes
+    tile_ft_bytes = 8 * 24 * 24 * 13
+    assert peaks[24, 80] - peaks[24, 10] < tile_ft_bytes + 10 * template_bytes

@@ -597,3 +597,55 @@ def write_hdf_stack(path: str | os.PathLike, images, headers: Sequence[Mapping] 
         raise ValueError(f"{len(headers)} headers for {len(image_list)} images")
     with HdfStackWriter(path, apix=apix, bits=bits, append=append) as out:
         out.append(image_list, headers)
+
+
+def concat_hdf_stacks(path: str | os.PathLike, sources: Sequence[str | os.PathLike], *,
+                      shift_key: str | None = None, shifts: Sequence[int] | None = None) -> list[int]:
+    """Join EMAN2 HDF stacks into one (atomically), copying each image group as stored.
+
+    Data (float or compressed) and header attributes are copied byte for byte (``H5Ocopy``), so
+    joining is exact and needs memory for one image group at a time.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    sources : sequence of paths
+        Input stacks, in order.
+    shift_key, shifts : optional
+        Add ``shifts[j]`` to the integer list header ``shift_key`` of every image of ``sources[j]``
+        (e.g. ``class_ptcl_idxs`` when the files they index are joined too).
+
+    Returns
+    -------
+    list of int
+        Index in the output of the first image of each source.
+    """
+    if shift_key is not None and (shifts is None or len(shifts) != len(sources)):
+        raise ValueError("concat_hdf_stacks: give one shift per source with shift_key")
+    starts, count = [], 0
+    bname = (_PREFIX + shift_key).encode() if shift_key else None
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as out:
+        images = out.require_group(_GROUP).id
+        for j, src in enumerate(sources):
+            starts.append(count)
+            with _open_read(src) as f:
+                n = _image_count(f, src) if _GROUP in f else 0
+                sid = f[_GROUP].id if n else None
+                for i in range(n):
+                    name = str(count).encode()
+                    h5py.h5o.copy(sid, str(i).encode(), images, name)
+                    if bname is not None and shifts[j]:
+                        gid = h5py.h5g.open(images, name)
+                        if h5py.h5a.exists(gid, bname):
+                            arr = np.asarray(_read_attr(h5py.h5a.open(gid, bname))).ravel()
+                            if arr.size == 0:
+                                count += 1
+                                continue
+                            h5py.h5a.delete(gid, bname)
+                            tid, space, data = _encode_array(arr.astype(np.int64) + int(shifts[j]),
+                                                             _T_I32, np.int32)
+                            h5py.h5a.create(gid, bname, tid, space).write(data, mtype=tid)
+                    count += 1
+        out[_GROUP].attrs.create("imageid_max", np.array([count - 1], dtype=np.int32))
+    return starts

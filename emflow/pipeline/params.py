@@ -23,7 +23,7 @@ RULE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "tempmatch": ("delta_deg", "sym", "template_box_px", "mask_radius_a", "lowpass_res_a", "highpass_res_a",
                       "wedge", "local_normalisation", "ctf_weighting", "dose_per_tilt_e_a2", "tomogram_contrast",
                       "clamp_sigma", "tile_size_px", "template", "template_mask", "template_contrast",
-                      "template_mirror"),
+                      "template_mirror", "particle_diameter_a"),
         "microscope": ("voltage_kv", "cs_mm", "ampcont"),
     },
     "tempmatch_extract": {

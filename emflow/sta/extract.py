@@ -32,6 +32,7 @@ untilted image (an :class:`InputError` unless ``skip_edge``, then they are exclu
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import pathlib
 from collections.abc import Callable, Mapping
@@ -41,8 +42,8 @@ import numpy as np
 from emflow import fourier
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.errors import InputError
+from emflow.pixel_size import check_pixel_size
 from emflow.geometry import tilt_matrix
-from emflow.sta.importer import read_picks as _read_picks_any
 from emflow.io import boxes_from_info, read_info_json, tlt_params
 from emflow.masks import soft_circle
 from emflow.reconstruct import Reconstructor
@@ -50,6 +51,8 @@ from emflow.reconstruct import Reconstructor
 __all__ = [
     "TiltGeometry", "ExtractParams", "ExtractResult", "extraction_boxes", "read_picks", "check_picks",
     "prepare_tilt_series", "extract_particles", "subtilt_headers", "particle_headers",
+    "TiltSource", "open_tilt_series", "particles_per_block", "iter_extract", "extract_to_files",
+    "chunk_bounds", "gather_extraction",
 ]
 
 CLAMP_SIGMA = 8.0  # EMAN: pixels beyond ±8σ after normalisation are set to 0
@@ -103,7 +106,10 @@ class TiltGeometry:
         if len(phase) != n:
             raise InputError(f"has {len(phase)} phase values for {n} tilts", source=source,
                              fix="re-run the CTF estimation for this tilt series")
-        return cls(params=params, apix_unbin=float(info.get("apix_unbin", apix)),
+        # the info json's pixel size was established on import; the config value is a check
+        apix_unbin = check_pixel_size(info.get("apix_unbin"), source=source or "info json", expected=apix,
+                                      kind="json", what="info json (apix_unbin)")
+        return cls(params=params, apix_unbin=apix_unbin,
                    defocus_um=None if df is None else np.asarray(df, dtype=np.float64),
                    phase_deg=np.asarray(phase, dtype=np.float64),
                    voltage_kv=float(info.get("voltage", voltage_kv)), cs_mm=float(info.get("cs", cs_mm)),
@@ -126,12 +132,11 @@ def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> t
     Parameters
     ----------
     path : str or path
-        EMAN2 info json (``boxes_3d`` of class ``label``), RELION STAR or text ``x y z`` (unbinned
-        px from the tomogram corner; ``label`` is ignored).
+        EMAN2 info json (``boxes_3d`` of class ``label``): the import or picks stage's output.
     label : str or None
         Class name in the info json's ``class_list``.
     shape_xyz_unbin : (nx, ny, nz)
-        Tomogram size in unbinned px (to convert corner-based coordinates).
+        Tomogram size in unbinned px (unused; kept for the callers' signature).
 
     Returns
     -------
@@ -140,8 +145,10 @@ def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> t
         ``class_list[...]["boxsize"]`` of ``label`` when the file is an info json and has one.
     """
     path = pathlib.Path(path)
-    if path.suffix != ".json":
-        return _read_picks_any(path, tuple(int(v) for v in shape_xyz_unbin)), None
+    if path.suffix != ".json":  # foreign formats are read once, on import (emflow.sta.import_picks)
+        raise InputError("extraction reads picks from an EMAN2 info json", source=path,
+                         fix="give the picks file as the tomogram's `picks:` in the input table; the import "
+                             "stage converts it into results/import/info/<tomo>_info.json")
     info = read_info_json(path)
     coords, _, _ = boxes_from_info(info, label=label, source=path)
     boxsize = None
@@ -268,6 +275,8 @@ class ExtractResult:
     zero_volume : ndarray bool (n,)
     apix : float
         Pixel size of subtilts and volumes (Å/px).
+    first : int
+        Index of the first volume's particle (blocks of :func:`iter_extract`; 0 for a whole result).
     """
 
     subtilts: np.ndarray
@@ -282,6 +291,7 @@ class ExtractResult:
     n_subtilts: np.ndarray
     zero_volume: np.ndarray
     apix: float
+    first: int = 0
 
 
 def _crop_stack(stack: np.ndarray, tilt_idx: np.ndarray, centres: np.ndarray, n: int) -> np.ndarray:
@@ -329,40 +339,136 @@ def _shift_ramps(shifts: np.ndarray, n: int) -> np.ndarray:
     return ex * ey
 
 
-def extract_particles(
-    stack: np.ndarray,
+class TiltSource:
+    """The tilt series as :func:`prepare_tilt_series` would make it, read lazily crop by crop.
+
+    ``raw`` may be a read-only memmap (:func:`open_tilt_series`): only per-tilt statistics are
+    computed up front (one tilt image in memory at a time) and :meth:`crops` reads, shrinks and
+    normalises just the pixels of each subtilt, so memory does not grow with the tilt series.
+    The crops equal those of the prepared array (same float64 arithmetic, same shrink grid).
+
+    Parameters
+    ----------
+    raw : ndarray (ntilt, ny, nx), any float dtype, memmap allowed
+    shrink : int
+        Mean-shrink factor (``fourier.bin_mean`` blocks from the image corner).
+    """
+
+    def __init__(self, raw: np.ndarray, shrink: int = 1):
+        if raw.ndim != 3:
+            raise ValueError(f"TiltSource: stack must be (ntilt, ny, nx), got {raw.shape}")
+        self.raw, self.shrink = raw, int(shrink)
+        n, ny, nx = raw.shape
+        self.shape = (n, ny // self.shrink, nx // self.shrink)
+        self.mean = np.zeros(n)
+        self.sd = np.ones(n)
+        self._mmap = _find_mmap(raw)
+        for t in range(n):
+            img = self._binned(t, 0, self.shape[1], 0, self.shape[2])
+            self.mean[t] = img.mean(dtype=np.float64)
+            sd = img.std(dtype=np.float64)
+            self.sd[t] = sd if sd > 0 else 1.0
+            self.release()
+
+    def release(self) -> None:
+        """Unmap the file pages read so far (``madvise(MADV_DONTNEED)``; they stay in the page cache),
+        so the job's resident memory does not grow with the part of the tilt series it has visited."""
+        if self._mmap is not None:
+            try:
+                self._mmap.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):
+                self._mmap = None
+
+    def _binned(self, t: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Shrunk rows ``r0:r1``, columns ``c0:c1`` of tilt ``t`` (float32, not normalised)."""
+        s = self.shrink
+        img = np.asarray(self.raw[t, r0 * s:r1 * s, c0 * s:c1 * s], dtype=np.float32)
+        return fourier.bin_mean(img, (s, s)) if s > 1 else img
+
+    def crops(self, tilt_idx: np.ndarray, centres: np.ndarray, n: int) -> np.ndarray:
+        """``n × n`` normalised crops (float32 (m, n, n)) of tilts ``tilt_idx`` centred on the integer
+        shrunk-px ``centres`` (m, 2) (x, y); zero outside the image (as :func:`_crop_stack`)."""
+        _, ny, nx = self.shape
+        out = np.zeros((len(tilt_idx), n, n), dtype=np.float32)
+        for k, (t, (cx, cy)) in enumerate(zip(tilt_idx, centres)):
+            r0, c0 = int(cy) - n // 2, int(cx) - n // 2
+            rr0, rr1, cc0, cc1 = max(r0, 0), min(r0 + n, ny), max(c0, 0), min(c0 + n, nx)
+            if rr0 >= rr1 or cc0 >= cc1:
+                continue
+            img = self._binned(int(t), rr0, rr1, cc0, cc1)
+            out[k, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = (img - self.mean[t]) / self.sd[t]
+        self.release()
+        return out
+
+
+def _find_mmap(a):
+    """The ``mmap.mmap`` behind a (view of a) ``numpy.memmap``, or None."""
+    while a is not None:
+        m = getattr(a, "_mmap", None)
+        if isinstance(m, mmap.mmap):
+            return m
+        a = getattr(a, "base", None)
+    return None
+
+
+def particles_per_block(mem_mb: float, n_tilts: int, pad2d: int, box: int) -> int:
+    """Particles extracted together so that one extraction job stays within ``mem_mb``.
+
+    Fixed cost: the ``pad2d³`` insertion grid (complex64 + float32 = 12 B/voxel) and as much again
+    for :meth:`Reconstructor.finish`'s temporaries, plus ~400 MB of interpreter, numba and FFT plans
+    (box 128 / pad2d 256: 0.8 GB; measured 0.76 GB after a one-particle warm-up). Per particle
+    (an upper bound: ``benchmarks/bench_extract.py`` measured ~65 MB at 41 tilts of 256²):
+    its ``n_tilts`` subtilts live as float32 crops, their complex64 FT, the phase-flip signs and
+    shift ramps (≈ 40 B per subtilt pixel in all) plus the ``box³`` float32 volume.
+    """
+    fixed = 24.0 * pad2d**3 + 400e6
+    per = 40.0 * n_tilts * pad2d * pad2d + 4.0 * box**3
+    return int(max(1, (0.8 * mem_mb * 1e6 - fixed) // per))
+
+
+def iter_extract(
+    source: "TiltSource | np.ndarray",
     geom: TiltGeometry,
     coords_unbin: np.ndarray,
     params: ExtractParams,
     *,
+    block: int = 8,
     progress: Callable[[float], None] | None = None,
     workers: int = -1,
-    chunk_bytes: int = 2**28,
-) -> ExtractResult:
-    """Extract subtilts of every particle and reconstruct each particle (module docstring).
+):
+    """Extract and reconstruct particles ``block`` at a time (module docstring, steps 1–5).
 
     Parameters
     ----------
-    stack : ndarray (ntilt, ny, nx)
-        The tilt series as from :func:`prepare_tilt_series` (already shrunk and normalised),
-        protein dark.
+    source : TiltSource or ndarray (ntilt, ny, nx)
+        The tilt series: a :class:`TiltSource` (lazy, e.g. over a memmap) or an array already
+        prepared by :func:`prepare_tilt_series` (shrunk, normalised), protein dark.
     geom : TiltGeometry
     coords_unbin : ndarray (n, 3)
         Particle centres, unbinned px from the tomogram centre (x, y, z).
     params : ExtractParams
+    block : int
+        Particles per block (memory: see :func:`particles_per_block`).
     progress : callable, optional
         Called with the fraction of particles done.
     workers : int
-        ``scipy.fft`` threads.
-    chunk_bytes : int
-        Approximate memory for the subtilts of one batch of particles.
+        ``scipy.fft`` and insertion threads.
 
-    Returns
-    -------
+    Yields
+    ------
     ExtractResult
+        One per block of particles, in order: ``particle`` holds indices into ``coords_unbin``,
+        ``volumes``/``n_subtilts``/``zero_volume`` the block's particles only (attribute
+        ``first`` = index of its first particle).
     """
-    stack = np.asarray(stack, dtype=np.float32)
-    ntilt, ny, nx = stack.shape
+    if isinstance(source, TiltSource):
+        crop, shape = source.crops, source.shape
+    else:
+        stack = np.asarray(source, dtype=np.float32)
+        if stack.ndim != 3:
+            raise ValueError(f"extract_particles: stack must be (ntilt, ny, nx), got {stack.shape}")
+        crop, shape = (lambda t, c, n: _crop_stack(stack, t, c, n)), stack.shape
+    ntilt, ny, nx = shape
     if ntilt != geom.n_tilts:
         raise InputError(f"tilt series has {ntilt} images but the alignment has {geom.n_tilts} tilts",
                          source="tlt_params", fix="use the info json made for this tilt series")
@@ -381,66 +487,210 @@ def extract_particles(
     mask = soft_circle(n2, n2 / 2.0 - w, w / 2.0) if params.mask_subtilts and w > 0 else None
     # few slices into a large grid: per-thread z-slabs beat private accumulators (no T× zeroing)
     rec = Reconstructor(n2, pad=1, kernel="trilinear", strategy="slab", workers=workers)
-
-    out: dict[str, list] = {k: [] for k in ("sub", "part", "tilt", "shift", "crop", "depth", "df")}
-    volumes = np.zeros((npart, box, box, box), dtype=np.float32)
-    n_sub = np.zeros(npart, dtype=np.int64)
-    per_chunk = max(1, int(chunk_bytes // max(1, 12 * ntilt * n2 * n2)))
-    for p0 in range(0, npart, per_chunk):
-        pidx = np.arange(p0, min(npart, p0 + per_chunk))
+    block = max(1, int(block))
+    for p0 in range(0, npart, block):
+        pidx = np.arange(p0, min(npart, p0 + block))
+        volumes = np.zeros((len(pidx), box, box, box), dtype=np.float32)
+        n_sub = np.zeros(len(pidx), dtype=np.int64)
         q = np.einsum("tij,pj->pti", R, coords[pidx])  # (p, t, 3): position in each tilt
         centre = q[..., :2] + tshift[None] + np.array([nx // 2, ny // 2])
         ic = np.floor(centre + 0.5)
         inside = (ic[..., 0] >= 0) & (ic[..., 0] < nx) & (ic[..., 1] >= 0) & (ic[..., 1] < ny) & use_tilt[None]
         pp, tt = np.nonzero(inside)  # particle-major, tilt order within a particle
-        crops = _crop_stack(stack, tt, ic[pp, tt].astype(np.int64), n2)
+        crops = crop(tt, ic[pp, tt].astype(np.int64), n2)
         crops, ok = _normalise_subtilts(crops)
         pp, tt, crops = pp[ok], tt[ok], crops[ok]
-        if pp.size == 0:  # every particle of this batch lies outside all images
-            continue
-        if mask is not None:
-            crops *= mask
-        dxy = centre[pp, tt] - ic[pp, tt]
-        F = fourier.ft(crops, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
         df = None
-        if geom.defocus_um is not None:
-            df = geom.defocus_um[tt].copy()
-            if params.depth_defocus:
-                df -= q[pp, tt, 2] * apix / 1e4
-        if flip:
-            F *= _flip_signs(df, geom.phase_deg[tt], geom, n2, apix)
-            crops = fourier.ift(F, (n2, n2), workers=workers).astype(np.float32, copy=False)
-        F *= _shift_ramps(dxy, n2)
-        gp = pidx[pp]
-        for k, i in enumerate(pidx):
-            sel = pp == k
-            n_sub[i] = int(sel.sum())
-            if n_sub[i] < params.min_tilt_fraction * ntilt or n_sub[i] == 0:
-                continue
-            rec.F[...] = 0
-            rec.W[...] = 0
-            rec.insert_ft(F[sel], R[tt[sel]])
-            vol = fourier.crop(rec.finish(), box)
-            volumes[i] = _normalise_edge(vol)
-            if progress is not None:
-                progress((i + 1) / npart)
-        out["sub"].append(crops)
-        out["part"].append(gp)
-        out["tilt"].append(tt)
-        out["shift"].append(dxy)
-        out["crop"].append(ic[pp, tt].astype(np.int64))
-        out["depth"].append(q[pp, tt, 2])
-        out["df"].append(df if df is not None else np.zeros(0))
+        if pp.size:
+            if mask is not None:
+                crops *= mask
+            dxy = centre[pp, tt] - ic[pp, tt]
+            F = fourier.ft(crops, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+            if geom.defocus_um is not None:
+                df = geom.defocus_um[tt].copy()
+                if params.depth_defocus:
+                    df -= q[pp, tt, 2] * apix / 1e4
+            if flip:
+                F *= _flip_signs(df, geom.phase_deg[tt], geom, n2, apix)
+                crops = fourier.ift(F, (n2, n2), workers=workers).astype(np.float32, copy=False)
+            F *= _shift_ramps(dxy, n2)
+            for k in range(len(pidx)):
+                sel = pp == k
+                n_sub[k] = int(sel.sum())
+                if n_sub[k] < params.min_tilt_fraction * ntilt or n_sub[k] == 0:
+                    continue
+                rec.clear()
+                rec.insert_ft(F[sel], R[tt[sel]])
+                volumes[k] = _normalise_edge(fourier.crop(rec.finish(), box))
+            del F
+        else:  # every particle of this block lies outside all images
+            dxy = np.zeros((0, 2))
         if progress is not None:
             progress((pidx[-1] + 1) / npart)
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
-    tilt_id = cat["tilt"].astype(np.int64)
+        res = ExtractResult(
+            subtilts=crops.reshape(-1, n2, n2).astype(np.float32, copy=False), particle=pidx[pp].astype(np.int64),
+            tilt_id=tt.astype(np.int64), rotations=R[tt], shifts=dxy.reshape(-1, 2),
+            crop_xy=ic[pp, tt].astype(np.int64).reshape(-1, 2), depth=q[pp, tt, 2],
+            defocus_um=(df if df is not None else np.zeros(0)) if geom.defocus_um is not None else None,
+            volumes=volumes, n_subtilts=n_sub, zero_volume=~np.any(volumes != 0, axis=(1, 2, 3)), apix=apix)
+        res.first = int(p0)  # index of the block's first particle
+        yield res
+
+
+def extract_particles(
+    stack: np.ndarray,
+    geom: TiltGeometry,
+    coords_unbin: np.ndarray,
+    params: ExtractParams,
+    *,
+    progress: Callable[[float], None] | None = None,
+    workers: int = -1,
+    chunk_bytes: int = 2**28,
+) -> ExtractResult:
+    """Extract subtilts of every particle and reconstruct each particle, all in memory (module
+    docstring; :func:`extract_to_files` streams the same results to disk).
+
+    Parameters
+    ----------
+    stack : ndarray (ntilt, ny, nx) or TiltSource
+        The tilt series as from :func:`prepare_tilt_series` (already shrunk and normalised),
+        protein dark.
+    geom : TiltGeometry
+    coords_unbin : ndarray (n, 3)
+        Particle centres, unbinned px from the tomogram centre (x, y, z).
+    params : ExtractParams
+    progress : callable, optional
+        Called with the fraction of particles done.
+    workers : int
+        ``scipy.fft`` threads.
+    chunk_bytes : int
+        Approximate memory for the subtilts of one batch of particles.
+
+    Returns
+    -------
+    ExtractResult
+    """
+    ntilt = geom.n_tilts
+    n2 = int(params.pad2d)
+    block = max(1, int(chunk_bytes // max(1, 12 * ntilt * n2 * n2)))
+    parts = list(iter_extract(stack, geom, coords_unbin, params, block=block, progress=progress, workers=workers))
+    npart = np.asarray(coords_unbin).reshape(-1, 3).shape[0]
+    box = int(params.box)
+
+    def cat(key, shape):
+        arrs = [getattr(r, key) for r in parts if getattr(r, key) is not None]
+        return np.concatenate(arrs) if arrs else np.zeros(shape)
+
+    volumes = cat("volumes", (0, box, box, box)).astype(np.float32, copy=False)
     return ExtractResult(
-        subtilts=cat["sub"].reshape(-1, n2, n2).astype(np.float32, copy=False),
-        particle=cat["part"].astype(np.int64), tilt_id=tilt_id,
-        rotations=R[tilt_id], shifts=cat["shift"].reshape(-1, 2), crop_xy=cat["crop"].reshape(-1, 2),
-        depth=cat["depth"], defocus_um=cat["df"] if geom.defocus_um is not None else None,
-        volumes=volumes, n_subtilts=n_sub, zero_volume=~np.any(volumes != 0, axis=(1, 2, 3)), apix=apix)
+        subtilts=cat("subtilts", (0, n2, n2)).astype(np.float32, copy=False),
+        particle=cat("particle", (0,)).astype(np.int64), tilt_id=cat("tilt_id", (0,)).astype(np.int64),
+        rotations=cat("rotations", (0, 3, 3)), shifts=cat("shifts", (0, 2)),
+        crop_xy=cat("crop_xy", (0, 2)).astype(np.int64), depth=cat("depth", (0,)),
+        defocus_um=cat("defocus_um", (0,)) if geom.defocus_um is not None else None,
+        volumes=volumes.reshape(npart, box, box, box), n_subtilts=cat("n_subtilts", (0,)).astype(np.int64),
+        zero_volume=cat("zero_volume", (0,)).astype(bool),
+        apix=geom.apix_unbin * int(params.shrink))
+
+
+def extract_to_files(
+    source: "TiltSource | np.ndarray",
+    geom: TiltGeometry,
+    coords_unbin: np.ndarray,
+    params: ExtractParams,
+    *,
+    particles_path: str,
+    particles3d_path: str,
+    file_threed: str | None = None,
+    file_twod: str | None = None,
+    first_model_id: int = 0,
+    block: int = 8,
+    bits: int = 0,
+    progress: Callable[[float], None] | None = None,
+    workers: int = -1,
+) -> dict:
+    """:func:`iter_extract`, each block written at once to two EMAN2 HDF stacks (memory: one block).
+
+    Parameters
+    ----------
+    particles_path, particles3d_path : str
+        Subtilt and 3D-particle files written (atomically, :class:`emflow.io.HdfStackWriter`).
+    file_threed, file_twod : str, optional
+        Names stored in the headers (``file_threed`` of the subtilts, ``file_twod`` /
+        ``class_ptcl_src`` of the particles); default: the files written. Chunk jobs pass the
+        final per-tomogram names (:func:`gather_extraction` joins the chunks).
+    first_model_id : int
+        ``model_id`` of the first particle (chunk offset); ``class_ptcl_idxs`` count from the first
+        subtilt of this file.
+    bits : int
+        HDF compression bits (0: float32).
+
+    Returns
+    -------
+    dict
+        ``n_subtilts`` (int64 (n,)), ``zero_volume`` (bool (n,)), ``n_subtilts_total``, ``apix``.
+    """
+    from emflow.io import HdfStackWriter
+
+    coords = np.asarray(coords_unbin, dtype=np.float64).reshape(-1, 3)
+    file_threed = particles3d_path if file_threed is None else file_threed
+    file_twod = particles_path if file_twod is None else file_twod
+    apix = geom.apix_unbin * int(params.shrink)
+    n_sub, zero = [], []
+    with HdfStackWriter(particles_path, apix=apix, bits=bits) as sub_out, \
+            HdfStackWriter(particles3d_path, apix=apix, bits=bits) as vol_out:
+        for res in iter_extract(source, geom, coords, params, block=block, progress=progress, workers=workers):
+            offset = len(sub_out)
+            heads = subtilt_headers(res, coords, geom, file_threed=file_threed, model_id_offset=first_model_id)
+            sub_out.append(res.subtilts, heads)
+            vol_out.append(res.volumes, particle_headers(res, coords, file_twod=file_twod, first=res.first,
+                                                         subtilt_offset=offset, model_id_offset=first_model_id))
+            n_sub.append(res.n_subtilts)
+            zero.append(res.zero_volume)
+        total = len(sub_out)
+    return {"n_subtilts": np.concatenate(n_sub) if n_sub else np.zeros(0, np.int64),
+            "zero_volume": np.concatenate(zero) if zero else np.zeros(0, bool),
+            "n_subtilts_total": int(total), "apix": float(apix)}
+
+
+def open_tilt_series(path: str | os.PathLike, apix: float | None = None) -> np.ndarray:
+    """The raw tilt series ``(ntilt, ny, nx)``: memory-mapped for float32 MRC stacks, read whole for
+    EMAN2 HDF (:func:`emflow.io.tiltseries.read_tilt_series`, the one reader of tilt series).
+    ``apix``: the pixel size the import stage established (info json ``apix_unbin``, which honours
+    ``input.apix_override``); None checks the file's own header."""
+    from emflow.io.tiltseries import read_tilt_series
+
+    return read_tilt_series(path, mmap=True, override=apix)[0]
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` particle ranges of the extraction chunk jobs of ``n`` particles (at least one
+    chunk, possibly empty, so a tomogram without picks still gets its files)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_bounds: chunk_size must be >= 1, got {chunk_size}")
+    return [(a, min(n, a + chunk_size)) for a in range(0, n, chunk_size)] or [(0, 0)]
+
+
+def gather_extraction(chunks: list[tuple[str, str]], particles_path: str, particles3d_path: str) -> list[int]:
+    """Join the chunk files of one tomogram into its subtilt and 3D-particle files, image groups copied
+    byte for byte (no decoding, no re-compression) and each particle's ``class_ptcl_idxs`` shifted by
+    the subtilts of the chunks before it. Memory: one image at a time.
+
+    Parameters
+    ----------
+    chunks : list of (subtilt file, particle file)
+        In particle order, as written by :func:`extract_to_files` with the final names in the headers.
+
+    Returns
+    -------
+    list of int
+        Subtilt offset of each chunk.
+    """
+    from emflow.io.hdf import concat_hdf_stacks
+
+    offsets = concat_hdf_stacks(particles_path, [c[0] for c in chunks])
+    concat_hdf_stacks(particles3d_path, [c[1] for c in chunks], shift_key="class_ptcl_idxs", shifts=offsets)
+    return offsets
 
 
 def _normalise_edge(vol: np.ndarray) -> np.ndarray:
@@ -453,10 +703,11 @@ def _normalise_edge(vol: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- headers
 def subtilt_headers(res: ExtractResult, coords_unbin: np.ndarray, geom: TiltGeometry, *,
-                    file_threed: str) -> list[dict]:
+                    file_threed: str, model_id_offset: int = 0) -> list[dict]:
     """EMAN2 headers of the subtilts (``xform.projection``, ``ptcl_source_coord[_3d]``, ``tilt_id``,
     ``model_id``, ``ctf``, ``file_threed``, ``apix``); ``ptcl_source_coord_3d`` is in unbinned px
-    from the tomogram centre, ``ptcl_source_coord`` is ``[x_int, y_int, depth]`` in shrunk px."""
+    from the tomogram centre, ``ptcl_source_coord`` is ``[x_int, y_int, depth]`` in shrunk px.
+    ``model_id`` = ``model_id_offset`` + index into ``coords_unbin``."""
     from emflow.io import ctf_to_dict, transform_to_dict
 
     heads = []
@@ -467,7 +718,7 @@ def subtilt_headers(res: ExtractResult, coords_unbin: np.ndarray, geom: TiltGeom
             "ptcl_source_coord": [float(res.crop_xy[k, 0]), float(res.crop_xy[k, 1]), float(res.depth[k])],
             "ptcl_source_coord_3d": [float(v) for v in coords_unbin[res.particle[k]]],
             "tilt_id": int(res.tilt_id[k]),
-            "model_id": int(res.particle[k]),
+            "model_id": int(res.particle[k]) + int(model_id_offset),
             "file_threed": file_threed,
             "apix": float(res.apix),
         }
@@ -478,18 +729,24 @@ def subtilt_headers(res: ExtractResult, coords_unbin: np.ndarray, geom: TiltGeom
     return heads
 
 
-def particle_headers(res: ExtractResult, coords_unbin: np.ndarray, *, file_twod: str) -> list[dict]:
+def particle_headers(res: ExtractResult, coords_unbin: np.ndarray, *, file_twod: str, first: int = 0,
+                     subtilt_offset: int = 0, model_id_offset: int = 0) -> list[dict]:
     """EMAN2 headers of the 3D particles: ``class_ptcl_src``/``file_twod`` (subtilt file),
     ``class_ptcl_idxs`` (its subtilts' indices there), ``ptcl_source_coord`` (unbinned px from the
-    tomogram centre), ``model_id``, ``apix_x/y/z``."""
+    tomogram centre), ``model_id``, ``apix_x/y/z``.
+
+    For a block of :func:`iter_extract`, ``first`` is the index (into ``coords_unbin``) of the
+    block's first volume and ``subtilt_offset`` the index in the subtilt file of its first subtilt.
+    """
     heads = []
-    for i in range(res.volumes.shape[0]):
-        idxs = np.flatnonzero(res.particle == i)
+    for j in range(res.volumes.shape[0]):
+        i = first + j
+        idxs = np.flatnonzero(res.particle == i) + subtilt_offset
         heads.append({
             "class_ptcl_src": file_twod, "file_twod": file_twod,
             "class_ptcl_idxs": [int(v) for v in idxs],
             "ptcl_source_coord": [float(v) for v in coords_unbin[i]],
-            "model_id": int(i),
+            "model_id": int(i) + int(model_id_offset),
             "apix_x": float(res.apix), "apix_y": float(res.apix), "apix_z": float(res.apix),
         })
     return heads

@@ -183,17 +183,87 @@ def tilt_radial_weights(box: int, apix: float, n_tilts: int, *, ctf_mode: str = 
     return out.astype(np.float32)
 
 
-def search_orientations(sym: str = "c1", delta_deg: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
-    """Orientations for a 3D search: EMAN ``eman`` generator, ``phitoo=delta``, mirror included.
+def so3_rings(delta_deg: float, n_fold: int = 1) -> np.ndarray:
+    """An even grid of SO(3) for a search at step ``delta_deg`` (EMAN ``az, alt, phi`` degrees, (n, 3)).
 
-    Returns ``(eman_euler (n, 3) degrees az, alt, phi; matrices (n, 3, 3))``. The symmetry
-    cuts the set to its asymmetric unit (spec §2.3).
+    Altitude rings ``alt = k·180/n_alt`` (``n_alt = round(180/δ)``, poles included); on each ring
+    ``n_az = max(1, round(360·sin(alt)/(n_fold·δ)))`` azimuths evenly over the ``Cn`` asymmetric
+    wedge ``[0, 360/n_fold)`` (one at the poles, where az and phi coincide); ``round(360/δ)``
+    in-plane angles ``phi`` evenly over 360°. Unlike EMAN's ``eman`` generator (az step
+    ``δ/sin(alt)`` from 0, the last gap of a ring left short, a full ring at alt = 180) no two
+    rotations are closer than ~δ: at 15° 4416 rotations (EMAN: 4440, 48 pairs 6.4° apart), covering
+    radius 11.7°; at 20° 1908 rotations (EMAN 1926), covering radius 15.4° (pyTME's 15° set c48u83:
+    1992 rotations, 16.29°). Measured with 3000 random rotations (tests/test_tempmatch.py).
     """
-    from emflow.geometry import eman_to_matrix, orientations
+    d = float(delta_deg)
+    if not 0 < d <= 180:
+        raise ValueError(f"so3_rings: delta_deg must be in (0, 180], got {delta_deg}")
+    n_alt = max(1, int(round(180.0 / d)))
+    phis = 360.0 * np.arange(max(1, int(round(360.0 / d)))) / max(1, int(round(360.0 / d)))
+    wedge = 360.0 / n_fold
+    rows = []
+    for k in range(n_alt + 1):
+        alt = 180.0 * k / n_alt
+        n_az = max(1, int(round(wedge * np.sin(np.radians(alt)) / d)))
+        for az in wedge * np.arange(n_az) / n_az:
+            rows.extend((az, alt, phi) for phi in phis)
+    return np.asarray(rows, np.float64)
 
-    eul = np.asarray(orientations("eman", sym=sym, delta=delta_deg, phitoo=delta_deg, inc_mirror=True),
-                     np.float64).reshape(-1, 3)
+
+def search_orientations(sym: str = "c1", delta_deg: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    """Orientations for a 3D search at angular step ``delta_deg`` over the asymmetric unit of ``sym``.
+
+    ``c1``/``cN``: :func:`so3_rings` (no redundant rotations; the ``Cn`` unit is ``az < 360/n``,
+    since ``R·S_z(360/n)`` only adds ``360/n`` to EMAN's az). Other symmetries: EMAN's ``eman``
+    generator with ``phitoo = delta`` and the mirror half (spec §2.3).
+
+    Returns ``(eman_euler (n, 3) degrees az, alt, phi; matrices (n, 3, 3))``.
+
+    ``delta_deg`` is the *spacing* of the grid (nearest neighbours ≈ delta, as pytom-match-pick's
+    HEALPix step); the covering radius (largest angle from any rotation to the set) is about
+    0.8·delta. pyTME's ``--angular-sampling`` is a covering radius (Karney's sets,
+    ``tme/data/metadata.yaml``: 15° → c48u83, 1992 rotations, 16.29°), so pyTME at "15°" is this
+    set at about 20° (1908 rotations, 15.4°): same coverage, same size.
+    """
+    from emflow.geometry import eman_to_matrix, get_symmetry, orientations
+
+    symm = get_symmetry(sym)
+    if symm.kind == "c":
+        eul = so3_rings(delta_deg, int(symm.order))
+    else:
+        eul = np.asarray(orientations("eman", sym=sym, delta=delta_deg, phitoo=delta_deg, inc_mirror=True),
+                         np.float64).reshape(-1, 3)
     return eul, eman_to_matrix(eul[:, 0], eul[:, 1], eul[:, 2])
+
+
+def angular_step_deg(diameter_a: float, resolution_a: float) -> float:
+    """Angular step (degrees) that moves the edge of a particle of ``diameter_a`` by ``resolution_a``:
+    ``degrees(resolution / diameter)`` (Crowther-type criterion).
+
+    Source: pytom-match-pick ``src/pytom_tm/tmjob.py`` L489-493 (commit 27f5d68):
+    ``angle_increment = np.rad2deg(max_res / particle_diameter)`` with
+    ``max_res = max(2·voxel size, low-pass)``; its ``--particle-diameter`` help (entry_points.py
+    L680) calls it the Crowther criterion. pytom uses the value as the spacing of its HEALPix cone
+    grid and its in-plane step, which is what EMAN's ``delta``/``phitoo`` are here.
+    """
+    if not (diameter_a > 0 and resolution_a > 0):
+        raise ValueError(f"angular_step_deg: need diameter and resolution > 0, got {diameter_a}, {resolution_a}")
+    return float(np.degrees(resolution_a / diameter_a))
+
+
+def search_step_deg(delta_deg, *, apix: float, template_box: int, lowpass_res_a: float | None = None,
+                    particle_diameter_a: float | None = None, mask_radius_px: float | None = None) -> float:
+    """The angular step of the search: ``delta_deg`` itself, or for ``"auto"`` the step of
+    :func:`angular_step_deg` at resolution ``max(2·apix, lowpass_res_a)`` (as pytom-match-pick) for
+    ``particle_diameter_a`` (default: the correlation mask's diameter, ``2·mask_radius_px`` or
+    ``template_box − 4`` px, times ``apix``)."""
+    if delta_deg != "auto":
+        return float(delta_deg)
+    if particle_diameter_a is None:
+        radius = mask_radius_px if mask_radius_px is not None else template_box / 2 - 2
+        particle_diameter_a = 2.0 * radius * apix
+    res = max(2.0 * apix, lowpass_res_a or 0.0)
+    return angular_step_deg(particle_diameter_a, res)
 
 
 def tilt_weight(box: int, slice_rotations: np.ndarray, radial: np.ndarray | None = None) -> np.ndarray:
@@ -327,6 +397,30 @@ class MatchResult:
     stats: SearchStats
 
 
+def _reuse_freed_memory() -> None:
+    """Let glibc serve large arrays from its heap and keep freed ones for reuse (``mallopt``
+    ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` = 1 GiB; no-op elsewhere). By default arrays above
+    32 MB are fresh ``mmap``s: every rotation of a 256² × 128 tile then page-faults its FFT outputs
+    (~12 bytes per voxel) back in, measured at about a third of the time per rotation. Memory stays
+    bounded by the largest set of live arrays (freed blocks are reused, not accumulated)."""
+    global _MALLOPT_DONE
+    if _MALLOPT_DONE:
+        return
+    _MALLOPT_DONE = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_MALLOPT_DONE = False
+
+
 class _PrunedTemplateFFT:
     """rfftn of a tile that is zero except for a (box³) template placed wrapped at the origin.
 
@@ -423,6 +517,7 @@ def match_template(
     """
     from emflow.rotate import rotate_volume
 
+    _reuse_freed_memory()
     vol = np.asarray(tomogram, np.float32)
     tmpl = np.asarray(template, np.float32)
     b = tmpl.shape[0]
@@ -453,8 +548,17 @@ def match_template(
     tiles = [(z, y, x) for z in layouts[0] for y in layouts[1] for x in layouts[2]]
     total = len(tiles) * len(rots)
     done = 0
-    # Rotated + weighted + normalised templates do not depend on the tile: cache when one tile.
-    cache: list[np.ndarray] | None = [] if len(tiles) == 1 else None
+    # Rotated + weighted + normalised templates do not depend on the tile. With one tile each is
+    # used once: no cache. With several, keep those of the first rotations within a budget of one
+    # tile's FT, so memory stays bounded by the tile whatever the number of rotations (preparing a
+    # template costs a few % of the tile's FFT pair at box 32 / tile 128, so recomputing is cheap).
+    tshape0 = tuple(min(tile_size, n) for n in vol.shape)
+    fshape0 = tuple(scipy.fft.next_fast_len(n, real=True) for n in tshape0)
+    n_cache = 0
+    if len(tiles) > 1:
+        budget = 8 * fshape0[0] * fshape0[1] * (fshape0[2] // 2 + 1)
+        n_cache = min(len(rots), budget // (4 * b**3))
+    cache: list[np.ndarray] = []
     for tz, ty, tx in tiles:
         starts = (tz[0], ty[0], tx[0])
         tshape = tuple(min(tile_size, n) for n in vol.shape)
@@ -485,14 +589,14 @@ def match_template(
         fft_t = _PrunedTemplateFFT(b, fshape, workers)
         z0, y0, x0 = (o.start for o in own)
         for i, rot in enumerate(rots):
-            if cache is not None and i < len(cache):
+            if i < len(cache):
                 tn = cache[i]
             else:
                 tr = rotate_volume(tmpl, rot)
                 if weight is not None:
                     tr = scipy.fft.irfftn(scipy.fft.rfftn(tr, workers=workers) * weight, s=tr.shape, workers=workers)
                 tn = _normalise_under_mask(tr, mask, msum)
-                if cache is not None:
+                if i < n_cache:
                     cache.append(tn)
             prod = fft_t(tn)
             _conj_multiply(tile_ft, prod)

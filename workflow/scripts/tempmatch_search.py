@@ -67,9 +67,11 @@ if cfg["mask_radius_a"]:
     radius = cfg["mask_radius_a"] / apix_tomo
 else:  # the sphere enclosing the user's mask, else match_template's default (box/2 − 2)
     radius = tt.mask_radius_px(grid.mask) if grid.mask is not None else None
-eul, rots = tm.search_orientations(cfg["sym"], cfg["delta_deg"])
-log.info("%d orientations (sym %s, delta %g°), template box %d, %d tilts, ctf %s, dose %s",
-         len(rots), cfg["sym"], cfg["delta_deg"], b, len(tilts), cfg["ctf_weighting"], dose)
+delta = tm.search_step_deg(cfg["delta_deg"], apix=apix_tomo, template_box=b, lowpass_res_a=cfg["lowpass_res_a"],
+                           particle_diameter_a=cfg["particle_diameter_a"], mask_radius_px=radius)
+eul, rots = tm.search_orientations(cfg["sym"], delta)
+log.info("%d orientations (sym %s, delta %g° from tempmatch.delta_deg=%s), template box %d, %d tilts, ctf %s, dose %s",
+         len(rots), cfg["sym"], delta, cfg["delta_deg"], b, len(tilts), cfg["ctf_weighting"], dose)
 res = tm.match_template(
     tomo, template, rots, weight=weight, mask_radius_px=radius, filter_fn=tomo_filter,
     local_normalisation=cfg["local_normalisation"], clamp_sigma=cfg["clamp_sigma"], tile_size=cfg["tile_size_px"],
@@ -80,7 +82,7 @@ write_mrc(smk.output.scores, res.scores, apix_tomo)
 write_mrc(smk.output.angle_map, res.best_index.astype(np.float32), apix_tomo)
 doc = {
     "convention": "EMAN az, alt, phi (deg); particle = template transformed by R (emflow.geometry.eman_to_matrix)",
-    "sym": cfg["sym"], "delta_deg": cfg["delta_deg"], "template_box_px": b, "apix": apix_tomo,
+    "sym": cfg["sym"], "delta_deg": delta, "template_box_px": b, "apix": apix_tomo,
     "template": cfg["template"] or "SGD initial model", "template_apix": apix_tmpl,
     "template_mirror": cfg["template_mirror"], "mask_radius_px": radius,
     "tomogram_shape_zyx": list(tomo.shape),
