@@ -18,7 +18,7 @@ import pytest
 
 from emflow.errors import InputError
 from emflow.fsc import fsc
-from emflow.geometry import eman_to_matrix, random_rotations, tilt_matrix
+from emflow.geometry import random_rotations, tilt_matrix
 from emflow.projection import VolumeProjector, project
 from emflow.rotate import rotate_volume
 from emflow.spa import initial_model as im
