@@ -8,25 +8,11 @@
 #   models.hdf      every start's map, best first (header: sgd_score, sgd_start)
 #   scores.json     per start: re-projection score, batch scores per iteration, map change; timing
 #
-# Included before rules/spa.smk: spa_start_source / spa_startmodel_params are its rule's inputs.
+# Included before rules/spa.smk: its rule spa_startmodel takes spa_start_source / spa_startmodel_params
+# (spa_initial_model_inputs.smk) as input and params.
 
 SPA_INIT = config["spa_initial_model"]
 SPA_INIT_DIR = f"results/spa/{config['spa']['path']}/initial_model"
-
-
-def spa_start_source(wildcards):
-    """Input of rule spa_startmodel: the initial model when spa.startingmodel is from_data."""
-    if config["spa"]["startingmodel"] == "from_data":
-        return [f"{SPA_INIT_DIR}/model.mrc"]
-    return spa_start_inputs(wildcards)
-
-
-def spa_startmodel_params():
-    """spa_startmodel's params: from_data becomes the path of the initial model (read as a map)."""
-    p = spa_params("startmodel")
-    if p["startingmodel"] == "from_data":
-        p = {**p, "startingmodel": f"{SPA_INIT_DIR}/model.mrc"}
-    return p
 
 
 rule spa_initial_model:
@@ -51,3 +37,6 @@ rule spa_initial_model:
         "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spa_initial_model.py"
+
+
+include: "spa_initial_model_inputs.smk"

@@ -99,6 +99,11 @@ class SPAInitParams:
         throughout.
     minres_a : float
         Lower end (Å) of the ``frc`` band used to score particle–projection pairs.
+    cmp : str
+        Particle–projection score of the SGD iterations: ``frc`` (EMAN's, every ring of the band
+        weighted by its pixel count) or ``ccc`` (cross-correlation of the low-passed images:
+        rings weighted by their power, a matched filter at low SNR). The starts are always
+        ranked by ``frc``.
     ntry : int
         Independent starts (``--ntry``); the best-scoring map is the result.
     niter : int
@@ -136,6 +141,7 @@ class SPAInitParams:
     res_a: float = 30.0
     res_start_a: float | None = 60.0
     minres_a: float = 200.0
+    cmp: str = "frc"
     ntry: int = 4
     niter: int = 20
     batch: int = 200
@@ -156,7 +162,7 @@ class SPAInitParams:
         bad = [(k, v) for k, v, ok in (
             ("res_a", self.res_a, self.res_a > 0), ("minres_a", self.minres_a, self.minres_a > self.res_a),
             ("res_start_a", self.res_start_a, self.res_start_a is None or self.res_start_a >= self.res_a),
-            ("ntry", self.ntry, self.ntry >= 1), ("niter", self.niter, self.niter >= 1),
+            ("cmp", self.cmp, self.cmp in ("frc", "ccc")), ("ntry", self.ntry, self.ntry >= 1), ("niter", self.niter, self.niter >= 1),
             ("batch", self.batch, self.batch >= 2), ("keep", self.keep, 0 < self.keep <= 1),
             ("ntop", self.ntop, self.ntop >= 1), ("softness", self.softness, self.softness > 0),
             ("lr", self.lr, 0 < self.lr <= 1), ("lrdecay", self.lrdecay, 0 < self.lrdecay <= 1),
@@ -326,10 +332,10 @@ def reprojection_score(vol: np.ndarray, particles: np.ndarray, apix: float, res_
     return float(score[:, 0].mean())
 
 
-def _simmx_options(bw, apix_w, res_a, minres_a, maxshift_px):
+def _simmx_options(bw, apix_w, res_a, minres_a, maxshift_px, cmp="frc"):
     ms = bw / 5.0 if maxshift_px is None else maxshift_px
-    return SimmxOptions(align="rotate_translate_flip", aligncmp="ccc",
-                        cmp=f"frc:minres={minres_a:g}:maxres={res_a:g}", apix=apix_w, maxshift=math.ceil(ms))
+    cmp = f"frc:minres={minres_a:g}:maxres={res_a:g}" if cmp == "frc" else "ccc"
+    return SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=cmp, apix=apix_w, maxshift=math.ceil(ms))
 
 
 def _new_reconstructor(bw: int, sym: str) -> Reconstructor:
@@ -380,7 +386,7 @@ def _one_start(pp, bw, apix_w, p: SPAInitParams, rng, mask, free, tick, monitor=
         # alignment at the box this iteration's resolution needs (Fourier crop; shifts scaled back)
         ba, apix_a = working_box(bw, apix_w, res, min_box=16)
         maxshift = None if p.maxshift_px is None else p.maxshift_px * ba / bw
-        opts = _simmx_options(ba, apix_a, res, p.minres_a, maxshift)
+        opts = _simmx_options(ba, apix_a, res, p.minres_a, maxshift, p.cmp)
         # the angular step follows the resolution: δ·res/res_a, at most 15°
         R = _orientation_set(p.sym, min(15.0, p.delta_deg * res / p.res_a), rng)
         proj = _projections(vol if ba == bw else fourier.fourier_crop(vol, ba), R)
