@@ -151,7 +151,7 @@ def test_sgd_reaches_ribosome_fold_up_to_hand():
     stack, sim = simulate_spa(ref, ap, apix=apix, box=32, n=400, rng=np.random.default_rng(1), snr=1.0)
     parts = phase_flip_particles(stack, sim.ctfs(), apix)
     t0 = time.perf_counter()
-    res = im.spa_initial_model(parts, apix, im.SPAInitParams(ntry=2, niter=30, n_score=200),
+    res = im.spa_initial_model(parts, apix, im.SPAInitParams(ntry=2, niter=24, n_score=200),
                                np.random.default_rng(2))
     seconds = time.perf_counter() - t0
     assert res.map.shape == (32, 32, 32) and res.maps.shape == (2, 32, 32, 32)

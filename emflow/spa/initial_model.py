@@ -139,23 +139,23 @@ class SPAInitParams:
     """
 
     res_a: float = 30.0
-    res_start_a: float | None = 60.0
+    res_start_a: float | None = 45.0
     minres_a: float = 200.0
     cmp: str = "frc"
     ntry: int = 4
-    niter: int = 20
-    batch: int = 200
+    niter: int = 30
+    batch: int = 100
     keep: float = 0.8
     ntop: int = 8
     softness: float = 1.0
-    lr: float = 0.3
+    lr: float = 0.7
     lrdecay: float = 1.0
-    delta_deg: float = 9.0
+    delta_deg: float = 12.0
     sym: str = "c1"
     ninit: int = 32
     mask_radius_a: float | None = None
     maxshift_px: float | None = None
-    n_score: int = 500
+    n_score: int = 300
 
     def check(self) -> None:
         """Raise :class:`InputError` (source ``spa_initial_model.<key>``) on an invalid value."""
