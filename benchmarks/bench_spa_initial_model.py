@@ -12,6 +12,18 @@ every start's map the FSC against the truth and against its mirror image, each a
 a map and of its mirror image are identical), so "FSC up to hand" is the better of the two; which
 hand came out is reported as a fact.
 
+Measured 2026-12-04 (config defaults, 2 cores shared with other jobs, load average 6–9, so the
+times are 2–4× those of a quiet machine):
+
+* SNR 0.08 (the issue's case): 4 starts, 419 s; NOT converged — best start FSC at 40 Å 0.13 vs the
+  truth, 0.05 vs its mirror; scores −0.242 … −0.239 (the truth's own re-projection score −0.271).
+  Raw particles at this SNR (with CTF: little signal below the first CTF maximum at ~26 Å) carry too
+  little low-resolution signal each for the SGD's assignments; EMAN runs e2initialmodel on
+  reference-free class averages (e2refine2d), which emflow does not have yet.
+* SNR 0.3 (`--snr 0.3 --ntry 2`): 179 s; best start FSC at 40 Å 0.93 vs the truth (0.10 vs the
+  mirror), 0.5 crossing 22 Å; the other start half-converged (0.47, score −0.327 vs −0.487), ranked
+  second by its score.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_spa_initial_model.py [--n 4000] [--snr 0.08] \
         [--box 64] [--ntry 4] [--niter 30] [--batch 100] [--seed 1] [--json out.json]
 """
