@@ -24,7 +24,8 @@ of its ``--ntry``):
    reconstructor with weights ``exp(−(s_k − s_1)/(softness·σ))`` summing to 1 (``s_k``: its sorted
    scores, ``σ``: their spread over all projections) — at low SNR hard assignments lock a random
    start into its own noise (measured on 400 ribosome images, box 32, SNR 1: hard assignment
-   reached FSC 0.15 at 40 Å after 20 iterations, soft assignment 0.7–0.9); the accumulators
+   reached FSC 0.15 at 40 Å after 16 iterations, soft assignment 0.72 after 20 at the same lr 0.3);
+   the accumulators
    are then mixed ``F ← (1−lr)·F + lr·F_new`` (and ``W`` likewise; ``lr`` decays by ``lrdecay``
    per iteration). Mixing the accumulators rather than the maps is EMAN's ``mask.wedgefill``:
    Fourier voxels the batch did not reach keep the current map's values.
