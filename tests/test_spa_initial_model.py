@@ -141,6 +141,7 @@ def test_bad_parameters_raise_input_error():
     np.testing.assert_allclose(im.blob_model(32, 5.0).max(), 1.0)
 
 
+@pytest.mark.slow
 def test_sgd_reaches_ribosome_fold_up_to_hand():
     """400 CTF-modulated, phase-flipped ribosome images (box 32, 10.5 Å/px, SNR 1, c1): the best
     of 2 starts has the true fold (FSC ≥ 0.6 at 40 Å against one hand, ≥ 0.2 above the other)."""
