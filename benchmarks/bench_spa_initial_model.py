@@ -19,7 +19,9 @@ times are 2–4× those of a quiet machine):
   truth, 0.05 vs its mirror; scores −0.242 … −0.239 (the truth's own re-projection score −0.271).
   Raw particles at this SNR (with CTF: little signal below the first CTF maximum at ~26 Å) carry too
   little low-resolution signal each for the SGD's assignments; EMAN runs e2initialmodel on
-  reference-free class averages (e2refine2d), which emflow does not have yet.
+  reference-free class averages (e2refine2d), which emflow does not have yet. Neither larger
+  batches (one start, 500 particles × 50 iterations: FSC at 40 Å 0.22), ccc scoring nor a 35→20 Å
+  schedule (0.19) changed that.
 * SNR 0.3 (`--snr 0.3 --ntry 2`): 179 s; best start FSC at 40 Å 0.93 vs the truth (0.10 vs the
   mirror), 0.5 crossing 22 Å; the other start half-converged (0.47, score −0.327 vs −0.487), ranked
   second by its score.
