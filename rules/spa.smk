@@ -61,11 +61,11 @@ rule spa_prepare:
 rule spa_startmodel:
     input:
         particles=f"{SPA_DIR}/particles.hdf",
-        source=spa_start_inputs,
+        source=spa_start_source,  # rules/spa_initial_model.smk: the SGD map when startingmodel is from_data
     output:
         model=f"{SPA_DIR}/threed_00.mrc",
     params:
-        spa=spa_params("startmodel"),
+        spa=spa_startmodel_params(),
     log:
         f"results/logs/spa/spa_startmodel/{SPA['path']}.log",
     benchmark:
