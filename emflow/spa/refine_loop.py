@@ -169,14 +169,19 @@ def phase_flip_particles(stack: np.ndarray, ctfs, apix: float) -> np.ndarray:
     return -phase_flip(np.asarray(stack, np.float32), ctfs, apix)
 
 
-def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1):
-    """``(ctf_abs (n, b, b//2+1), snr_full (n, b//2), snr_shrunk)`` for CTF-aware stages, or Nones."""
+def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1, signal: np.ndarray | None = None):
+    """``(ctf_abs (n, b, b//2+1), snr_full (n, b//2), snr_shrunk)`` for CTF-aware stages, or Nones.
+
+    ``signal``: the reference projections ``[n, b, b]``, whose power spectrum shapes the SNR
+    weights (:func:`emflow.spa.simmx.ctf_snr_rings`); every stage passes them.
+    """
     if not ctfs:
         return None, None, None
     from emflow.ctf import ctf_2d_stack
 
     ctf_abs = np.abs(ctf_2d_stack(ctfs, (box, box), apix))
-    return ctf_abs, ctf_snr_rings(ctfs, box, apix, 1), ctf_snr_rings(ctfs, box, apix, shrink)
+    return (ctf_abs, ctf_snr_rings(ctfs, box, apix, 1, signal=signal),
+            ctf_snr_rings(ctfs, box, apix, shrink, signal=signal))
 
 
 def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions, *, ctfs=None,
@@ -189,7 +194,7 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
     clock = _StageClock(timings)
     eulers = projection_orientations(opts, rng)
     proj = project3d(model, eulers, opts.projector)
-    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink))
+    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink), signal=proj)
     clock("project3d")
     so = opts.simmx_options()
     align_set = particles if usefilt is None else usefilt
