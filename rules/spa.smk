@@ -26,9 +26,15 @@ SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk
 
 
 if SPA_ON:
-    check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
-    if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare; nothing else runs
-        FINAL_TARGETS.append(f"{SPA_DIR}/particles.hdf")
+    SPA_PROJECTIONS = check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
+    if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare, the starting model's box
+        # and pixel size by spa_startmodel; nothing else runs
+        import sys
+
+        print(f"spa check: {spa_n_particles()} particles; reference projections per iteration "
+              f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
+              f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}", file=sys.stderr)
+        FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
     else:
         FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
 

@@ -38,6 +38,7 @@ class RefineOptions:
     simralign: str | None = None
     simraligncmp: str = "ccc"
     simmask: float = 0.0  # radius of the 0/1 comparison mask in px (0 = none)
+    maxshift: int | None = None  # largest 2D shift (full-size px) in simmx and class averaging; None: no limit
     prefilt: bool = False
     sep: int = 1
     classiter: int = 1
@@ -76,14 +77,21 @@ class RefineOptions:
     def simmx_options(self) -> SimmxOptions:
         return SimmxOptions(align=self.simalign, aligncmp=self.simaligncmp, ralign=self.simralign or None,
                             raligncmp=self.simraligncmp, cmp=self.simcmp, shrink=max(1, self.shrink),
-                            prefilt=self.prefilt, apix=self.apix)
+                            prefilt=self.prefilt, apix=self.apix, maxshift=self.simmx_maxshift())
+
+    def simmx_maxshift(self) -> int | None:
+        """``maxshift`` in the pixels of the simmx images (shrunk by ``shrink``)."""
+        if self.maxshift is None:
+            return None
+        return max(1, int(round(self.maxshift / max(1, self.shrink))))
 
     def classaverage_options(self) -> ClassAverageOptions:
         return ClassAverageOptions(iter=self.classiter, align=self.classalign, aligncmp=self.classaligncmp,
                                    ralign=self.classralign or None, raligncmp=self.classraligncmp,
                                    averager=self.classaverager, cmp=self.classcmp, keep=self.classkeep,
                                    keepsig=self.classkeepsig, normproc=self.classnormproc,
-                                   setsfref=self.classrefsf, automask=self.classautomask, apix=self.apix)
+                                   setsfref=self.classrefsf, automask=self.classautomask, apix=self.apix,
+                                   maxshift=self.maxshift)
 
     def make3d_options(self) -> Make3DOptions:
         return Make3DOptions(recon=self.recon, pad=self.pad, sym=self.sym, iter=self.m3diter, keep=self.m3dkeep,
@@ -108,10 +116,11 @@ STAGE_KEYS = {
     "startmodel": ("startingmodel",),
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
-              "simmask", "prefilt"),
+              "simmask", "prefilt", "maxshift"),
     "classify": ("sep",),
     "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
-                     "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask"),
+                     "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask",
+                     "maxshift"),
     "make3d": ("sym", "pad", "recon", "m3dkeep", "m3dkeepsig", "m3dsetsf", "m3diter", "m3dpreprocess",
                "m3dpostprocess", "mass", "automask3d"),
 }

@@ -19,6 +19,7 @@ smk = snakemake  # noqa: F821
 
 summary = {"iterations": []}
 bar_freq = None  # demo: the accuracy bar, FSC vs truth ≥ 0.5 at 2.5 px (1/Å)
+has_truth = any(json.load(open(p)).get("truth", True) is not None for p in smk.input.truth_eval)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth, smk.input.truth_eval):
     f, c = read_fsc_txt(fpath)
@@ -39,6 +40,8 @@ for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
     ax.axhline(0.143, color="grey", lw=0.5, ls="--")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", title=title, ylim=(-0.1, 1.02))
     ax.legend(fontsize=7)
+if not has_truth:  # user data: no ground truth, only the iteration-to-iteration panel
+    fig.delaxes(axes[0])
 fig.tight_layout()
 with atomic_write(smk.output.convergence, suffix=".png") as tmp:
     fig.savefig(tmp, dpi=100, format="png")
