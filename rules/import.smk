@@ -2,6 +2,8 @@
 # picks are gathered into one EMAN2 info json that all later stages read. The demo writes
 # its info json directly (rules/simulate.smk), so this stage only runs for user data.
 
+from emflow.pixel_size import apix_override
+
 
 rule import_tomogram:
     input:
@@ -13,6 +15,7 @@ rule import_tomogram:
     params:
         entry=tomogram_entry,
         apix=config["microscope"]["apix"],
+        apix_override=lambda w: apix_override(config, TOMOGRAMS[w.tomo].tilt_series),
         voltage_kv=config["microscope"]["voltage_kv"],
         cs_mm=config["microscope"]["cs_mm"],
         thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],

@@ -50,6 +50,8 @@ rule spa_prepare:
         microscope=config["microscope"],
         contrast=spa_contrast(),
         apix_expected=spa_apix_expected(),
+        apix_key="demo.spa.apix" if spa_demo_data() else "spa.apix",
+        apix_override=spa_apix_override(),
     log:
         f"results/logs/spa/spa_prepare/{SPA['path']}.log",
     benchmark:

@@ -42,6 +42,13 @@ def spa_apix_expected():
     return config["demo"]["spa"]["apix"] if spa_demo_data() else SPA["apix"]
 
 
+def spa_apix_override():
+    """input.apix_override of the particle stack (the user's explicit value for an unset header), or None."""
+    from emflow.pixel_size import apix_override
+
+    return None if spa_demo_data() else apix_override(config, spa_particles())
+
+
 def spa_n_particles():
     """Number of particles (known before the run: demo setting or the user stack's header)."""
     if spa_demo_data():

@@ -138,9 +138,25 @@ def test_zero_voxel_size(tmp_path):
     with pytest.raises(InputError, match="no pixel size") as err:
         read_mrc(path)
     assert "noapix.mrc" in str(err.value) and "alterheader" in str(err.value)
-    # a configured value fills in for a missing header value
-    _, apix = read_mrc(path, expect_apix=5.0)
+    # a configured value is a check, never a fill-in (emflow.pixel_size): still an error ...
+    with pytest.raises(InputError, match="no pixel size") as err:
+        read_mrc(path, expect_apix=5.0)
+    assert "m.voxel_size = 5" in str(err.value) and "input.apix_override" in str(err.value)
+    # ... unless the user declares the file's pixel size explicitly
+    _, apix = read_mrc(path, expect_apix=5.0, apix_override=5.0)
     assert apix == 5.0
+    _, apix = read_mrc(path, mmap=True, apix_override=5.0)
+    assert apix == 5.0
+
+
+def test_unset_default_voxel_size_is_not_a_pixel_size(tmp_path):
+    """1.0 Å is what mrcfile/IMOD/EMAN2 write when nobody set it: unset, not 1.0 Å."""
+    write_mrc(tmp_path / "one.mrc", np.zeros((4, 4, 4)), 1.0)
+    with pytest.raises(InputError, match="1.0 Å, the value written when none is set"):
+        read_mrc(tmp_path / "one.mrc", expect_apix=5.24)
+    assert read_mrc(tmp_path / "one.mrc", expect_apix=1.0)[1] == 1.0  # confirmed by the config
+    for mmap in (False, True):  # raw header value for callers that do not use the pixel size
+        assert read_mrc(tmp_path / "one.mrc", mmap=mmap, check_apix=False)[1] == 1.0
 
 
 def test_apix_mismatch(tmp_path):
@@ -154,7 +170,7 @@ def test_nan_is_rejected_unless_skipped(tmp_path):
     vol = np.zeros((4, 4, 4), np.float32)
     vol[1, 2, 3] = np.nan
     vol[0, 0, 0] = np.inf
-    write_mrc(tmp_path / "nan.mrc", vol, 1.0)
+    write_mrc(tmp_path / "nan.mrc", vol, 2.0)
     with pytest.raises(InputError, match="2 NaN/Inf") as err:
         read_mrc(tmp_path / "nan.mrc")
     assert "nan.mrc" in str(err.value)

@@ -10,7 +10,7 @@ from emflow.io.eman_objects import (
     is_transform_dict, transform_from_dict, transform_to_dict,
 )
 from emflow.io.fsc_txt import read_fsc_txt, write_fsc_txt
-from emflow.io.hdf import HdfStackWriter, hdf_count, read_hdf_stack, write_hdf_stack
+from emflow.io.hdf import HdfStackWriter, hdf_count, read_hdf_header, read_hdf_stack, write_hdf_stack
 from emflow.io.imod import read_coords_txt, read_tlt, read_xf, write_tlt, write_xf
 from emflow.io.info import add_boxes, boxes_from_info, read_info_json, tlt_params, validate_info, write_info_json
 from emflow.io.lst import LstEntry, read_lst, write_lst
@@ -20,7 +20,7 @@ from emflow.io.star import read_star, write_particles_star, write_star
 __all__ = [
     "atomic_write",
     "read_mrc", "write_mrc", "read_mrc_header", "check_finite",
-    "read_hdf_stack", "write_hdf_stack", "hdf_count", "HdfStackWriter",
+    "read_hdf_stack", "read_hdf_header", "write_hdf_stack", "hdf_count", "HdfStackWriter",
     "read_lst", "write_lst", "LstEntry",
     "transform_to_dict", "transform_from_dict", "is_transform_dict",
     "ctf_to_dict", "ctf_from_dict", "ctf_to_string", "ctf_from_string", "is_ctf_dict",

@@ -264,6 +264,31 @@ def hdf_count(path: str | os.PathLike) -> int:
             raise InputError(f"damaged HDF5 file ({exc})", source=path, fix="re-copy or regenerate it") from None
 
 
+def read_hdf_header(path: str | os.PathLike, index: int = 0) -> dict:
+    """Header of image ``index`` of an EMAN2 HDF file without reading its data (keys without
+    ``EMAN.``; e.g. ``apix_x``, absent when the file has no pixel size)."""
+    with _open_read(path) as f:
+        try:
+            n = _image_count(f, path)
+            j = index + n if index < 0 else index
+            if not 0 <= j < n:
+                raise InputError(f"image {index} requested but the file has {n} images", source=path)
+            name = str(j).encode()
+            group_id = f[_GROUP].id
+            if name not in group_id:
+                raise InputError(f"image {j} is missing from the file", source=path,
+                                 fix="the file is incomplete; regenerate it")
+            header = _read_header(h5py.h5g.open(group_id, name))
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise InputError(f"damaged HDF5 file ({type(exc).__name__}: {exc})", source=path,
+                             fix="the file is truncated or damaged; re-copy or regenerate it") from None
+    for k in _RENDER_KEYS:
+        header.pop(k, None)
+    return header
+
+
 def _decode_image(gid, header: dict, path, index: int, out: np.ndarray | None = None) -> np.ndarray:
     """The image of one group as float32; read straight into ``out`` when its shape matches."""
     try:

@@ -1,8 +1,8 @@
 """MRC/MRCS/IMOD (``.mrc .mrcs .map .rec .st .ali``, optionally ``.gz``) reading and writing.
 
 Arrays are float32 ``[z, y, x]`` (``[y, x]`` for a single image), as ``mrcfile`` gives them.
-Every problem a user can fix (truncated file, missing pixel size, NaN values, wrong pixel size)
-becomes an :class:`~emflow.errors.InputError` that names the file and says what to do.
+Every problem a user can fix (truncated file, missing pixel size, NaN values, wrong pixel size:
+the contract of :mod:`emflow.pixel_size`) becomes an :class:`~emflow.errors.InputError` that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from emflow.io._atomic import atomic_write
 # MRC mode -> bytes per voxel (mode 101 is 4-bit, half a byte).
 _MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
 _COMPLEX_MODES = (3, 4)
-_FIX_APIX = ("set it with IMOD `alterheader -del <apix>,<apix>,<apix>`, `e2proc3d.py --apix`, "
-             "or give the pixel size in the config")
 
 
 def _is_gz(path) -> bool:
@@ -169,16 +167,17 @@ def read_mrc_header(path: str | os.PathLike) -> dict:
         }
 
 
-def _check_apix(apix: float, path, expect_apix, apix_tol: float) -> float:
-    if not np.isfinite(apix) or apix <= 0:
-        if expect_apix is not None:
-            return float(expect_apix)  # header unset; the caller's configured value is used
-        raise InputError("header has no pixel size (voxel size is 0)", source=path, fix=_FIX_APIX)
-    if expect_apix is not None and abs(apix - expect_apix) > apix_tol * expect_apix:
-        raise InputError(f"pixel size in header is {apix:.4f} Å but {float(expect_apix):.4f} Å was expected",
-                         source=path, fix="use the file with the configured pixel size (binning?) or fix "
-                         "the header with `alterheader`/the config value")
-    return apix
+def _check_apix(apix: float, path, expect_apix, apix_tol: float, apix_override=None,
+                apix_key: str = "microscope.apix", check: bool = True) -> float:
+    """The pixel-size contract of :mod:`emflow.pixel_size` on a header value: an unset header
+    (0, or mrcfile's/IMOD's default 1.0) is an error unless ``apix_override`` is given.
+    ``check=False`` returns the raw header value (files whose pixel size is not used)."""
+    if not check:
+        return float(apix)
+    from emflow.pixel_size import check_pixel_size
+
+    return check_pixel_size(apix, source=os.fspath(path), expected=expect_apix, key=apix_key, tol=apix_tol,
+                            override=apix_override, kind="mrc", what="MRC header (voxel size)")
 
 
 def check_finite(data: np.ndarray, path) -> None:
@@ -192,12 +191,13 @@ def check_finite(data: np.ndarray, path) -> None:
                      "(e.g. normalising an empty box)")
 
 
-def _read_mmap(path, expect_apix, apix_tol) -> tuple[np.ndarray, float]:
+def _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key, check_apix) -> tuple[np.ndarray, float]:
     """Memory-map the data block with numpy (header validated by mrcfile first)."""
     with _open(path, header_only=True) as mrc:
         h = mrc.header
         _validate_header(h, path)
-        apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol)
+        apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol, apix_override, apix_key,
+                           check_apix)
         mode = int(h.mode)
         if mode == 101:
             raise InputError("4-bit MRC (mode 101) cannot be memory-mapped", source=path,
@@ -215,7 +215,8 @@ def _read_mmap(path, expect_apix, apix_tol) -> tuple[np.ndarray, float]:
 
 
 def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | None = None,
-             apix_tol: float = 0.01, check_nan: bool | None = None) -> tuple[np.ndarray, float]:
+             apix_tol: float = 0.01, check_nan: bool | None = None, apix_override: float | None = None,
+             apix_key: str = "microscope.apix", check_apix: bool = True) -> tuple[np.ndarray, float]:
     """Read an MRC image, stack or volume.
 
     Parameters
@@ -227,10 +228,19 @@ def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | N
         result is a **read-only** memmap-backed array; other modes are converted in memory.
         Ignored for ``.gz`` files.
     expect_apix : float, optional
-        Expected pixel size (Å). If the header has none (0), this value is returned; if the header
-        differs by more than ``apix_tol`` (relative), :class:`InputError` is raised.
+        Expected pixel size (Å), a check: if the header differs by more than ``apix_tol``
+        (relative), :class:`InputError` is raised. It never replaces the header's value.
     apix_tol : float
         Relative tolerance for ``expect_apix`` (0.01 = 1 %).
+    apix_override : float, optional
+        The user's explicit pixel size for this file (config ``input.apix_override``; see
+        :func:`emflow.pixel_size.apix_override`): used instead of the header, logged.
+    apix_key : str
+        Config key of ``expect_apix``, named in messages.
+    check_apix : bool
+        False: return the header's voxel size as it is, unchecked (0 or 1.0 when unset), for files
+        whose pixel size the caller does not use (masks on a known grid, re-reads of a file whose
+        pixel size an earlier stage established).
     check_nan : bool, optional
         Reject NaN/Inf values. Default: True for in-memory reads, False with ``mmap`` (the check
         would read the whole file).
@@ -239,18 +249,21 @@ def read_mrc(path: str | os.PathLike, mmap: bool = False, expect_apix: float | N
     -------
     data : ndarray, float32, (nz, ny, nx) or (ny, nx) for a single image
     apix : float
-        Pixel size in Å (x axis).
+        Pixel size in Å (x axis). A header without one (0, or the unset default 1.0) raises
+        :class:`InputError` unless ``apix_override`` is given or ``expect_apix`` is 1.0 too
+        (:mod:`emflow.pixel_size`).
     """
     if check_nan is None:
         check_nan = not mmap
     if mmap and not _is_gz(path):
-        out, apix = _read_mmap(path, expect_apix, apix_tol)
+        out, apix = _read_mmap(path, expect_apix, apix_tol, apix_override, apix_key, check_apix)
     else:
         with _open(path) as mrc:
             _validate_header(mrc.header, path)
             if mrc.data is None:
                 raise _truncation_error(mrc.header, path)
-            apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol)
+            apix = _check_apix(_voxel_sizes(mrc.header)[0], path, expect_apix, apix_tol, apix_override,
+                               apix_key, check_apix)
             out = np.array(mrc.data, dtype=np.float32, copy=True)
     if out.ndim == 3 and out.shape[0] == 1:
         out = out[0]

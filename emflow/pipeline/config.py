@@ -45,38 +45,241 @@ def _resolve_ref(root: Mapping, ref: str) -> Mapping:
     return node
 
 
-def validate_config(config: dict, schema_path: str | pathlib.Path) -> dict:
-    """Fill defaults and validate ``config`` against the JSON schema at ``schema_path``.
+def validate_config(config: dict, schema_path: str | pathlib.Path, base_dir: str | pathlib.Path | None = None,
+                    check_files: bool = True) -> dict:
+    """Fill defaults and validate ``config`` against the JSON schema at ``schema_path``, then check
+    the files it names (before any job runs).
+
+    Parameters
+    ----------
+    config : dict
+        Filled with schema defaults in place.
+    schema_path : path
+        ``config/schema.yaml``.
+    base_dir : path, optional
+        Directory that relative input paths are relative to (default: the working directory,
+        which is Snakemake's).
+    check_files : bool
+        Also run :func:`check_paths` (every input path exists, output paths stay under
+        ``results/``), :func:`check_table_files` (tilt counts and pixel sizes of a
+        ``source: table`` input) and :func:`check_pixel_sizes` (user maps and particle stacks).
 
     Raises
     ------
     InputError
         Naming every offending key (``config key 'demo.tomo.snr'``), what is wrong and the
-        key's description from the schema, before any job runs.
+        key's description from the schema; or the key and path of a missing input file.
     """
     schema = yaml.safe_load(pathlib.Path(schema_path).read_text())
     _fill_defaults(config, schema, schema)
     validator_cls = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return config
-    lines = []
-    for err in errors:
-        if err.validator == "additionalProperties":
-            extra = re.findall(r"'([^']+)' was unexpected", err.message)
-            allowed = sorted(err.schema.get("properties", {}))
-            where = _key_path(err)
-            for name in extra or [err.message]:
-                full = f"{where}.{name}" if where != "<top level>" else name
-                lines.append(f"config key '{full}' is not a known key (allowed here: {', '.join(allowed)})")
+    if errors:
+        lines = []
+        for err in errors:
+            if err.validator == "additionalProperties":
+                extra = re.findall(r"'([^']+)' was unexpected", err.message)
+                allowed = sorted(err.schema.get("properties", {}))
+                where = _key_path(err)
+                for name in extra or [err.message]:
+                    full = f"{where}.{name}" if where != "<top level>" else name
+                    lines.append(f"config key '{full}' is not a known key (allowed here: {', '.join(allowed)})")
+                continue
+            desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+            lines.append(f"config key '{_key_path(err)}': {err.message}" + (f" ({desc})" if desc else ""))
+        raise InputError(
+            "invalid configuration:\n  " + "\n  ".join(lines),
+            source=str(schema_path).replace("schema.yaml", "config.yaml"),
+            fix="correct the key(s) above; config/schema.yaml lists every key with its type and range",
+        )
+    if check_files:
+        check_paths(config, base_dir)
+        check_table_files(config, base_dir)
+        check_pixel_sizes(config, base_dir)
+    return config
+
+
+# ----------------------------------------------------------------------------- paths
+RESULTS = "results"
+MAP_SUFFIXES = (".mrc", ".map", ".mrcs", ".hdf", ".h5", ".rec", ".ccp4", ".mrc.gz", ".map.gz")
+# the row fields of input.tomograms that name files (TomogramEntry)
+TABLE_FILE_FIELDS = ("tilt_series", "tlt", "xf", "info_json", "picks", "defocus_file", "tilt_com",
+                     "tilt_series_star", "tomogram")
+
+
+def _is_generated(path: str) -> bool:
+    """Paths under ``results/`` are made by the workflow (the demo's inputs among them)."""
+    norm = pathlib.PurePosixPath(str(path).replace("\\", "/"))
+    return not norm.is_absolute() and norm.parts[:1] == (RESULTS,)
+
+
+def _looks_like_path(value: str) -> bool:
+    """For keys that take a keyword or a path (``spa.startingmodel``): a path has a folder or a map suffix."""
+    return "/" in value or value.lower().endswith(MAP_SUFFIXES)
+
+
+def input_paths(config: Mapping) -> list[tuple[str, str, str]]:
+    """Every user input path the config names, as ``(config key, path, "file"|"dir")``.
+
+    ``input.*`` paths are listed for the source that uses them (``input.spa_*`` whenever set:
+    a demo run may take user SPA data); section keys (templates, masks, references, starting
+    model) whenever set. Keys another stage adds later are picked up when present
+    (``tempmatch.template``, ``tempmatch.mask``).
+    """
+    out: list[tuple[str, str, str]] = []
+    inp = config.get("input", {})
+    source = inp.get("source", "demo")
+    if source == "table":
+        for i, row in enumerate(inp.get("tomograms") or []):
+            for field in TABLE_FILE_FIELDS:
+                if row.get(field):
+                    out.append((f"input.tomograms[{i}].{field}", str(row[field]), "file"))
+    elif source == "eman2_project" and inp.get("eman2_project"):
+        out.append(("input.eman2_project", str(inp["eman2_project"]), "dir"))
+    elif source == "relion5":
+        for key in ("relion_tomograms_star", "relion_particles_star"):
+            if inp.get(key):
+                out.append((f"input.{key}", str(inp[key]), "file"))
+    for key in ("spa_particles", "spa_star"):
+        if inp.get(key):
+            out.append((f"input.{key}", str(inp[key]), "file"))
+    for p in (inp.get("apix_override") or {}):
+        out.append((f"input.apix_override['{p}']", str(p), "file"))
+    for section, key in (("tempmatch", "template"), ("tempmatch", "mask"), ("picks", "mask"),
+                         ("spt_refine", "ref"), ("spa", "usefilt"), ("spa", "m3dsetsf")):
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, str) and value:
+            out.append((f"{section}.{key}", value, "file"))
+    start = (config.get("spa") or {}).get("startingmodel")
+    if isinstance(start, str) and _looks_like_path(start):
+        out.append(("spa.startingmodel", start, "file"))
+    return out
+
+
+def _output_path_errors(config: Mapping) -> list[tuple[str, str]]:
+    errors = []
+    spt = (config.get("spt_refine") or {}).get("path")
+    if isinstance(spt, str):
+        p = pathlib.PurePosixPath(spt)
+        if p.is_absolute() or ".." in p.parts or p.parts[:1] != (RESULTS,) or len(p.parts) < 2:
+            errors.append(("spt_refine.path", (f"'{spt}' is not a folder under results/ (every output stays in "
+                                               "results/; absolute paths and '..' are refused)")))
+    spa = (config.get("spa") or {}).get("path")
+    if isinstance(spa, str) and (spa in (".", "..") or "/" in spa or "\\" in spa):
+        errors.append(("spa.path", (f"'{spa}' is not a folder name (the run goes to results/spa/<path>; "
+                                    "'.', '..' and '/' are refused)")))
+    return errors
+
+
+def check_paths(config: Mapping, base_dir: str | pathlib.Path | None = None) -> None:
+    """Every input path in the config exists; every output path stays under ``results/``.
+
+    Raises
+    ------
+    InputError
+        One message listing every missing path with its config key, and every output path that
+        leaves ``results/``.
+    """
+    base = pathlib.Path(base_dir) if base_dir is not None else pathlib.Path.cwd()
+    problems = _output_path_errors(config)
+    for key, path, kind in input_paths(config):
+        if _is_generated(path):
             continue
-        desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
-        lines.append(f"config key '{_key_path(err)}': {err.message}" + (f" ({desc})" if desc else ""))
-    raise InputError(
-        "invalid configuration:\n  " + "\n  ".join(lines),
-        source=str(schema_path).replace("schema.yaml", "config.yaml"),
-        fix="correct the key(s) above; config/schema.yaml lists every key with its type and range",
-    )
+        full = pathlib.Path(path).expanduser()
+        full = full if full.is_absolute() else base / full
+        if kind == "dir" and not full.is_dir():
+            problems.append((key, f"folder '{path}' does not exist" + (" (it is a file)" if full.exists() else "")))
+        elif kind == "file" and not full.is_file():
+            problems.append((key, f"file '{path}' does not exist" + (" (it is a folder)" if full.is_dir() else "")))
+    if not problems:
+        return
+    fix = (f"correct the path(s) in the config; relative paths are relative to the working directory "
+           f"({base}); outputs go under results/")
+    if len(problems) == 1:
+        (key, what), = problems
+        raise InputError(what, source=f"config key '{key}'", fix=fix)
+    lines = "".join(f"\n  config key '{k}': {w}" for k, w in problems)
+    raise InputError(f"{len(problems)} bad paths:{lines}", source="config", fix=fix)
+
+
+def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = None) -> None:
+    """Every user map and particle stack the config names has a pixel size of its own (or an
+    ``input.apix_override`` entry), checked against its config value where there is one:
+    ``input.spa_particles`` (+ ``input.spa_star``) against ``spa.apix``; ``spt_refine.ref``,
+    ``tempmatch.template``, ``tempmatch.mask`` and a ``spa.startingmodel`` path for presence
+    (they are resampled by their own pixel size). Tilt series and tomograms of a table input:
+    :func:`check_table_files`. Paths under ``results/`` (made by the workflow) are skipped.
+    """
+    from emflow.pixel_size import apix_override, particles_pixel_size, pixel_size
+
+    base = pathlib.Path(base_dir) if base_dir is not None else pathlib.Path.cwd()
+
+    def resolve(p: str) -> str:
+        q = pathlib.Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    inp = config.get("input", {})
+    stack = inp.get("spa_particles")
+    if stack and not _is_generated(stack):
+        star = inp.get("spa_star")
+        star = resolve(star) if star and not _is_generated(star) else None
+        particles_pixel_size(resolve(stack), star, expected=(config.get("spa") or {}).get("apix"), key="spa.apix",
+                             override=apix_override(config, stack))
+    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "mask")]
+    for section, key in maps:
+        path = (config.get(section) or {}).get(key)
+        if isinstance(path, str) and path and not _is_generated(path):
+            pixel_size(resolve(path), key=f"{section}.{key}", override=apix_override(config, path))
+    start = (config.get("spa") or {}).get("startingmodel")
+    if isinstance(start, str) and _looks_like_path(start) and not _is_generated(start):
+        pixel_size(resolve(start), key="spa.startingmodel", override=apix_override(config, start))
+
+
+def _image_count(path: str) -> int:
+    """Images in a tilt series (MRC: nz; EMAN2 HDF: images, or nz of a single 3D image)."""
+    from emflow.io import hdf_count, read_hdf_header, read_mrc_header
+
+    if path.lower().endswith((".hdf", ".h5")):
+        n = hdf_count(path)
+        return int(read_hdf_header(path, 0).get("nz", 1)) if n == 1 else n
+    return int(read_mrc_header(path)["shape"][0])
+
+
+def check_table_files(config: Mapping, base_dir: str | pathlib.Path | None = None) -> None:
+    """``source: table``: each tilt series' pixel size (:func:`emflow.pixel_size.pixel_size` against
+    ``microscope.apix``, ``input.apix_override`` honoured) and its image count against its ``.tlt``.
+
+    Cheap (headers and text files only); the import job checks the same for every source.
+    """
+    inp = config.get("input", {})
+    if inp.get("source") != "table":
+        return
+    from emflow.io import read_tlt
+    from emflow.pixel_size import apix_override, pixel_size
+
+    base = pathlib.Path(base_dir) if base_dir is not None else pathlib.Path.cwd()
+
+    def resolve(p: str) -> str:
+        q = pathlib.Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    apix = config["microscope"]["apix"]
+    for i, row in enumerate(inp.get("tomograms") or []):
+        ts, tlt = row.get("tilt_series"), row.get("tlt")
+        tomo, tomo_bin = row.get("tomogram"), row.get("tomogram_bin")
+        if tomo and not _is_generated(tomo):
+            pixel_size(resolve(tomo), expected=None if tomo_bin is None else apix * tomo_bin,
+                       key=f"microscope.apix × input.tomograms[{i}].tomogram_bin", override=apix_override(config, tomo))
+        if not ts or _is_generated(ts):
+            continue
+        pixel_size(resolve(ts), expected=apix, key="microscope.apix", override=apix_override(config, ts))
+        if tlt and not _is_generated(tlt):
+            n_img, n_tlt = _image_count(resolve(ts)), len(read_tlt(resolve(tlt)))
+            if n_img != n_tlt:
+                raise InputError(
+                    f"{n_tlt} tilt angles but the tilt series {ts} has {n_img} images",
+                    source=tlt, fix=f"give one tilt angle per image of {ts}, in image order "
+                    f"(tomogram {row.get('name')!r}, config key input.tomograms)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,12 +61,13 @@ def _reconstruct(tmp_path, tilt_series, info):
                wildcards={"tomo": "tomo", "bin": "2"}, log=tmp_path / "log.txt", threads=1)
 
 
-def _import(tmp_path, tilt_series, tlt, apix=10.0):
+def _import(tmp_path, tilt_series, tlt, apix=10.0, apix_override=None):
     entry = {"name": "t1", "tilt_series": str(tilt_series), "tlt": str(tlt), "info_json": None, "xf": None,
              "picks": None, "defocus_um": None}
     run_script("import_tomogram.py", input={"tilt_series": tilt_series, "user_files": [tlt]},
                output={"tlt": tmp_path / "out" / "t1.tlt", "info": tmp_path / "out" / "info" / "t1_info.json"},
-               params={"entry": entry, "apix": apix, "voltage_kv": 300.0, "cs_mm": 2.7, "thickness_unbin_px": 64},
+               params={"entry": entry, "apix": apix, "voltage_kv": 300.0, "cs_mm": 2.7, "thickness_unbin_px": 64,
+                       "apix_override": apix_override},
                wildcards={"tomo": "t1"}, log=tmp_path / "log.txt")
 
 
@@ -104,6 +105,31 @@ def test_mrc_voxel_size_differs_from_config(tmp_path):
         _import(tmp_path, ts, tlt, apix=10.0)
     _assert_message(e.value, str(ts), "microscope.apix")
     _no_outputs(tmp_path / "out", "t1.tlt", "info/t1_info.json")
+
+
+@pytest.mark.parametrize("kind", ["mrc_default_1A", "hdf_without_apix"])
+def test_tilt_series_without_pixel_size(tmp_path, kind):
+    """No silent fallback to the config (or to 1.0): the fix writes the header or names the override."""
+    if kind == "mrc_default_1A":
+        ts = _tilt_series(tmp_path / "ts.mrc", apix=1.0)
+    else:
+        import h5py
+
+        ts = tmp_path / "ts.hdf"
+        with h5py.File(ts, "w") as f:  # EMAN2 layout (libEM/io/hdfio2.cpp) without EMAN.apix_x
+            g = f.create_group("MDF/images")
+            g.attrs["imageid_max"] = np.array([len(TILTS) - 1], np.int32)
+            for i in range(len(TILTS)):
+                g.create_group(str(i)).create_dataset("image", data=np.zeros((32, 32), np.float32))
+    tlt = tmp_path / "ts.tlt"
+    write_tlt(tlt, TILTS)
+    with pytest.raises(InputError) as e:
+        _import(tmp_path, ts, tlt, apix=10.0)
+    _assert_message(e.value, str(ts), "no pixel size", "input.apix_override")
+    assert "microscope.apix to 1" not in str(e.value)
+    _no_outputs(tmp_path / "out", "t1.tlt", "info/t1_info.json")
+    _import(tmp_path, ts, tlt, apix=10.0, apix_override=10.0)  # declared by the user: accepted
+    assert (tmp_path / "out" / "t1.tlt").exists()
 
 
 def test_tilt_count_differs_from_tlt(tmp_path):

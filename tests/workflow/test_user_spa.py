@@ -101,7 +101,8 @@ def test_user_spa_dark_declared_bright_is_refused(tmp_path):
     write_user_data(tmp_path / "data")
     kw = dict(input={"particles": tmp_path / "data/particles.mrcs", "star": tmp_path / "data/particles.star"},
               output={"particles": tmp_path / "particles.hdf"})
-    params = {"spa": {"apix": None}, "microscope": {}, "apix_expected": None}
+    params = {"spa": {"apix": None}, "microscope": {}, "apix_expected": None, "apix_key": "spa.apix",
+              "apix_override": None}
     with pytest.raises(InputError, match="declared bright but look dark"):
         run_script("spa_prepare.py", params={**params, "contrast": "bright"}, **kw)
     assert not (tmp_path / "particles.hdf").exists()

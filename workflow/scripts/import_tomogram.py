@@ -9,27 +9,23 @@ import numpy as np  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.sta.importer import build_info  # noqa: E402
 from emflow.io import hdf_count, read_hdf_stack, read_mrc_header, write_info_json, write_tlt  # noqa: E402
+from emflow.pixel_size import pixel_size  # noqa: E402
 
 
-def tilt_series_geometry(path: str, apix_config: float) -> tuple[int, int, int]:
+def tilt_series_geometry(path: str, apix_config: float, apix_override: float | None = None) -> tuple[int, int, int]:
     """(n tilts, nx, ny) of a tilt series, checking its pixel size against the config."""
     if path.endswith(".hdf"):
-        images, headers = read_hdf_stack(path, indices=[0])
+        images, _ = read_hdf_stack(path, indices=[0])
         n, (ny, nx) = hdf_count(path), images.shape[-2:]
-        apix = float(headers[0].get("apix_x", apix_config))
     else:
         header = read_mrc_header(path)
         n, ny, nx = header["shape"]
-        apix = header["apix"]
-    if apix > 0 and abs(apix - apix_config) > 0.01 * apix_config:
-        raise InputError(
-            f"pixel size {apix:.4g} Å in the header differs from microscope.apix = {apix_config:.4g} Å",
-            source=path, fix="set microscope.apix to the tilt series' pixel size (or fix the header)")
+    pixel_size(path, expected=apix_config, key="microscope.apix", override=apix_override)
     return n, nx, ny
 
 
-def main(tilt_series, out_tlt, out_info, entry, apix, voltage_kv, cs_mm, thickness_unbin_px):
-    n, nx, ny = tilt_series_geometry(tilt_series, apix)
+def main(tilt_series, out_tlt, out_info, entry, apix, voltage_kv, cs_mm, thickness_unbin_px, apix_override=None):
+    n, nx, ny = tilt_series_geometry(tilt_series, apix, apix_override)
     info = build_info(name=entry["name"], shape_xy=(nx, ny), apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm,
                       tlt=entry["tlt"], xf=entry["xf"], info_json=entry["info_json"], picks=entry["picks"],
                       defocus_um=entry["defocus_um"], thickness_unbin_px=thickness_unbin_px)
@@ -46,4 +42,5 @@ def main(tilt_series, out_tlt, out_info, entry, apix, voltage_kv, cs_mm, thickne
 
 
 main(snakemake.input.tilt_series, snakemake.output.tlt, snakemake.output.info,  # noqa: F821
-     **{k: getattr(snakemake.params, k) for k in ("entry", "apix", "voltage_kv", "cs_mm", "thickness_unbin_px")})  # noqa: F821
+     **{k: getattr(snakemake.params, k) for k in ("entry", "apix", "voltage_kv", "cs_mm", "thickness_unbin_px")},  # noqa: F821
+     apix_override=getattr(snakemake.params, "apix_override", None))  # noqa: F821

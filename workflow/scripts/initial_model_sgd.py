@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from emflow.sta.align3d import SubtiltParticle  # noqa: E402
 from emflow.sta.initial_model import SGDParams, sgd_initial_model  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_mrc  # noqa: E402
+from emflow.pixel_size import check_pixel_size  # noqa: E402
 
 
 def load_particles(lst_path, shrink):
@@ -24,7 +25,7 @@ def load_particles(lst_path, shrink):
         proj = np.array([R for R, _ in xf])
         d = np.array([t[:2] for _, t in xf])
         parts.append(SubtiltParticle.from_images(imgs, proj, d, box=box, shrink=shrink))
-        apix = float(h3.get("apix_x", heads[0].get("apix"))) * shrink
+        apix = check_pixel_size(h3.get("apix_x"), source=e.path, kind="hdf", what="HDF header (apix_x)") * shrink
     return parts, apix
 
 

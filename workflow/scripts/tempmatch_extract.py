@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from emflow.sta import picks as pk  # noqa: E402
 from emflow.geometry import eman_to_matrix  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, write_star  # noqa: E402
+from emflow.pixel_size import check_pixel_size  # noqa: E402
 
 smk = snakemake  # noqa: F821
 cfg = smk.params.picks
@@ -18,7 +19,8 @@ scores, apix_tomo = read_mrc(smk.input.scores)
 angle_map, _ = read_mrc(smk.input.angle_map)
 doc = json.loads(open(smk.input.angles).read())
 info = read_info_json(smk.input.info)
-apix_unbin = float(info.get("apix_unbin", smk.params.microscope["apix"]))
+apix_unbin = check_pixel_size(info.get("apix_unbin"), source=smk.input.info, expected=smk.params.microscope["apix"],
+                              kind="json", what="info json (apix_unbin)")
 b = int(doc["template_box_px"])
 eul = np.asarray(doc["eman_az_alt_phi"], np.float64).reshape(-1, 3)
 rots = eman_to_matrix(eul[:, 0], eul[:, 1], eul[:, 2])

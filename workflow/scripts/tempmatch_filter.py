@@ -24,7 +24,7 @@ if "rlnCoordinateX" in table:
     cand, rots = pk.picks_from_star_table(table, shape_zyx=tomo.shape, apix_tomo=apix_tomo, apix_unbin=apix_unbin)
 else:
     cand, rots = pk.Picks.empty(), np.zeros((0, 3, 3))
-mask = read_mrc(smk.input.mask[0])[0] if len(smk.input.mask) else None
+mask = read_mrc(smk.input.mask[0], check_apix=False)[0] if len(smk.input.mask) else None  # on the tomogram grid
 min_dist = cfg["min_distance_a"] / apix_tomo if cfg["min_distance_a"] else None
 kept = pk.filter_picks(cand, min_score=cfg["min_score"], min_distance_px=min_dist, mask=mask,
                        max_count=cfg["max_picks"])
