@@ -108,3 +108,28 @@ def test_user_spa_dark_declared_bright_is_refused(tmp_path):
     assert not (tmp_path / "particles.hdf").exists()
     run_script("spa_prepare.py", params={**params, "contrast": "dark"}, **kw)
     assert (tmp_path / "particles.hdf").exists()
+
+
+@pytest.mark.workflow
+def test_spa_only_and_tomo_only_dags(tmp_path):
+    """Demo SPA-only (workflows.subtomogram false) plans no tomogram job and scores only the SPA map;
+    tomography-only plans no SPA job; a user SPA config without declared contrast stops at DAG build."""
+    import yaml
+    from workflow_runner import dry_run
+
+    work = copy_workflow(tmp_path / "wf")
+    (work / "spa_only.yaml").write_text(yaml.safe_dump({"workflows": {"subtomogram": False}}))
+    planned = dry_run(work, ["--configfile", ".test/config.yaml", "spa_only.yaml"])
+    assert planned.get("spa_prepare") == 1 and planned.get("report_demo_scores") == 1, planned
+    assert not any(r.startswith(("tomogram_", "tempmatch_", "extract_", "spt_", "simulate_tiltseries", "picks_"))
+                   for r in planned), planned
+    assert planned.get("report_map") == 2, planned  # the SPA map and the SPA truth, not the tomogram truth
+    (work / "tomo_only.yaml").write_text(yaml.safe_dump({"workflows": {"single_particle": False}}))
+    planned = dry_run(work, ["--configfile", ".test/config.yaml", "tomo_only.yaml"])
+    assert not any(r.startswith("spa_") or r == "simulate_spa" for r in planned), planned
+    cfg = yaml.safe_load((work / ".test/user_spa/config.yaml").read_text())
+    cfg["input"]["spa_contrast"] = None
+    write_user_data(work / "data")
+    (work / "undeclared.yaml").write_text(yaml.safe_dump(cfg))
+    out, _ = run_snakemake(work, "local", ["-n", "--cores", "2", "--configfile", "undeclared.yaml"], check=False)
+    assert "input.spa_contrast" in out and "must be declared" in out, out[-3000:]
