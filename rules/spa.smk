@@ -35,6 +35,8 @@ if SPA_ON:
               f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
               f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}", file=sys.stderr)
         FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
+    elif SPA["goldstandard"]:  # e2refine_easy scheme: independent even/odd halves (rule spa_gold)
+        FINAL_TARGETS.append(f"{SPA_DIR}/gold/gold.json")
     else:
         FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
 
@@ -271,3 +273,30 @@ rule spa_report:
         "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spa_report.py"
+
+
+rule spa_gold:
+    input:
+        particles=f"{SPA_DIR}/particles.hdf",
+        model=f"{SPA_DIR}/threed_00.mrc",
+    output:
+        even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
+        odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
+        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
+        combined=f"{SPA_DIR}/gold/threed_gold.mrc",
+        summary=f"{SPA_DIR}/gold/gold.json",
+    params:
+        spa=spa_gold_params(),
+        iters=SPA_ITERS,
+    log:
+        f"results/logs/spa/spa_gold/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_gold/{SPA['path']}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_gold.py"

@@ -64,6 +64,12 @@ def spa_params(stage):
     return {key: SPA[key] for key in STAGE_KEYS[stage]}
 
 
+def spa_gold_params():
+    """Every key the in-process iterations read (all stages) plus the gold-standard start resolution."""
+    keys = {k for stage in STAGE_KEYS.values() for k in stage} | {"orientgen", "gold_startres"}
+    return {key: SPA[key] for key in sorted(keys)}
+
+
 def spa_project3d_params(wildcards):
     """project3d's keys plus the orientation generator of this iteration (a list gives a schedule)."""
     from emflow.spa.refine_loop import orientgen_for_iteration
