@@ -75,7 +75,11 @@ def test_ctf_defaults_never_worse_than_no_ctf_on_an_asymmetric_case(monkeypatch)
     from emflow.io import read_mrc
     from emflow.spa import refine_loop
     from emflow.spa.classaverage import normalize_stack
-    from emflow.spa.refine_loop import RefineOptions, phase_flip_particles, run_iteration
+    from emflow.spa.refine_loop import (
+        RefineOptions,
+        phase_flip_particles,
+        run_iteration,
+    )
 
     ref, ap = read_mrc(str(structure_path("ribosome70S")))
     apix = ap * ref.shape[0] / 32 * 1.3

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from emflow.errors import InputError
 from foreign import relion_spa
 
-OPTICS = [dict(voltage=300.0, cs=2.7, ampcont=0.1, apix=2.0, box=64),
-          dict(voltage=200.0, cs=1.4, ampcont=0.07, apix=2.0, box=64)]
+from emflow.errors import InputError
+
+OPTICS = [{"voltage": 300.0, "cs": 2.7, "ampcont": 0.1, "apix": 2.0, "box": 64},
+          {"voltage": 200.0, "cs": 1.4, "ampcont": 0.07, "apix": 2.0, "box": 64}]
 
 
 def _star(tmp_path, u, v, a, groups=None, row_order=None, optics=OPTICS):

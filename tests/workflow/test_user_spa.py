@@ -17,9 +17,8 @@ import pathlib
 
 import numpy as np
 import pytest
-from workflow_runner import copy_workflow, run_script, run_snakemake
-
 from foreign import relion_spa
+from workflow_runner import copy_workflow, run_script, run_snakemake
 
 BOX, N, SNR, SEED = 32, 400, 2.0, 11  # few particles in c1: e2refine's classes need SNR to converge
 
@@ -47,7 +46,7 @@ def write_user_data(data: pathlib.Path) -> tuple[np.ndarray, float]:
     relion_spa.write_particles_star(
         data / "particles.star", data / "particles.mrcs", defocus_u_a=du, defocus_v_a=du,
         defocus_angle_deg=rng.uniform(0, 180, N), optics_group=np.ones(N, int),
-        optics=[dict(voltage=truth.voltage_kv, cs=truth.cs_mm, ampcont=truth.ampcont, apix=apix, box=BOX)])
+        optics=[{"voltage": truth.voltage_kv, "cs": truth.cs_mm, "ampcont": truth.ampcont, "apix": apix, "box": BOX}])
     vol = resample_map(ref, ap, apix, box=BOX)
     relion_spa.write_stack(data / "start.mrc", lowpass_tophat(vol, apix, 60.0), apix)
     return vol, apix
@@ -99,8 +98,8 @@ def test_user_spa_dark_declared_bright_is_refused(tmp_path):
     from emflow.errors import InputError
 
     write_user_data(tmp_path / "data")
-    kw = dict(input={"particles": tmp_path / "data/particles.mrcs", "star": tmp_path / "data/particles.star"},
-              output={"particles": tmp_path / "particles.hdf"})
+    kw = {"input": {"particles": tmp_path / "data/particles.mrcs", "star": tmp_path / "data/particles.star"},
+          "output": {"particles": tmp_path / "particles.hdf"}}
     params = {"spa": {"apix": None}, "microscope": {}, "apix_expected": None, "apix_key": "spa.apix",
               "apix_override": None}
     with pytest.raises(InputError, match="declared bright but look dark"):

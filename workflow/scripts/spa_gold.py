@@ -10,14 +10,14 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import json  # noqa: E402
-import time  # noqa: E402
+import json
+import time
 
-from emflow.io import atomic_write, read_mrc, write_fsc_txt, write_mrc  # noqa: E402
-from emflow.spa.files import read_particles  # noqa: E402
-from emflow.spa.gold import gold_iteration, gold_start  # noqa: E402
-from emflow.spa.make3d import read_structure_factor  # noqa: E402
-from emflow.spa.refine_loop import RefineOptions, orientgen_for_iteration  # noqa: E402
+from emflow.io import atomic_write, read_mrc, write_fsc_txt, write_mrc
+from emflow.spa.files import read_particles
+from emflow.spa.gold import gold_iteration, gold_start
+from emflow.spa.make3d import read_structure_factor
+from emflow.spa.refine_loop import RefineOptions, orientgen_for_iteration
 
 smk = snakemake  # noqa: F821
 spa = smk.params.spa

@@ -4,14 +4,19 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from emflow.errors import InputError  # noqa: E402
-from emflow.io import read_hdf_stack, read_mrc, read_star, write_hdf_stack  # noqa: E402
-from emflow.spa.classaverage import normalize_stack  # noqa: E402
-from emflow.pixel_size import particles_pixel_size  # noqa: E402
-from emflow.spa.files import check_contrast, ctf_header, ctfs_from_star, to_protein_white  # noqa: E402
-from emflow.spa.refine_loop import phase_flip_particles  # noqa: E402
+from emflow.errors import InputError
+from emflow.io import read_hdf_stack, read_mrc, read_star, write_hdf_stack
+from emflow.pixel_size import particles_pixel_size
+from emflow.spa.classaverage import normalize_stack
+from emflow.spa.files import (
+    check_contrast,
+    ctf_header,
+    ctfs_from_star,
+    to_protein_white,
+)
+from emflow.spa.refine_loop import phase_flip_particles
 
 smk = snakemake  # noqa: F821
 path = str(smk.input.particles)

@@ -3,23 +3,23 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import json  # noqa: E402
+import json
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from emflow.demo import scores  # noqa: E402
-from emflow.io import atomic_write, read_hdf_stack, read_fsc_txt  # noqa: E402
+from emflow.demo import scores
+from emflow.io import atomic_write, read_fsc_txt, read_hdf_stack
 
 smk = snakemake  # noqa: F821
 
 
 summary = {"iterations": []}
 bar_freq = None  # demo: the accuracy bar, FSC vs truth ≥ 0.5 at 2.5 px (1/Å)
-has_truth = any(json.load(open(p)).get("truth", True) is not None for p in smk.input.truth_eval)
+has_truth = any(json.loads(pathlib.Path(p).read_text()).get("truth", True) is not None for p in smk.input.truth_eval)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth, smk.input.truth_eval):
     f, c = read_fsc_txt(fpath)
