@@ -4,6 +4,7 @@ from emflow.pipeline.log import setup_logging
 log = setup_logging(snakemake)  # noqa: F821
 
 import json
+import pathlib
 
 import matplotlib
 
