@@ -3,7 +3,9 @@
 # emflow/pipeline/config.py (unit-tested); this file only wires it to Snakemake.
 
 from emflow.pipeline.config import tomogram_table, validate_config
+from emflow.pipeline.params import reject_runtime_keys, rule_params
 
+reject_runtime_keys(config)  # thread counts are rule resources (profiles, --set-threads), not config
 validate_config(config, workflow.source_path("../config/schema.yaml"))
 
 TOMOGRAMS = tomogram_table(config)
@@ -93,9 +95,23 @@ def spa_particles_star():
 
 
 def tempmatch_template():
-    """Template for reference-based picking: the SGD initial model (class 0) of the manual picks
+    """Template for reference-based picking: the user's map (tempmatch.template, any pixel size and
+    box: resampled by tempmatch_search), else the SGD initial model (class 0) of the manual picks
     (rules/initial_model.smk), so picking needs no external reference."""
-    return "results/initial_model/sptsgd_01/output_cls0.mrc"
+    return config["tempmatch"]["template"] or "results/initial_model/sptsgd_01/output_cls0.mrc"
+
+
+def tempmatch_template_overrides():
+    """input.apix_override values of the user's template and mask (None where none is given)."""
+    from emflow.pixel_size import apix_override
+
+    tm = config["tempmatch"]
+    return {key: apix_override(config, tm[key]) if tm[key] else None for key in ("template", "template_mask")}
+
+
+def tempmatch_template_mask():
+    """The user's template mask (tempmatch.template_mask), none by default."""
+    return [config["tempmatch"]["template_mask"]] if config["tempmatch"]["template_mask"] else []
 
 
 def picks_mask_input(wildcards):

@@ -18,7 +18,7 @@ rule import_tomogram:
         apix_override=lambda w: apix_override(config, TOMOGRAMS[w.tomo].tilt_series),
         voltage_kv=config["microscope"]["voltage_kv"],
         cs_mm=config["microscope"]["cs_mm"],
-        thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
+        ampcont=config["microscope"]["ampcont"],
     log:
         "results/logs/import/import_tomogram/{tomo}.log",
     benchmark:

@@ -6,7 +6,9 @@
 # results/initial_model/sptsgd_01/score.txt                 alignment scores of every iteration
 # results/initial_model/sptsgd_01/slices.png, convergence.png
 #
-# output_cls0.mrc is the template of template matching (tempmatch_template() in rules/common.smk).
+# output_cls0.mrc is the template of template matching unless tempmatch.template is set
+# (tempmatch_template() in rules/common.smk). params: only the keys the SGD reads
+# (emflow/pipeline/params.py); threads: a rule default (--set-threads initial_model_sgd=N).
 
 INITIAL_MODEL = config["initial_model"]
 
@@ -22,12 +24,12 @@ rule initial_model_sgd:
         slices_png="results/initial_model/sptsgd_01/slices.png",
         convergence_png="results/initial_model/sptsgd_01/convergence.png",
     params:
-        cfg=INITIAL_MODEL,
+        cfg=rule_params(config, "initial_model_sgd", "initial_model"),
     log:
         "results/logs/initial_model/initial_model_sgd/sptsgd_01.log",
     benchmark:
         "results/benchmarks/initial_model/initial_model_sgd/sptsgd_01.tsv"
-    threads: INITIAL_MODEL["threads"]
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=240,

@@ -58,7 +58,7 @@ rule simulate_tiltseries:
         voltage_kv=config["microscope"]["voltage_kv"],
         cs_mm=config["microscope"]["cs_mm"],
         ampcont=config["microscope"]["ampcont"],
-        tomo=DEMO_CFG["tomo"],
+        tomo=rule_params(config, "simulate_tiltseries", "demo.tomo"),
     log:
         "results/logs/simulate/simulate_tiltseries/{tomo}.log",
     benchmark:

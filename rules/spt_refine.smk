@@ -2,7 +2,8 @@
 # refinement with p (particle), t/r (subtilt shift/rotation) and d (defocus) iterations.
 #
 # {path}/particle_info_3d.lst, particle_info_2d.lst   run metadata (checkpoint: sets the chunk count)
-# {path}/threed_00_even/odd.hdf                      references (tophat at startres)
+# {path}/threed_00_even/odd.hdf                      references (tophat at startres; goldcontinue:
+#                                                    the half maps <ref>_even/_odd of the run continued)
 # per iteration XX = 01..N (letters of spt_refine.iters):
 #   chunks/align_XX_CCC.npz  -> aliptcls3d_XX.lst, aliptcls2d_XX.lst     (scatter / gather)
 #   chunks/rec_XX_CCC.npz    -> threed_XX(.hdf/.mrc), threed_XX_even/odd.hdf, fsc_*_XX.txt,
@@ -13,19 +14,32 @@
 import os
 from types import SimpleNamespace
 
-from emflow.sta.spt_refine import chunk_ranges, parse_iters
+from emflow.errors import InputError
+from emflow.sta.spt_refine import CTF_MICROSCOPE_KEYS, chunk_ranges, parse_iters, parse_keep
+
+# Each rule gets as params only the `spt_refine:` keys it reads (STAGE_KEYS in emflow/sta/spt_refine.py);
+# an alignment job gets its own iteration's letter and options (spt_align_params), so appending an
+# iteration to `iters` changes no finished job. Threads are not config: rule defaults below, changed
+# with --set-threads or a profile (profiles/*/config.yaml).
 
 SPT = config["spt_refine"]
 SPT_PATH = SPT["path"]
 SPT_RUN = os.path.basename(os.path.normpath(SPT_PATH))  # names this run's logs and benchmarks
 SPT_ITERS = parse_iters(SPT["iters"])
+parse_keep(SPT["keep"])  # fails before any job on a bad value
+if SPT["goldcontinue"] and not SPT["ref"]:
+    raise InputError("goldcontinue continues a finished run, but spt_refine.ref is not set",
+                     source="spt_refine.goldcontinue",
+                     fix="set spt_refine.ref to that run's map (e.g. results/spt/spt_01/threed_05.hdf; its "
+                         "threed_05_even/_odd.hdf are used), or set goldcontinue: false")
+SPT_MICROSCOPE = {key: config["microscope"][key] for key in CTF_MICROSCOPE_KEYS}
 SPT_LAST = f"{len(SPT_ITERS):02d}"
 
 
 checkpoint spt_refine_setup:
     input:
+        unpack(spt_reference_inputs),
         lst=f"results/sets/{spt_ptcls_label()}.lst",
-        ref=spt_reference(),
     output:
         info3d=f"{SPT_PATH}/particle_info_3d.lst",
         info2d=f"{SPT_PATH}/particle_info_2d.lst",
@@ -37,8 +51,10 @@ checkpoint spt_refine_setup:
         res=f"{SPT_PATH}/resolution_00.json",
         params=f"{SPT_PATH}/0_spt_params.json",
     params:
-        spt=SPT,
+        spt=spt_stage_params("setup"),
         shrink=config["extract"]["shrink"],
+        user_ref=bool(SPT["ref"]),
+        apix_override=spt_reference_overrides,
     log:
         f"results/logs/spt_refine/spt_refine_setup/{SPT_RUN}_setup.log",
     benchmark:
@@ -61,14 +77,13 @@ rule spt_refine_align:
     output:
         chunk=f"{SPT_PATH}/chunks/align_{{it}}_{{chunk}}.npz",
     params:
-        spt=SPT,
-        iters=SPT_ITERS,
-        microscope=config["microscope"],
+        spt=spt_align_params,
+        microscope=SPT_MICROSCOPE,
     log:
         f"results/logs/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
-    threads: SPT["threads"]
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
@@ -111,13 +126,13 @@ rule spt_refine_make3d:
     output:
         rec=f"{SPT_PATH}/chunks/rec_{{it}}_{{chunk}}.npz",
     params:
-        spt=SPT,
-        microscope=config["microscope"],
+        spt=spt_stage_params("make3d"),
+        microscope=SPT_MICROSCOPE,
     log:
         f"results/logs/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
-    threads: SPT["threads"]
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
@@ -143,13 +158,12 @@ rule spt_refine_postprocess:
         res=f"{SPT_PATH}/resolution_{{it}}.json",
         png=f"{SPT_PATH}/fsc_{{it}}.png",
     params:
-        spt=SPT,
-        iters=SPT_ITERS,
+        spt=spt_postprocess_params,
     log:
         f"results/logs/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.tsv"
-    threads: SPT["threads"]
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=30,

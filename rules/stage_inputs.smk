@@ -199,9 +199,48 @@ def spt_ptcls_label():
     return config["extract"]["label"]
 
 
+def spt_stage_params(stage):
+    """The `spt_refine:` keys of one job kind (emflow.sta.spt_refine.STAGE_KEYS)."""
+    from emflow.sta.spt_refine import stage_params
+
+    return stage_params(SPT, stage)
+
+
+def spt_align_params(wildcards):
+    """Keys of alignment iteration `it` only: its letter, p mode and that mode's options."""
+    from emflow.sta.spt_refine import iteration_params
+
+    return iteration_params(SPT, int(wildcards.it), "align")
+
+
+def spt_postprocess_params(wildcards):
+    """Postprocess keys plus the letter of iteration `it`."""
+    from emflow.sta.spt_refine import iteration_params
+
+    return iteration_params(SPT, int(wildcards.it), "postprocess")
+
+
+def spt_reference_overrides(wildcards):
+    """input.apix_override entries of the reference (and its halves): {path: Å/px}."""
+    from emflow.pixel_size import apix_override
+
+    paths = spt_reference_inputs(wildcards).values()
+    return {p: apix_override(config, p) for p in paths if apix_override(config, p) is not None}
+
+
 def spt_reference():
-    """spt_refine.ref, else the SGD initial model (rules/initial_model.smk)."""
+    """spt_refine.ref (the user's map, any pixel size and box), else the SGD initial model (rules/initial_model.smk)."""
     return SPT["ref"] or "results/initial_model/sptsgd_01/output_cls0.hdf"
+
+
+def spt_reference_inputs(wildcards):
+    """The reference, plus with goldcontinue its even/odd half maps (EMAN <ref>_even/_odd.hdf)."""
+    from emflow.sta.spt_files import goldcontinue_half_paths
+
+    inputs = {"ref": spt_reference()}
+    if SPT["goldcontinue"]:  # spt_refine.ref is set (checked in rules/spt_refine.smk)
+        inputs["ref_even"], inputs["ref_odd"] = goldcontinue_half_paths(SPT["ref"])
+    return inputs
 
 
 def spt_chunk_ids(wildcards):

@@ -8,12 +8,16 @@
 # results/tempmatch/{tomo}__candidates.star  peaks above threshold (RELION STAR)
 # results/picks/{tomo}__picks.star         filtered picks;  results/picks/info/{tomo}_info.json
 # results/picks/{tomo}__review.png         slices with picks + score histogram
+#
+# Each rule gets as params only the config keys its script reads (emflow/pipeline/params.py); threads
+# are rule defaults, changed with --set-threads or a profile, not config keys.
 
 
 rule tempmatch_search:
     input:
         tomogram=binned_tomogram,
         template=tempmatch_template(),
+        template_mask=tempmatch_template_mask(),
         info=info_json,
         tlt=tilt_angles,
     output:
@@ -21,13 +25,14 @@ rule tempmatch_search:
         angle_map="results/tempmatch/{tomo}__angles.mrc",
         angles="results/tempmatch/{tomo}__angles.json",
     params:
-        tm=config["tempmatch"],
-        microscope=config["microscope"],
+        tm=rule_params(config, "tempmatch_search", "tempmatch"),
+        microscope=rule_params(config, "tempmatch_search", "microscope"),
+        apix_override=tempmatch_template_overrides(),
     log:
         "results/logs/tempmatch/tempmatch_search/{tomo}.log",
     benchmark:
         "results/benchmarks/tempmatch/tempmatch_search/{tomo}.tsv"
-    threads: config["tempmatch"]["threads"]
+    threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
@@ -47,8 +52,8 @@ rule tempmatch_extract:
         candidates="results/tempmatch/{tomo}__candidates.star",
         summary="results/tempmatch/{tomo}__candidates.json",
     params:
-        picks=config["picks"],
-        microscope=config["microscope"],
+        picks=rule_params(config, "tempmatch_extract", "picks"),
+        microscope=rule_params(config, "tempmatch_extract", "microscope"),
     log:
         "results/logs/tempmatch/tempmatch_extract/{tomo}.log",
     benchmark:
@@ -76,8 +81,7 @@ rule picks_filter:
         info="results/picks/info/{tomo}_info.json",
         review="results/picks/{tomo}__review.png",
     params:
-        picks=config["picks"],
-        microscope=config["microscope"],
+        picks=rule_params(config, "picks_filter", "picks"),
     log:
         "results/logs/picks/picks_filter/{tomo}.log",
     benchmark:

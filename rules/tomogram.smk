@@ -1,6 +1,14 @@
 # Tomogram reconstruction: weighted back-projection of each tilt series at the binning of
 # config tomogram.bin, using the geometry in the tomogram's info json (tlt_params), plus a
-# quick-look picture of its central slices for the report.
+# quick-look picture of its central slices for the report. A tomogram reconstructed elsewhere
+# (input table `tomogram` + `tomogram_bin`, IMOD's layout and hand) is checked, binned to
+# tomogram.bin and cropped to tomogram.thickness_px instead (rule tomogram_external).
+
+import re
+
+# wildcard constraints matching exactly the tomograms of each rule ("(?!)" never matches)
+EXTERNAL_TOMO_RE = "|".join(re.escape(n) for n in tomogram_names() if TOMOGRAMS[n].tomogram) or "(?!)"
+RECONSTRUCTED_TOMO_RE = "|".join(re.escape(n) for n in tomogram_names() if not TOMOGRAMS[n].tomogram) or "(?!)"
 
 
 if config["workflows"]["subtomogram"]:
@@ -15,6 +23,8 @@ rule tomogram_reconstruct:
         info=info_json,
     output:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
+    wildcard_constraints:
+        tomo=RECONSTRUCTED_TOMO_RE,
     params:
         thickness_px=config["tomogram"]["thickness_px"],
         radial_filter=config["tomogram"]["radial_filter"],
@@ -32,6 +42,32 @@ rule tomogram_reconstruct:
         "../envs/emflow.yaml"
     script:
         "../workflow/scripts/tomogram_reconstruct.py"
+
+
+rule tomogram_external:
+    input:
+        tomogram=lambda wildcards: TOMOGRAMS[wildcards.tomo].tomogram,
+        tilt_series=tilt_series,
+        info=info_json,
+    output:
+        tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
+    wildcard_constraints:
+        tomo=EXTERNAL_TOMO_RE,
+    params:
+        thickness_px=config["tomogram"]["thickness_px"],
+        tomogram_bin=lambda wildcards: TOMOGRAMS[wildcards.tomo].tomogram_bin,
+    log:
+        "results/logs/tomogram/tomogram_external/{tomo}__bin{bin}.log",
+    benchmark:
+        "results/benchmarks/tomogram/tomogram_external/{tomo}__bin{bin}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/tomogram_external.py"
 
 
 rule tomogram_slices:

@@ -260,6 +260,8 @@ def tilt_matrix(tilt, axis_rot=0.0, offtilt=0.0) -> np.ndarray:
     Sense: for a positive ``tilt`` (and no other angles) ``R = [[c, 0, −s], [0, 1, 0], [s, 0, c]]``,
     so a point above the specimen plane, ``p = (0, 0, z>0)``, appears at ``x = −z·sin(tilt)``
     (it moves toward −x), and a point at ``+x`` moves up in depth (``(R p)_z = x·sin(tilt)``).
+    IMOD's tilt angles have the opposite sense (EMAN ``ytilt = −θ_IMOD``); convert them only with
+    :func:`emflow.sta.importer.imod_to_tlt_params` (``docs/CONVENTIONS.md``, IMOD ↔ EMAN2).
 
     Parameters
     ----------

@@ -148,7 +148,7 @@ def boxes_from_info(info: Mapping, label: str | None = None, source=None):
     return coords, classes, scores
 
 
-def add_boxes(info: dict, coords, label: str, boxsize: int, method: str = "tm", scores=None,
+def add_boxes(info: dict, coords, label: str, boxsize: int | None, method: str = "tm", scores=None,
               replace: bool = False) -> dict:
     """Add particles of class ``label`` to ``boxes_3d`` and ``class_list`` (in place, returned).
 
@@ -159,8 +159,8 @@ def add_boxes(info: dict, coords, label: str, boxsize: int, method: str = "tm", 
     ----------
     coords : array_like (n, 3)
         Unbinned pixels relative to the tomogram centre (x, y, z).
-    boxsize : int
-        Box size in unbinned pixels.
+    boxsize : int or None
+        Box size in unbinned pixels (None: the class gets no ``boxsize``; an existing one is kept).
     method : str
         ``"tm"`` (template matching) or ``"manual"``.
     scores : array_like (n,), optional
@@ -176,10 +176,11 @@ def add_boxes(info: dict, coords, label: str, boxsize: int, method: str = "tm", 
     ids = _class_ids(info)
     if label in ids:
         cid = ids[label]
-        class_list[str(cid)]["boxsize"] = int(boxsize)
+        if boxsize is not None:
+            class_list[str(cid)]["boxsize"] = int(boxsize)
     else:
         cid = max((int(k) for k in class_list), default=-1) + 1
-        class_list[str(cid)] = {"name": label, "boxsize": int(boxsize)}
+        class_list[str(cid)] = {"name": label} if boxsize is None else {"name": label, "boxsize": int(boxsize)}
     boxes = info.setdefault("boxes_3d", [])
     if replace:
         boxes[:] = [b for b in boxes if not (len(b) >= 6 and int(b[5]) == cid)]

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from emflow.errors import InputError
+from emflow.io.info import read_info_json
 
 DEMO_ROOT = "results/demo"
 TILT_SERIES_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".hdf")
@@ -124,7 +125,7 @@ def input_paths(config: Mapping) -> list[tuple[str, str, str]]:
     ``input.*`` paths are listed for the source that uses them (``input.spa_*`` whenever set:
     a demo run may take user SPA data); section keys (templates, masks, references, starting
     model) whenever set. Keys another stage adds later are picked up when present
-    (``tempmatch.template``, ``tempmatch.mask``).
+    (``tempmatch.template``, ``tempmatch.template_mask``).
     """
     out: list[tuple[str, str, str]] = []
     inp = config.get("input", {})
@@ -145,7 +146,7 @@ def input_paths(config: Mapping) -> list[tuple[str, str, str]]:
             out.append((f"input.{key}", str(inp[key]), "file"))
     for p in (inp.get("apix_override") or {}):
         out.append((f"input.apix_override['{p}']", str(p), "file"))
-    for section, key in (("tempmatch", "template"), ("tempmatch", "mask"), ("picks", "mask"),
+    for section, key in (("tempmatch", "template"), ("tempmatch", "template_mask"), ("picks", "mask"),
                          ("spt_refine", "ref"), ("spa", "usefilt"), ("spa", "m3dsetsf")):
         value = (config.get(section) or {}).get(key)
         if isinstance(value, str) and value:
@@ -206,7 +207,7 @@ def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = Non
     """Every user map and particle stack the config names has a pixel size of its own (or an
     ``input.apix_override`` entry), checked against its config value where there is one:
     ``input.spa_particles`` (+ ``input.spa_star``) against ``spa.apix``; ``spt_refine.ref``,
-    ``tempmatch.template``, ``tempmatch.mask`` and a ``spa.startingmodel`` path for presence
+    ``tempmatch.template``, ``tempmatch.template_mask`` and a ``spa.startingmodel`` path for presence
     (they are resampled by their own pixel size). Tilt series and tomograms of a table input:
     :func:`check_table_files`. Paths under ``results/`` (made by the workflow) are skipped.
     """
@@ -225,7 +226,7 @@ def check_pixel_sizes(config: Mapping, base_dir: str | pathlib.Path | None = Non
         star = resolve(star) if star and not _is_generated(star) else None
         particles_pixel_size(resolve(stack), star, expected=(config.get("spa") or {}).get("apix"), key="spa.apix",
                              override=apix_override(config, stack))
-    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "mask")]
+    maps = [("spt_refine", "ref"), ("tempmatch", "template"), ("tempmatch", "template_mask")]
     for section, key in maps:
         path = (config.get(section) or {}).get(key)
         if isinstance(path, str) and path and not _is_generated(path):
@@ -298,6 +299,10 @@ class TomogramEntry:
     tilt_series_star: str | None = None  # RELION 5 per-tilt-series STAR
     tomogram: str | None = None  # tomogram reconstructed elsewhere (MRC)
     tomogram_bin: int | None = None  # its binning relative to the tilt series
+    thickness_unbin_px: int | None = None  # thickness of the tomogram the picks were made in (RELION rlnTomoSizeZ)
+    picks_label: str | None = None  # the class to read from a picks file with several (EMAN2 class_list name)
+    allow_empty_picks: bool = False  # a picks file without particles is accepted (else an InputError)
+    tomo_hand: float | None = None  # RELION rlnTomoHand (source relion5; kept in the info json)
 
     def as_dict(self) -> dict:
         """Plain dict of the fields (for Snakemake params)."""
@@ -306,7 +311,7 @@ class TomogramEntry:
     def user_files(self) -> list[str]:
         """The optional input files that exist for this tomogram (not the tilt series)."""
         files = (self.tlt, self.xf, self.info_json, self.picks, self.defocus_file, self.tilt_com,
-                 self.tilt_series_star)
+                 self.tilt_series_star, self.tomogram)
         return [f for f in dict.fromkeys(files) if f]
 
 
@@ -330,7 +335,10 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
     """Tomograms of an EMAN2 project folder: ``tiltseries/<name>.*`` + ``info/<name>_info.json``.
 
     The tilt angles come from ``tlt_params`` in the info json (EMAN2 writes no .tlt), so
-    ``tlt`` is ``None`` and the info json is required.
+    ``tlt`` is ``None`` and the info json is required. Tilt series may be EMAN2 HDF (what
+    ``e2import.py`` writes) or MRC; the picks are the json's ``boxes_3d`` (every class, names and
+    box sizes kept, coordinates from the tomogram centre), when it has any. ``tomograms/`` is not
+    needed (emflow reconstructs from the tilt series).
     """
     root = pathlib.Path(project)
     if not (root / "tiltseries").is_dir():
@@ -349,9 +357,50 @@ def eman2_project_entries(project: str | pathlib.Path) -> list[TomogramEntry]:
                 source=root,
                 fix="run e2tomogram.py (it writes tlt_params) or use input.source: table with a .tlt file",
             )
-        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info), picks=str(info)))
+        has_boxes = bool(read_info_json(info).get("boxes_3d"))  # no boxes yet: picks come from template matching
+        entries.append(TomogramEntry(name=name, tilt_series=str(ts), tlt=None, info_json=str(info),
+                                     picks=str(info) if has_boxes else None))
     if not entries:
         raise InputError("no tilt series found in tiltseries/", source=root, fix="check the project folder")
+    return entries
+
+
+def relion5_entries(config: Mapping) -> list[TomogramEntry]:
+    """Tomograms of a RELION 4/5 project: one per row of ``input.relion_tomograms_star``.
+
+    The tilt series is the row's ``rlnTomoTiltSeriesName`` (or the one stack its per-tilt
+    ``rlnMicrographName`` entries index); geometry, CTF and exposure come from its per-tilt-series
+    STAR; picks from ``input.relion_particles_star`` (rows of this ``rlnTomoName``); the tomogram
+    thickness for the picks' bounds from ``rlnTomoSizeZ``. The optics of tomograms.star must agree
+    with ``microscope`` (pixel size within 1 %).
+    """
+    from emflow.io.relion_tomo import read_relion_tomograms
+
+    inp = config["input"]
+    key = "config key 'input.relion_tomograms_star'"
+    if not inp.get("relion_tomograms_star"):
+        raise InputError("is null but input.source is relion5", source=key,
+                         fix="give RELION's tomograms.star (e.g. Tomograms/job009/tomograms.star)")
+    star = inp["relion_tomograms_star"]
+    tomos = read_relion_tomograms(star)
+    mic = config["microscope"]
+    entries = []
+    for name, t in tomos.items():
+        if t.tilt_series is None:
+            raise InputError(f"tomogram {name}: its tilt images are separate files (rlnMicrographName), not one stack",
+                             source=t.tilt_series_star,
+                             fix="stack them in tilt-series order (IMOD `newstack`) and add rlnTomoTiltSeriesName "
+                                 "(the stack) to tomograms.star, or use input.source: table")
+        for what, val, cfg, k in (("rlnTomoTiltSeriesPixelSize", t.apix, mic["apix"], "microscope.apix"),
+                                  ("rlnVoltage", t.voltage_kv, mic["voltage_kv"], "microscope.voltage_kv"),
+                                  ("rlnSphericalAberration", t.cs_mm, mic["cs_mm"], "microscope.cs_mm")):
+            if abs(val - cfg) > 0.01 * max(abs(cfg), 1e-6):
+                raise InputError(f"tomogram {name}: {what} = {val:g} but {k} = {cfg:g}", source=star,
+                                 fix=f"set {k}: {val:g} (the tilt series' own value)")
+        entries.append(TomogramEntry(
+            name=name, tilt_series=t.tilt_series, tlt=None, tilt_series_star=t.tilt_series_star,
+            picks=inp.get("relion_particles_star"),
+            thickness_unbin_px=None if t.size_xyz is None else int(t.size_xyz[2]), tomo_hand=t.hand))
     return entries
 
 
@@ -365,6 +414,8 @@ def tomogram_table(config: Mapping) -> dict[str, TomogramEntry]:
             raise InputError("is null but input.source is eman2_project", source="config key 'input.eman2_project'",
                              fix="give the path of the EMAN2 project folder")
         entries = eman2_project_entries(config["input"]["eman2_project"])
+    elif source == "relion5":
+        entries = relion5_entries(config)
     else:
         rows = config["input"]["tomograms"]
         if not rows and config["workflows"]["subtomogram"]:  # an SPA-only run needs no tomograms

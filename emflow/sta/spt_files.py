@@ -23,7 +23,7 @@ from emflow.io import (LstEntry, ctf_from_dict, read_hdf_stack, read_lst, read_m
 from emflow.sta.spt_refine import ParticleTable, RefineState
 
 __all__ = ["gather_metadata", "write_tables", "read_tables", "write_state", "read_state", "ImageLoader",
-           "read_map", "load_reference"]
+           "read_map", "load_reference", "goldcontinue_half_paths", "starting_references"]
 
 
 def _headers_only(path: str) -> list[dict]:
@@ -181,17 +181,77 @@ def read_map(path: str) -> tuple[np.ndarray, float | None]:
     return read_mrc(path)
 
 
-def load_reference(path: str, box: int, apix: float) -> np.ndarray:
-    """Reference rescaled (Fourier) to ``apix`` and clipped/padded to ``box``."""
-    vol, a = read_map(path)
-    if vol.ndim != 3:
-        raise InputError(f"reference is not a 3D map (shape {vol.shape})", source=path)
-    if a and abs(a - apix) > 1e-3 * apix:
-        n = int(round(vol.shape[0] * a / apix))
-        n += n % 2
-        vol = fourier.fourier_crop(vol, n)
-    if vol.shape[0] > box:
-        vol = fourier.crop(vol, box)
-    elif vol.shape[0] < box:
-        vol = fourier.pad(vol, box)
-    return vol.astype(np.float32)
+def load_reference(path: str, box: int, apix: float, key: str = "spt_refine.ref",
+                   override: float | None = None) -> np.ndarray:
+    """A reference map (MRC or EMAN2 HDF, any pixel size and box) on the particles' grid.
+
+    The pixel size comes from the map's own header (:func:`emflow.resample.read_user_map`: a missing or
+    1.0 Å default is an InputError naming the file, unless ``override``, the user's
+    ``input.apix_override`` value for it, is given); the map is Fourier-resampled to ``apix`` and
+    clipped/padded to ``box`` about its centre voxel ``n//2`` (:func:`emflow.resample.resample_map`).
+
+    Returns
+    -------
+    (box, box, box) float32
+    """
+    from emflow.resample import read_user_map, resample_map
+
+    vol, a = read_user_map(path, key, override)
+    return resample_map(vol, a, apix, box)
+
+
+def goldcontinue_half_paths(ref: str) -> tuple[str, str]:
+    """The even/odd half maps of a reference to continue from (EMAN ``--goldcontinue``:
+    ``<ref minus extension>_even.hdf`` / ``_odd.hdf``; e2spt_refine_new.py L166). A half map with the
+    reference's own extension is preferred when it exists (``threed_05_even.mrc`` beside ``threed_05.mrc``)."""
+    stem, ext = os.path.splitext(str(ref))
+    out = []
+    for half in ("even", "odd"):
+        same = f"{stem}_{half}{ext}"
+        out.append(same if os.path.exists(same) or ext == ".hdf" else f"{stem}_{half}.hdf")
+    return out[0], out[1]
+
+
+def starting_references(ref: str, box: int, apix: float, *, startres: float, goldstandard: bool = True,
+                        goldcontinue: bool = False, halves: tuple[str, str] | None = None,
+                        key: str = "spt_refine.ref", overrides: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The even and odd references of iteration 1 (``threed_00_even/odd``; e2spt_refine_new.py L159-191).
+
+    * ``goldcontinue``: the half maps ``halves`` (default :func:`goldcontinue_half_paths`) of the run
+      being continued, each resampled to the particles' grid and used unfiltered, so the two halves
+      keep their independent noise and the gold-standard FSC stays honest.
+    * ``goldstandard`` (not continuing): the reference tophat-filtered at ``startres`` Å for both
+      halves: identical below ``startres``, zero (hence independent) beyond it.
+    * neither: the unfiltered reference for both halves (EMAN warns of model bias; so do we, in the log).
+
+    ``overrides`` maps file paths to the user's pixel sizes (``input.apix_override``).
+    Both are normalised to their edge mean and softly masked (sphere of 0.45·box), as EMAN's
+    ``normalize.edgemean`` + ``mask.soft``.
+
+    Returns
+    -------
+    even, odd : (box, box, box) float32
+    """
+    from emflow import filters, masks
+
+    sphere = masks.soft_sphere(box, box * 0.45, box * 0.04)
+    overrides = overrides or {}
+
+    def load(path):
+        return load_reference(path, box, apix, key, overrides.get(str(path)))
+
+    def prep(vol):
+        return (filters.normalize_edgemean(vol) * sphere).astype(np.float32)
+
+    if goldcontinue:
+        paths = halves or goldcontinue_half_paths(ref)
+        for p in paths:
+            if not os.path.isfile(p):
+                raise InputError(f"goldcontinue needs the half maps of the run to continue; {p} does not exist",
+                                 source=key, fix="point spt_refine.ref at a map whose _even/_odd halves exist "
+                                 "(e.g. results/spt/spt_01/threed_05.hdf), or set spt_refine.goldcontinue: false")
+        return prep(load(paths[0])), prep(load(paths[1]))
+    vol = prep(load(ref))
+    if goldstandard:
+        vol = filters.lowpass_tophat(vol, apix, startres).astype(np.float32)
+    return vol, vol.copy()

@@ -40,7 +40,7 @@ from emflow.reconstruct import Reconstructor
 
 __all__ = ["ITER_KEY", "parse_iters", "parse_keep", "ParticleTable", "RefineState", "AlignParams",
            "align_particles_p", "select_subtilts", "reconstruct_halves", "chunk_ranges", "edge_mean_subtract",
-           "align_mode"]
+           "align_mode", "STAGE_KEYS", "stage_params", "iteration_params", "CTF_MICROSCOPE_KEYS"]
 
 ITER_KEY = "spt_refine.iters"
 _ITER_TOKEN = re.compile(r"^([ptrd])(\d*)$")
@@ -98,6 +98,48 @@ def align_mode(iters: Sequence[str], it: int, localrefine: bool) -> str:
     """``"global"`` for the first p iteration (or every p without ``localrefine``), else ``"local"``."""
     first_p = iters.index("p") + 1
     return "local" if (localrefine and it > first_p) else "global"
+
+
+# ----------------------------------------------------------------------------- per-job params
+# The ``spt_refine:`` keys each job reads (rules/spt_refine.smk passes only these as ``params``), so
+# that a key change reruns only the jobs that use it and appending an iteration to ``iters`` changes
+# the params of no finished job (the pattern of ``emflow.spa.refine_loop.STAGE_KEYS``).
+STAGE_KEYS = {
+    "setup": ("startres", "goldstandard", "goldcontinue", "maxres", "maxtilt_deg"),
+    "align": ("goldstandard", "chunk_size", "minres", "sym", "maxshift"),  # + the iteration's own keys
+    "make3d": ("chunk_size", "keep", "sym"),
+    "postprocess": ("sym", "maxres"),  # + the iteration's letter
+}
+# keys an alignment iteration reads besides STAGE_KEYS["align"], by letter and p mode
+ITERATION_KEYS = {"global": ("delta_deg", "npos"), "local": ("maxang",), "t": ("smooth", "smoothN"),
+                  "r": ("smooth", "smoothN"), "d": ("smooth", "smoothN")}
+# the microscope keys of CTF (re-)flipping (not apix: the pixel size comes from the particle files)
+CTF_MICROSCOPE_KEYS = ("voltage_kv", "cs_mm", "ampcont")
+
+
+def stage_params(spt: dict, stage: str) -> dict:
+    """The ``spt_refine:`` keys one job kind reads (``STAGE_KEYS[stage]``)."""
+    return {key: spt[key] for key in STAGE_KEYS[stage]}
+
+
+def iteration_params(spt: dict, it: int, stage: str = "align") -> dict:
+    """Params of iteration ``it`` (1-based) of ``stage``: its letter, and for ``align`` the p mode
+    (global/local) and that mode's or letter's keys; nothing from the other iterations.
+
+    Raises InputError (``spt_refine.iters``) when ``it`` is beyond the iteration plan.
+    """
+    iters = parse_iters(spt["iters"])
+    if not 1 <= it <= len(iters):
+        raise InputError(f"iteration {it} is not in the plan {spt['iters']!r} ({len(iters)} iterations)",
+                         source=ITER_KEY, fix="ask for an iteration of the plan")
+    kind = iters[it - 1]
+    out = {**stage_params(spt, stage), "kind": kind}
+    if stage == "align":
+        mode = align_mode(iters, it, spt["localrefine"]) if kind == "p" else kind
+        if kind == "p":
+            out["mode"] = mode
+        out.update({key: spt[key] for key in ITERATION_KEYS[mode]})
+    return out
 
 
 # ----------------------------------------------------------------------------- tables

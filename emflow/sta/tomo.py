@@ -331,3 +331,62 @@ def central_slices(tomogram: np.ndarray, percentiles: tuple[float, float] = (1.0
     values = np.concatenate([s.ravel() for s in slices.values()])
     lo, hi = np.percentile(values, percentiles)
     return slices, (float(lo), float(hi))
+
+
+# ----------------------------------------------------------------------------- tomograms made elsewhere
+def imod_tomogram_layout(shape_file_zyx: tuple[int, int, int], image_yx_binned: tuple[int, int]) -> str:
+    """Which way an IMOD tomogram is stored, from its array shape and the binned tilt-image size.
+
+    ``"raw"``: IMOD ``tilt``'s default PERPENDICULAR output, array ``[Y, Zr, X]`` = MRC
+    ``(NX, NY, NZ) = (nx, thickness, ny)`` (``tilt`` man page, DESCRIPTION and SLICE: slices are X/Z
+    planes, one per Y of the projections). ``"rotated"``: after ``clip rotx`` / ``trimvol -rx``
+    (or ``tilt`` RotateBy90), array ``[z, y, x]`` = MRC ``(nx, ny, thickness)``.
+
+    Raises ValueError when the shape fits neither, or both (thickness equal to ny).
+    """
+    nz, ny, nx = shape_file_zyx
+    ty, tx = image_yx_binned
+    if nx != tx:
+        raise ValueError(f"x size {nx} differs from the binned tilt images' {tx}")
+    raw, rot = nz == ty, ny == ty
+    if raw and rot:
+        raise ValueError(f"thickness equals the image height ({ty} px): the layout is ambiguous")
+    if not (raw or rot):
+        raise ValueError(f"neither the y nor the z size matches the binned tilt images' height {ty}")
+    return "raw" if raw else "rotated"
+
+
+def imod_tomogram_to_emflow(vol: np.ndarray, layout: str) -> np.ndarray:
+    """An IMOD tomogram as an emflow tomogram ``[z, y, x]`` (float32).
+
+    IMOD's rotated tomogram frame is emflow's: x, y are the aligned tilt images' axes and
+    ``z = -Zr`` (``clip rotx``: -90° about X), the same z that :func:`emflow.sta.importer.imod_to_tlt_params`
+    gives (``docs/CONVENTIONS.md``, IMOD ↔ EMAN2). A ``"raw"`` file ``[Y, Zr, X]`` is turned by
+    ``[Zr, Y, X]`` + flip of ``Zr``; a ``"rotated"`` one is used as is. IMOD centres a reconstruction
+    at ``(n-1)/2`` (``tilt.f90`` L3266-3267), emflow at ``n//2``: for even sizes features land
+    ≤ 0.5 voxel off in each axis.
+    """
+    v = np.asarray(vol)
+    if layout == "raw":
+        v = v.transpose(1, 0, 2)[::-1]
+    elif layout != "rotated":
+        raise ValueError(f"layout must be 'raw' or 'rotated', got {layout!r}")
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def fit_tomogram(vol_zyx: np.ndarray, factor: int, thickness_px: int, *, threads: int | None = None) -> np.ndarray:
+    """Bring a tomogram to the pipeline's grid: Fourier-bin by ``factor`` (x, y, z; centre
+    ``n//2`` kept, :func:`emflow.fourier.fourier_crop`) then crop z centrally to ``thickness_px``.
+
+    Raises ValueError when the binned tomogram is thinner than ``thickness_px``.
+    """
+    v = np.asarray(vol_zyx, dtype=np.float32)
+    if factor > 1:
+        m = tuple((n // factor) * factor for n in v.shape)
+        v = fourier.crop(v, m) if m != v.shape else v
+        v = fourier.fourier_crop(v, tuple(n // factor for n in m), workers=threads or -1)
+    if v.shape[0] < thickness_px:
+        raise ValueError(f"the tomogram is {v.shape[0]} voxels thick after binning, less than {thickness_px}")
+    if v.shape[0] > thickness_px:
+        v = fourier.crop(v, (thickness_px, v.shape[1], v.shape[2]))
+    return np.ascontiguousarray(v, dtype=np.float32)

@@ -14,7 +14,7 @@ from emflow.sta.extract import (  # noqa: E402
     ExtractParams, TiltGeometry, check_picks, extract_particles, extraction_boxes, particle_headers,
     prepare_tilt_series, read_picks, subtilt_headers,
 )
-from emflow.io import atomic_write, read_hdf_stack, read_info_json, read_mrc, write_hdf_stack  # noqa: E402
+from emflow.io import atomic_write, read_hdf_stack, read_info_json, read_mrc, tiltseries, write_hdf_stack  # noqa: E402
 
 
 def read_tilt_series(path: str) -> np.ndarray:
@@ -28,7 +28,7 @@ def read_tilt_series(path: str) -> np.ndarray:
 def main(inp, out, wildcards, extract: dict, microscope: dict, thickness_unbin_px: int, threads: int) -> None:
     start = time.monotonic()
     label = wildcards.label
-    stack = read_tilt_series(inp.tilt_series)
+    stack = tiltseries.read_tilt_series(inp.tilt_series, mmap=False)[0]  # MRC or EMAN2 HDF, by content
     info = read_info_json(inp.info)
     geom = TiltGeometry.from_info(info, apix=microscope["apix"], voltage_kv=microscope["voltage_kv"],
                                   cs_mm=microscope["cs_mm"], ampcont=microscope["ampcont"], source=inp.info)

@@ -10,6 +10,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.demo.metadata import tilt_series_info, tomo_truth_star  # noqa: E402
+from emflow.sta.importer import IMOD_TILT_SIGN  # noqa: E402
 from emflow.io import atomic_write, read_mrc, write_info_json, write_mrc, write_star, write_tlt  # noqa: E402
 from emflow.demo.simulate import noisy_picks, simulate_tilt_series  # noqa: E402
 
@@ -33,7 +34,7 @@ def main(reference: str, out: dict, tomo_name: str, seed: int, tilts_deg: list, 
              *stack.shape, len(truth.positions_px), truth.radius_px, time.monotonic() - start, truth.noise_sigma)
     picks = noisy_picks(truth.positions_px, tomo["pick_error_px"], rng)
     write_mrc(out["tilt_series"], stack, apix)
-    write_tlt(out["tlt"], truth.tilts_deg)
+    write_tlt(out["tlt"], IMOD_TILT_SIGN * truth.tilts_deg)  # IMOD-convention .tlt (info json: EMAN ytilt)
     write_info_json(out["info"], tilt_series_info(truth, picks, label=tomo["pick_label"],
                                                   tlt_file=out["tilt_series"]))
     record = truth.to_dict() | {"tomogram": tomo_name, "seed": seed, "picks_px": picks.tolist(),

@@ -8,15 +8,16 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from emflow.geometry import angle_between  # noqa: E402
 from emflow.io import atomic_write  # noqa: E402
 from emflow.sta.spt_files import ImageLoader, read_map, read_state, read_tables  # noqa: E402
-from emflow.sta.spt_refine import AlignParams, align_mode, align_particles_p, chunk_ranges  # noqa: E402
+from emflow.sta.spt_refine import AlignParams, align_particles_p, chunk_ranges  # noqa: E402
 from emflow.sta.subtilt_refine import refine_subtilts  # noqa: E402
 
 smk = snakemake  # noqa: F821
-inp, out, spt = smk.input, smk.output, smk.params.spt
+inp, out, spt = smk.input, smk.output, smk.params.spt  # this iteration's keys (spt_refine.iteration_params)
 it, chunk = int(smk.wildcards.it), int(smk.wildcards.chunk)
-kind = smk.params.iters[it - 1]
+kind = spt["kind"]
 table = read_tables(inp.info3d, inp.info2d)
 state = read_state(table, inp.ali3d, inp.ali2d)
 even, apix = read_map(inp.even)
@@ -30,11 +31,11 @@ loader = ImageLoader(table, even.shape[0])
 prog = progress_logger(log, f"iteration {it} ({kind}) particles {a}-{b - 1}", 1.0)
 minres = spt["minres"] or None
 if kind == "p":
-    mode = align_mode(smk.params.iters, it, spt["localrefine"])
+    mode = spt["mode"]
+    mode_keys = {"maxang_deg": spt["maxang"]} if mode == "local" else {"delta_deg": spt["delta_deg"], "npos": spt["npos"]}
     new = align_particles_p(table, state, parts, loader, refs, apix,
                             AlignParams(maxres_a=res_a, minres_a=minres, mode=mode, sym=spt["sym"],
-                                        maxang_deg=spt["maxang"], maxshift_px=spt["maxshift"],
-                                        delta_deg=spt["delta_deg"], npos=spt["npos"]), progress=prog)
+                                        maxshift_px=spt["maxshift"], **mode_keys), progress=prog)
     log.info("p (%s) at %.1f Å: mean score %.4f", mode, res_a, float(new.score3d[parts].mean()))
 else:
     # neighbours may lie outside the chunk: the loader serves any subtilt of the run
@@ -43,7 +44,7 @@ else:
                           microscope=smk.params.microscope, progress=prog)
     r = table.rows_of(parts)
     dds = np.hypot(*(new.dshift[r] - state.dshift[r]).T)
-    drot = np.degrees(np.arccos(np.clip((np.einsum("kji,kji->k", new.drot[r], state.drot[r]) - 1) / 2, -1, 1)))
+    drot = angle_between(state.drot[r], new.drot[r])
     log.info("%s at %.1f Å: shift change rms %.2f px, rotation change median %.2f°, |ddefocus| median %.3f µm",
              kind, res_a, float(np.sqrt(np.mean(dds ** 2))), float(np.median(drot)),
              float(np.median(np.abs(new.ddef_um[r]))))

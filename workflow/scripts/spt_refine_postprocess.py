@@ -38,7 +38,7 @@ for path, vol in ((out.threed, pp.final), (out.even, pp.even), (out.odd, pp.odd)
 write_mrc(out.threed_mrc, pp.final, apix)
 for path, c in ((out.fsc_unmasked, pp.fsc_unmasked), (out.fsc_masked, pp.fsc_masked), (out.fsc_tight, pp.fsc_tight)):
     write_fsc_txt(path, c.freq_inv_a(apix), c.fsc)
-summary = {"iteration": it, "kind": smk.params.iters[it - 1], "maxres_a": res_next, "aligned_at_a": res_prev,
+summary = {"iteration": it, "kind": spt["kind"], "maxres_a": res_next, "aligned_at_a": res_prev,
            "res_0143_masked_a": pp.res_0143_a, "box": box, "apix": apix, "odd_to_even": pp.align_info}
 with atomic_write(out.res) as tmp, open(tmp, "w") as f:
     json.dump(summary, f, indent=1)

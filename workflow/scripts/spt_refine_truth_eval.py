@@ -22,7 +22,8 @@ state = read_state(table, inp.ali3d, inp.ali2d)
 final, apix = read_map(inp.threed)
 truth = {tomogram_of(p.replace("_truth.json", "__x")): read_truth(p) for p in inp.truth}
 rot, pos = match_truth(table, truth, shrink=smk.params.shrink)
-res = evaluate_iteration(table, state, final, load_reference(inp.truth_map, final.shape[0], apix), apix, rot, pos)
+res = evaluate_iteration(table, state, final, load_reference(inp.truth_map, final.shape[0], apix, key=inp.truth_map),
+                         apix, rot, pos)
 with open(inp.res) as f:
     gold = json.load(f)
 res.update(iteration=int(smk.wildcards.it), kind=gold["kind"], gold_0143_a=gold["res_0143_masked_a"],

@@ -7,7 +7,8 @@ log = setup_logging(snakemake)  # noqa: F821
 import time  # noqa: E402
 
 from emflow.errors import InputError  # noqa: E402
-from emflow.io import read_info_json, read_mrc, tlt_params, write_mrc  # noqa: E402
+from emflow.io import check_finite, read_info_json, tlt_params, write_mrc  # noqa: E402
+from emflow.io.tiltseries import read_tilt_series  # noqa: E402
 from emflow.pixel_size import check_pixel_size  # noqa: E402
 from emflow.sta.tomo import reconstruct_wbp  # noqa: E402
 
@@ -19,7 +20,9 @@ def main(tilt_series: str, info_path: str, out_tomogram: str, bin: int, thicknes
     params = tlt_params(info, source=info_path)
     apix_unbin = check_pixel_size(info.get("apix_unbin"), source=info_path, expected=apix, kind="json",
                                   what="info json (apix_unbin)")  # established on import (input.apix_override)
-    stack, _ = read_mrc(tilt_series, mmap=True, apix_override=apix_unbin, check_nan=True)  # NaN would fill the tomogram
+    # MRC or EMAN2 HDF; the import stage already resolved the pixel size (override included)
+    stack, _ = read_tilt_series(tilt_series, mmap=True, override=apix_unbin)
+    check_finite(stack, tilt_series)  # NaN would fill the tomogram
     if stack.ndim != 3 or stack.shape[0] != len(params):
         raise InputError(f"{len(params)} tilts in tlt_params but the stack has shape {stack.shape}",
                          source=info_path, fix=f"use the info json that belongs to {tilt_series}")
