@@ -35,7 +35,20 @@ if config["workflows"]["subtomogram"]:
                            "tail of high scores separated from the noise peak means reliable picks.",
             }
 
-if config["workflows"]["single_particle"] and not config["spa"]["check"] and _has_rule("spa_report"):
+if config["workflows"]["single_particle"] and not config["spa"]["check"] and config["spa"]["goldstandard"]:
+    REPORT_MAPS["spa_gold"] = {
+        "map": f"{SPA_DIR}/gold/threed_gold.mrc", "category": "3. Single particle",
+        "caption": "Gold-standard single-particle map: the even and odd half maps averaged and weighted per "
+                   "shell by C_ref = sqrt(2·FSC/(1+FSC)) of their FSC.",
+    }
+    REPORT_FSC["spa_fsc_gold"] = {
+        "files": [f"{SPA_DIR}/gold/fsc_gold_{it}.txt" for it in SPA_ITERS],
+        "labels": [f"iteration {it}" for it in SPA_ITERS],
+        "title": "SPA gold-standard FSC (even vs odd half maps)", "category": "3. Single particle",
+        "caption": "FSC between the independently refined half maps per iteration (unmasked); the 0.143 "
+                   "crossing is the resolution reported in gold/gold.json.",
+    }
+elif config["workflows"]["single_particle"] and not config["spa"]["check"] and _has_rule("spa_report"):
     REPORT_FIGURES["spa_convergence"] = {
         "source": f"{SPA_DIR}/convergence.png", "category": "3. Single particle", "subcategory": "refinement",
         "caption": "Convergence of the e2refine loop: FSC against the true map (demo) and between "
@@ -97,7 +110,8 @@ if config["workflows"]["subtomogram"] and _has_rule("spt_refine_postprocess"):
 # Demo-only entries exist only for the workflows that run on demo data: a user's SPA run (even
 # with input.source demo for the tomograms) gets no demo map and no demo scores.
 REPORT_DEMO_SPT = DEMO and config["workflows"]["subtomogram"]
-REPORT_DEMO_SPA = config["workflows"]["single_particle"] and spa_demo_data() and not config["spa"]["check"]
+REPORT_DEMO_SPA = (config["workflows"]["single_particle"] and spa_demo_data() and not config["spa"]["check"]
+                   and not config["spa"]["goldstandard"])
 if REPORT_DEMO_SPT:
     REPORT_MAPS["truth_tomo"] = {
         "map": truth_map_tomo(), "category": "5. Demo ground truth",

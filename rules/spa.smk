@@ -26,9 +26,17 @@ SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk
 
 
 if SPA_ON:
-    check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
-    if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare; nothing else runs
-        FINAL_TARGETS.append(f"{SPA_DIR}/particles.hdf")
+    SPA_PROJECTIONS = check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
+    if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare, the starting model's box
+        # and pixel size by spa_startmodel; nothing else runs
+        import sys
+
+        print(f"spa check: {spa_n_particles()} particles; reference projections per iteration "
+              f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
+              f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}", file=sys.stderr)
+        FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
+    elif SPA["goldstandard"]:  # e2refine_easy scheme: independent even/odd halves (rule spa_gold)
+        FINAL_TARGETS.append(f"{SPA_DIR}/gold/gold.json")
     else:
         FINAL_TARGETS.extend([f"{SPA_DIR}/convergence.png", f"{SPA_DIR}/summary.json"])
 
@@ -44,6 +52,8 @@ rule spa_prepare:
         microscope=config["microscope"],
         contrast=spa_contrast(),
         apix_expected=spa_apix_expected(),
+        apix_key="demo.spa.apix" if spa_demo_data() else "spa.apix",
+        apix_override=spa_apix_override(),
     log:
         f"results/logs/spa/spa_prepare/{SPA['path']}.log",
     benchmark:
@@ -263,3 +273,30 @@ rule spa_report:
         "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spa_report.py"
+
+
+rule spa_gold:
+    input:
+        particles=f"{SPA_DIR}/particles.hdf",
+        model=f"{SPA_DIR}/threed_00.mrc",
+    output:
+        even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
+        odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
+        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
+        combined=f"{SPA_DIR}/gold/threed_gold.mrc",
+        summary=f"{SPA_DIR}/gold/gold.json",
+    params:
+        spa=spa_gold_params(),
+        iters=SPA_ITERS,
+    log:
+        f"results/logs/spa/spa_gold/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_gold/{SPA['path']}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    conda:
+        "../envs/emflow.yaml"
+    script:
+        "../workflow/scripts/spa_gold.py"

@@ -42,6 +42,13 @@ def spa_apix_expected():
     return config["demo"]["spa"]["apix"] if spa_demo_data() else SPA["apix"]
 
 
+def spa_apix_override():
+    """input.apix_override of the particle stack (the user's explicit value for an unset header), or None."""
+    from emflow.pixel_size import apix_override
+
+    return None if spa_demo_data() else apix_override(config, spa_particles())
+
+
 def spa_n_particles():
     """Number of particles (known before the run: demo setting or the user stack's header)."""
     if spa_demo_data():
@@ -55,6 +62,12 @@ def spa_n_particles():
 def spa_params(stage):
     """The `spa:` keys one stage reads (emflow.spa.refine_loop.STAGE_KEYS)."""
     return {key: SPA[key] for key in STAGE_KEYS[stage]}
+
+
+def spa_gold_params():
+    """Every key the in-process iterations read (all stages) plus the gold-standard start resolution."""
+    keys = {k for stage in STAGE_KEYS.values() for k in stage} | {"orientgen", "gold_startres"}
+    return {key: SPA[key] for key in sorted(keys)}
 
 
 def spa_project3d_params(wildcards):

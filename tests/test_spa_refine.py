@@ -107,8 +107,9 @@ def test_refine_loop_improves_fsc_vs_truth_d7(spa_data):
 
 @pytest.mark.workflow
 def test_check_option_plans_validation_only_and_schedule_reaches_the_projections(tmp_path):
-    """spa.check (EMAN --check) plans spa_prepare and nothing after it; with a list orientgen
-    each iteration's project3d job gets its own generator, so a later step can change alone."""
+    """spa.check (EMAN --check) plans spa_prepare (inputs) and spa_startmodel (the starting model's box
+    and pixel size) and nothing after them, and prints the projection count per iteration; with a list
+    orientgen each iteration's project3d job gets its own generator, so a later step can change alone."""
     import yaml
     from workflow_runner import copy_workflow, dry_run
 
@@ -116,8 +117,12 @@ def test_check_option_plans_validation_only_and_schedule_reaches_the_projections
     single = {"workflows": {"subtomogram": False}}
     (work / "check.yaml").write_text(yaml.safe_dump({**single, "spa": {"check": True}}))
     planned = dry_run(work, ["--configfile", "config/config.yaml", "check.yaml"])
-    assert planned.get("spa_prepare") == 1, planned
-    assert not any(r.startswith("spa_") and r != "spa_prepare" for r in planned), planned
+    assert planned.get("spa_prepare") == 1 and planned.get("spa_startmodel") == 1, planned
+    assert not any(r.startswith("spa_") and r not in ("spa_prepare", "spa_startmodel") for r in planned), planned
+    from workflow_runner import run_snakemake
+
+    out, _ = run_snakemake(work, "local", ["-n", "--cores", "2", "--configfile", "config/config.yaml", "check.yaml"])
+    assert "spa check: 4000 particles; reference projections per iteration [" in out, out[-2000:]
 
     (work / "sched.yaml").write_text(yaml.safe_dump({**single, "spa": {
         "iter": 3, "orientgen": ["eman:delta=9:inc_mirror=0", "eman:delta=7:inc_mirror=0"]}}))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from emflow.errors import InputError
 from foreign import relion_spa
 
-OPTICS = [dict(voltage=300.0, cs=2.7, ampcont=0.1, apix=2.0, box=64),
-          dict(voltage=200.0, cs=1.4, ampcont=0.07, apix=2.0, box=64)]
+from emflow.errors import InputError
+
+OPTICS = [{"voltage": 300.0, "cs": 2.7, "ampcont": 0.1, "apix": 2.0, "box": 64},
+          {"voltage": 200.0, "cs": 1.4, "ampcont": 0.07, "apix": 2.0, "box": 64}]
 
 
 def _star(tmp_path, u, v, a, groups=None, row_order=None, optics=OPTICS):
@@ -100,20 +100,24 @@ def test_star_missing_optics_value_is_refused(tmp_path):
         ctfs_from_star(star, 1, path, stack_path=stack)
 
 
-def test_pixel_size_from_metadata_config_is_a_check():
-    from emflow.spa.files import resolve_apix
+def test_pixel_size_from_star_optics_checked_against_the_stack(tmp_path):
+    """emflow.pixel_size.particles_pixel_size (pixel branch) on RELION-layout files: the optics group's
+    rlnImagePixelSize is the value, the stack header and spa.apix are checks."""
+    from emflow.pixel_size import particles_pixel_size
 
-    assert resolve_apix(2.0, np.array([2.0, 2.0]), None, "s.mrcs", "s.star") == 2.0
-    assert resolve_apix(1.0, np.array([2.0]), None, "s.mrcs", "s.star") == 2.0  # header default 1.0: STAR's
-    assert resolve_apix(0.0, None, 3.0, "s.mrcs", None) == 3.0
-    with pytest.raises(InputError, match="rlnImagePixelSize"):
-        resolve_apix(2.0, np.array([2.5]), None, "s.mrcs", "s.star")
+    _, path, stack = _star(tmp_path, [1e4], [1e4], [0.0], optics=[OPTICS[0]])
+    assert particles_pixel_size(stack, path, expected=2.0, key="spa.apix") == 2.0
     with pytest.raises(InputError, match="spa.apix"):
-        resolve_apix(2.0, None, 2.2, "s.mrcs", None)
-    with pytest.raises(InputError, match="no pixel size"):
-        resolve_apix(1.0, None, None, "s.mrcs", None)
-    with pytest.raises(InputError, match="optics groups"):
-        resolve_apix(None, np.array([2.0, 2.5]), None, "s.mrcs", "s.star")
+        particles_pixel_size(stack, path, expected=2.5, key="spa.apix")
+    relion_spa.write_stack(stack, np.zeros((1, 64, 64), np.float32), 2.6)  # header disagrees with the STAR
+    with pytest.raises(InputError, match="2.6"):
+        particles_pixel_size(stack, path, key="spa.apix")
+    relion_spa.write_stack(stack, np.zeros((1, 64, 64), np.float32), 1.0)  # unset header: the STAR's value
+    assert particles_pixel_size(stack, path, key="spa.apix") == 2.0
+    with pytest.raises(InputError, match="several pixel sizes"):  # one stack, one pixel size
+        _, p2, s2 = _star(tmp_path, [1e4, 1e4], [1e4, 1e4], [0.0, 0.0], groups=np.array([1, 2]),
+                          optics=[OPTICS[0], {**OPTICS[1], "apix": 2.5}])
+        particles_pixel_size(s2, p2, key="spa.apix")
 
 
 @pytest.fixture(scope="module")

@@ -140,38 +140,6 @@ def ctfs_from_star(star: dict, n: int, source: str, stack_path: str | None = Non
                 phase_shift_deg=float(phase[r])) for r in order.tolist()]
 
 
-def resolve_apix(header_apix: float | None, star_apix: np.ndarray | None, expected: float | None,
-                 stack_path: str, star_path: str | None, tol: float = 0.01) -> float:
-    """The particles' pixel size (Å) from their own metadata, the config value a check.
-
-    ``header_apix``: the stack header's (MRC voxel size / HDF apix_x; 0, None or the 1.0 default
-    count as missing); ``star_apix``: rlnImagePixelSize per particle (one value for the stack);
-    ``expected``: spa.apix (or the demo's setting). Disagreement beyond ``tol`` (relative) or no value
-    at all → :class:`InputError` naming the files, the values and the fix. A header without a pixel
-    size is accepted when the STAR or spa.apix gives one (the header of many stacks says 1.0 or 0).
-    """
-    header = float(header_apix) if header_apix and abs(float(header_apix) - 1.0) > 1e-6 else None
-    star = None
-    if star_apix is not None and len(star_apix):
-        vals = np.unique(np.round(np.asarray(star_apix, np.float64), 6))
-        if len(vals) > 1:
-            raise InputError(f"rlnImagePixelSize differs between optics groups ({vals.tolist()})", source=star_path,
-                             fix="refine each pixel size separately (one stack, one pixel size)")
-        star = float(vals[0])
-    known = [(v, w) for v, w in ((header, f"the header of {stack_path}"), (star, f"rlnImagePixelSize of {star_path}"),
-                                 (expected, "config key spa.apix")) if v]
-    if not known:
-        raise InputError(f"no pixel size: the header says {header_apix!r} and there is no STAR rlnImagePixelSize",
-                         source=stack_path, fix="set the header (`mrcfile.open(path, 'r+').voxel_size = X`) or spa.apix")
-    ref, ref_where = known[0]
-    for v, where in known[1:]:
-        if abs(v - ref) > tol * ref:
-            raise InputError(f"pixel size {ref:.4f} Å from {ref_where} but {v:.4f} Å from {where}", source=stack_path,
-                             fix="correct the wrong one: the header with `mrcfile.open(path, 'r+').voxel_size = X`, "
-                                 "the STAR's rlnImagePixelSize, or spa.apix")
-    return float(ref)
-
-
 CONTRASTS = ("dark", "bright")
 
 

@@ -38,6 +38,7 @@ class RefineOptions:
     simralign: str | None = None
     simraligncmp: str = "ccc"
     simmask: float = 0.0  # radius of the 0/1 comparison mask in px (0 = none)
+    maxshift: int | None = None  # largest 2D shift (full-size px) in simmx and class averaging; None: no limit
     prefilt: bool = False
     sep: int = 1
     classiter: int = 1
@@ -76,14 +77,21 @@ class RefineOptions:
     def simmx_options(self) -> SimmxOptions:
         return SimmxOptions(align=self.simalign, aligncmp=self.simaligncmp, ralign=self.simralign or None,
                             raligncmp=self.simraligncmp, cmp=self.simcmp, shrink=max(1, self.shrink),
-                            prefilt=self.prefilt, apix=self.apix)
+                            prefilt=self.prefilt, apix=self.apix, maxshift=self.simmx_maxshift())
+
+    def simmx_maxshift(self) -> int | None:
+        """``maxshift`` in the pixels of the simmx images (shrunk by ``shrink``)."""
+        if self.maxshift is None:
+            return None
+        return max(1, int(round(self.maxshift / max(1, self.shrink))))
 
     def classaverage_options(self) -> ClassAverageOptions:
         return ClassAverageOptions(iter=self.classiter, align=self.classalign, aligncmp=self.classaligncmp,
                                    ralign=self.classralign or None, raligncmp=self.classraligncmp,
                                    averager=self.classaverager, cmp=self.classcmp, keep=self.classkeep,
                                    keepsig=self.classkeepsig, normproc=self.classnormproc,
-                                   setsfref=self.classrefsf, automask=self.classautomask, apix=self.apix)
+                                   setsfref=self.classrefsf, automask=self.classautomask, apix=self.apix,
+                                   maxshift=self.maxshift)
 
     def make3d_options(self) -> Make3DOptions:
         return Make3DOptions(recon=self.recon, pad=self.pad, sym=self.sym, iter=self.m3diter, keep=self.m3dkeep,
@@ -108,10 +116,11 @@ STAGE_KEYS = {
     "startmodel": ("startingmodel",),
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
-              "simmask", "prefilt"),
+              "simmask", "prefilt", "maxshift"),
     "classify": ("sep",),
     "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
-                     "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask"),
+                     "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask",
+                     "maxshift"),
     "make3d": ("sym", "pad", "recon", "m3dkeep", "m3dkeepsig", "m3dsetsf", "m3diter", "m3dpreprocess",
                "m3dpostprocess", "mass", "automask3d"),
 }
@@ -169,14 +178,19 @@ def phase_flip_particles(stack: np.ndarray, ctfs, apix: float) -> np.ndarray:
     return -phase_flip(np.asarray(stack, np.float32), ctfs, apix)
 
 
-def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1):
-    """``(ctf_abs (n, b, b//2+1), snr_full (n, b//2), snr_shrunk)`` for CTF-aware stages, or Nones."""
+def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1, signal: np.ndarray | None = None):
+    """``(ctf_abs (n, b, b//2+1), snr_full (n, b//2), snr_shrunk)`` for CTF-aware stages, or Nones.
+
+    ``signal``: the reference projections ``[n, b, b]``, whose power spectrum shapes the SNR
+    weights (:func:`emflow.spa.simmx.ctf_snr_rings`); every stage passes them.
+    """
     if not ctfs:
         return None, None, None
     from emflow.ctf import ctf_2d_stack
 
     ctf_abs = np.abs(ctf_2d_stack(ctfs, (box, box), apix))
-    return ctf_abs, ctf_snr_rings(ctfs, box, apix, 1), ctf_snr_rings(ctfs, box, apix, shrink)
+    return (ctf_abs, ctf_snr_rings(ctfs, box, apix, 1, signal=signal),
+            ctf_snr_rings(ctfs, box, apix, shrink, signal=signal))
 
 
 def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions, *, ctfs=None,
@@ -189,7 +203,7 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
     clock = _StageClock(timings)
     eulers = projection_orientations(opts, rng)
     proj = project3d(model, eulers, opts.projector)
-    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink))
+    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink), signal=proj)
     clock("project3d")
     so = opts.simmx_options()
     align_set = particles if usefilt is None else usefilt

@@ -262,15 +262,39 @@ def twostage_pairs(particles, projections, opts: SimmxOptions, stage1_shrink: in
     return member_of[best].any(axis=1)
 
 
-def ctf_snr_rings(ctfs, box: int, apix: float, shrink: int = 1) -> np.ndarray:
-    """Per-ring SNR weights ``(n, nring)`` for ``frc:snrweight=1`` from particle CTFs.
+def ring_power(images: np.ndarray, nring: int) -> np.ndarray:
+    """Mean power per Fourier ring ``(nring,)`` of ``images`` ``[n, y, x]`` (ring r: ``round(|k|) = r`` px)."""
+    ny, nx = images.shape[-2:]
+    rings = cmpmod.ring_index(ny, nx)
+    power = (np.abs(cmpmod.centred_rfft(np.asarray(images, np.float32))) ** 2).mean(axis=0)
+    sums = np.bincount(rings.ravel(), power.ravel(), max(nring, int(rings.max()) + 1))[:nring]
+    counts = np.bincount(rings.ravel(), minlength=max(nring, int(rings.max()) + 1))[:nring]
+    return np.divide(sums, counts, out=np.zeros(nring), where=counts > 0)
 
-    EMAN uses the CTF's SNR curve; without a measured noise model we take SNR ∝ CTF² (the signal
-    power a phase-flipped particle retains), ring ``r`` at frequency ``r/(box·apix)`` 1/Å, for the
-    ``box//shrink//2`` rings of the shrunk images.
+
+def ctf_snr_rings(ctfs, box: int, apix: float, shrink: int = 1, signal: np.ndarray | None = None) -> np.ndarray:
+    """Per-ring SNR weights ``(n, nring)`` for ``frc:snrweight=1`` / ``phase:snrweight=1`` from particle CTFs.
+
+    EMAN weights by the particle's SNR curve (signal power / noise power per ring). Without a
+    measured noise model the noise is taken as white, so ``SNR(r) ∝ CTF²(r) · S(r)`` with ``S`` the
+    signal's own power spectrum: the mean ring power of ``signal`` (the reference projections,
+    ``[n, box, box]``), scaled to a maximum of 1. Only the shape matters (the comparators divide by
+    Σ weights). Ring ``r`` is at ``r/(box·apix)`` 1/Å, for the ``box//shrink//2`` rings of the
+    shrunk images.
+
+    ``signal=None`` gives ``SNR ∝ CTF²`` alone, which ignores the signal's fall-off: it weights the
+    noise-dominated high-frequency rings like the low ones and the lowest rings (CTF ≈ amplitude
+    contrast) near zero. Measured on c1 70S ribosome particles (box 32, SNR 2, 15°, 60 Å start,
+    2 iterations): FSC 0.5 vs truth 64 Å with ``CTF²`` weights, 33 Å without snrweight, so the
+    stages always pass ``signal``.
     """
     from emflow.ctf import ctf_1d
 
     nring = shrink_images(np.zeros((1, box, box), np.float32), shrink).shape[-1] // 2
     s = np.arange(nring) / (box * apix)
-    return np.stack([np.asarray(ctf_1d(c, s), np.float64) ** 2 for c in ctfs]) if len(ctfs) else np.zeros((0, nring))
+    out = np.stack([np.asarray(ctf_1d(c, s), np.float64) ** 2 for c in ctfs]) if len(ctfs) else np.zeros((0, nring))
+    if signal is not None:
+        sp = ring_power(np.asarray(signal, np.float32), box // 2)
+        sp = sp[:nring] if len(sp) >= nring else np.pad(sp, (0, nring - len(sp)))
+        out = out * (sp / sp.max() if sp.max() > 0 else sp)[None]
+    return out

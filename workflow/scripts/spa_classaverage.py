@@ -17,7 +17,7 @@ usefilt = np.asarray(read_hdf_stack(smk.input.usefilt[0])[0], np.float32) if smk
 classmx = np.asarray(read_hdf_stack(smk.input.classify)[0], np.float32)
 proj, eulers, R = read_projections(smk.input.projections)
 opts = RefineOptions.from_config(smk.params.spa, apix=apix)
-ctf_abs, snr_full, _ = ctf_arrays(ctfs, particles.shape[-1], apix)
+ctf_abs, snr_full, _ = ctf_arrays(ctfs, particles.shape[-1], apix, signal=proj)
 avgs, info = class_average(particles, classmx, proj, opts.classaverage_options(), usefilt=usefilt, ctf_abs=ctf_abs,
                            particle_snr=snr_full, progress=progress_logger(log, "classaverage", 1.0))
 headers = []

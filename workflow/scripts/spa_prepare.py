@@ -4,29 +4,35 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from emflow.errors import InputError  # noqa: E402
-from emflow.io import read_hdf_stack, read_mrc, read_star, write_hdf_stack  # noqa: E402
-from emflow.spa.classaverage import normalize_stack  # noqa: E402
-from emflow.spa.files import (check_contrast, ctf_header, ctfs_from_star, resolve_apix,  # noqa: E402
-                              star_optics_values, to_protein_white)
-from emflow.spa.refine_loop import phase_flip_particles  # noqa: E402
+from emflow.errors import InputError
+from emflow.io import read_hdf_stack, read_mrc, read_star, write_hdf_stack
+from emflow.pixel_size import particles_pixel_size
+from emflow.spa.classaverage import normalize_stack
+from emflow.spa.files import (
+    check_contrast,
+    ctf_header,
+    ctfs_from_star,
+    to_protein_white,
+)
+from emflow.spa.refine_loop import phase_flip_particles
 
 smk = snakemake  # noqa: F821
 path = str(smk.input.particles)
+star = str(smk.input.star) if smk.input.get("star") else None
+# the pixel size from the files' own metadata (STAR optics rlnImagePixelSize, else the stack header);
+# spa.apix (demo: demo.spa.apix) is a check, input.apix_override the explicit fix for an unset header
+apix = particles_pixel_size(path, star, expected=smk.params.apix_expected, key=smk.params.apix_key,
+                            override=smk.params.apix_override)
 if path.endswith(".hdf"):
-    stack, headers = read_hdf_stack(path)
-    header_apix = float(headers[0].get("apix_x", 0) or 0) if headers else 0.0
+    stack, _ = read_hdf_stack(path)
 else:
-    stack, header_apix = read_mrc(path)
+    stack, _ = read_mrc(path, check_apix=False)
 stack = np.asarray(stack, np.float32)
 if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[1] % 2:
     raise InputError(f"particles must be a stack of square, even boxes, got {stack.shape}", source=path)
-star = str(smk.input.star) if smk.input.get("star") else None
 table = read_star(star) if star else None
-star_apix = star_optics_values(table, "rlnImagePixelSize", star, required=False) if table else None
-apix = resolve_apix(header_apix, star_apix, smk.params.apix_expected, path, star)
 stack = to_protein_white(stack, smk.params.contrast)
 ctfs = None
 if table:

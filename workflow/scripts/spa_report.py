@@ -3,22 +3,24 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import json  # noqa: E402
+import json
+import pathlib
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from emflow.demo import scores  # noqa: E402
-from emflow.io import atomic_write, read_hdf_stack, read_fsc_txt  # noqa: E402
+from emflow.demo import scores
+from emflow.io import atomic_write, read_fsc_txt, read_hdf_stack
 
 smk = snakemake  # noqa: F821
 
 
 summary = {"iterations": []}
 bar_freq = None  # demo: the accuracy bar, FSC vs truth ≥ 0.5 at 2.5 px (1/Å)
+has_truth = any(json.loads(pathlib.Path(p).read_text()).get("truth", True) is not None for p in smk.input.truth_eval)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 for it, fpath, tpath, epath in zip(smk.params.iters, smk.input.fsc, smk.input.fsc_truth, smk.input.truth_eval):
     f, c = read_fsc_txt(fpath)
@@ -39,6 +41,8 @@ for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
     ax.axhline(0.143, color="grey", lw=0.5, ls="--")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", title=title, ylim=(-0.1, 1.02))
     ax.legend(fontsize=7)
+if not has_truth:  # user data: no ground truth, only the iteration-to-iteration panel
+    fig.delaxes(axes[0])
 fig.tight_layout()
 with atomic_write(smk.output.convergence, suffix=".png") as tmp:
     fig.savefig(tmp, dpi=100, format="png")

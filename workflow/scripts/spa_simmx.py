@@ -23,7 +23,7 @@ ctfs = None if ctfs is None else [ctfs[i] for i in rows]
 proj, _, _ = read_projections(smk.input.projections)
 opts = RefineOptions.from_config(spa, apix=apix)
 so = opts.simmx_options()
-_, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], apix, max(1, opts.shrink))
+_, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], apix, max(1, opts.shrink), signal=proj)
 mask = None
 if opts.simmask > 0:
     mask = (soft_circle(particles.shape[-1], opts.simmask, 0.0) > 0.5).astype(np.float32)
