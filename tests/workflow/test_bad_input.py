@@ -66,7 +66,7 @@ def _import(tmp_path, tilt_series, tlt, apix=10.0, apix_override=None):
              "picks": None, "defocus_um": None}
     run_script("import_tomogram.py", input={"tilt_series": tilt_series, "user_files": [tlt]},
                output={"tlt": tmp_path / "out" / "t1.tlt", "info": tmp_path / "out" / "info" / "t1_info.json"},
-               params={"entry": entry, "apix": apix, "voltage_kv": 300.0, "cs_mm": 2.7, "thickness_unbin_px": 64,
+               params={"entry": entry, "apix": apix, "voltage_kv": 300.0, "cs_mm": 2.7, "ampcont": 0.1,
                        "apix_override": apix_override},
                wildcards={"tomo": "t1"}, log=tmp_path / "log.txt")
 
