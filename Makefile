@@ -28,8 +28,12 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# quality gates: ruff (style, imports, docstrings), snakefmt, snakemake's linter, mypy on the typed modules
 lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
+	$(BIN)/mypy
 
 report: $(BIN)/.installed
 	$(BIN)/snakemake --report results/report.html

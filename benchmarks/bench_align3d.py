@@ -23,10 +23,11 @@ import scipy.fft
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "naive"))
 
-from emflow.sta import align3d, initial_model  # noqa: E402
+from naive_align3d import blob_phantom, simulate_particles  # noqa: E402
+
 from emflow.geometry import angle_between, eman_to_matrix, orientations  # noqa: E402
 from emflow.projection import VolumeProjector  # noqa: E402
-from naive_align3d import blob_phantom, simulate_particles  # noqa: E402
+from emflow.sta import align3d, initial_model  # noqa: E402
 
 
 def bench(box: int, delta: float, nptcl: int, tilts) -> dict:

@@ -72,13 +72,19 @@ def peak_rss_mb() -> tuple[float, float]:
 
 def worker(a) -> dict:
     """One extraction in this process; returns time, peak RSS and the FFT bound."""
-
     from emflow import fourier
     from emflow._numba import set_threads
     from emflow.io import HdfStackWriter, hdf_count, read_hdf_stack, read_mrc
     from emflow.sta.extract import (
-        ExtractParams, TiltSource, extract_particles, extract_to_files, open_tilt_series, particle_headers,
-        particles_per_block, prepare_tilt_series, subtilt_headers,
+        ExtractParams,
+        TiltSource,
+        extract_particles,
+        extract_to_files,
+        open_tilt_series,
+        particle_headers,
+        particles_per_block,
+        prepare_tilt_series,
+        subtilt_headers,
     )
 
     set_threads(a.threads)

@@ -38,7 +38,6 @@ import numpy as np
 
 from emflow.io import transform_to_dict
 
-
 _CPU: dict[int, float] = {}
 
 

@@ -42,8 +42,8 @@ def main():
     import mrcfile
 
     from emflow.demo.data import __file__ as data_init
-    from emflow.geometry import eman_to_matrix
     from emflow.demo.simulate import resample_map, simulate_spa
+    from emflow.geometry import eman_to_matrix
     from emflow.spa.classaverage import class_average
     from emflow.spa.classify import classify
     from emflow.spa.make3d import make3d

@@ -47,10 +47,10 @@ def main() -> None:
 
     from emflow._numba import set_threads
     from emflow.demo.data import structure_path
-    from emflow.io import read_mrc
     from emflow.demo.simulate import resample_map, simulate_spa, simulate_tilt_series
-    from emflow.sta.tomo import reconstruct_wbp
+    from emflow.io import read_mrc
     from emflow.pipeline.config import load_config
+    from emflow.sta.tomo import reconstruct_wbp
 
     set_threads(args.threads)
     cfg = load_config(REPO / "config/config.yaml", REPO / "config/schema.yaml")

@@ -19,8 +19,8 @@ import numba
 import numpy as np
 
 from emflow import filters, fourier
-from emflow.demo.phantom import resample_map
 from emflow.demo.data import structure_path
+from emflow.demo.phantom import resample_map
 from emflow.geometry import angle_between, random_rotations, tilt_matrix
 from emflow.io import read_mrc
 from emflow.projection import VolumeProjector

@@ -37,8 +37,8 @@ def _best_of(f, repeat: int = 5, number: int = 3) -> tuple[float, float]:
 
 
 def speed(shape, box: int, n_rot: int, threads: int) -> dict:
-    from emflow.sta import tempmatch as tm
     from emflow.geometry import random_rotations
+    from emflow.sta import tempmatch as tm
 
     rng = np.random.default_rng(0)
     vol = rng.normal(size=shape).astype(np.float32)
@@ -108,10 +108,10 @@ def rotation_counts() -> list[dict]:
 def accuracy(snrs, threads: int) -> list[dict]:
     sys.path.insert(0, str(REPO / "tests" / "naive"))
     import mrcfile
+    from test_tempmatch import _evaluate, _search, make_tomogram
 
     from emflow.sta import picks as pk
     from emflow.sta import tempmatch as tm
-    from test_tempmatch import _evaluate, _search, make_tomogram
 
     with mrcfile.open(REPO.parent / "shared/data/ribosome70S_4v5d_10p48A_box32.mrc.gz") as m:
         template = tm.prepare_template(np.asarray(m.data, np.float32), 10.48, 20.96)

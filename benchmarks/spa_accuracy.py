@@ -49,9 +49,9 @@ def main():
     import mrcfile
 
     from emflow.demo.data import __file__ as data_init
+    from emflow.demo.simulate import resample_map, simulate_spa
     from emflow.filters import lowpass_tophat
     from emflow.fsc import fsc
-    from emflow.demo.simulate import resample_map, simulate_spa
     from emflow.spa.refine_loop import RefineOptions, phase_flip_particles, run_iteration
 
     with mrcfile.open(data_init.replace("__init__.py", "proteasome20S_3j9i_2p62A_box80.mrc.gz")) as m:

@@ -19,7 +19,7 @@ import scipy.fft
 
 from emflow import fourier
 from emflow._interp import trilinear
-from emflow._numba import jit, pjit
+from emflow._numba import pjit
 
 __all__ = ["VolumeProjector", "project", "project_real", "gridding_apodization"]
 

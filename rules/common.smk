@@ -130,8 +130,10 @@ def extract_picks_file(wildcards):
 def set_particle_files(wildcards):
     """Per-tomogram 3D particle files and summaries of one label (in tomogram order)."""
     return {
-        "particles3d": expand("results/extract/particles3d/{tomo}__{label}.hdf", tomo=tomogram_names(),
-                              label=wildcards.label),
-        "summaries": expand("results/extract/summary/{tomo}__{label}.json", tomo=tomogram_names(),
-                            label=wildcards.label),
+        "particles3d": expand(
+            "results/extract/particles3d/{tomo}__{label}.hdf", tomo=tomogram_names(), label=wildcards.label
+        ),
+        "summaries": expand(
+            "results/extract/summary/{tomo}__{label}.json", tomo=tomogram_names(), label=wildcards.label
+        ),
     }

@@ -30,21 +30,21 @@ checkpoint extract_plan:
         picks=extract_picks_file,
     output:
         plan="results/extract/plan/{tomo}__{label}.json",
-    wildcard_constraints:
-        label="[A-Za-z0-9_-]+",
-    params:
-        extract={k: EXTRACT[k] for k in EXTRACT_PLAN_KEYS},
-        thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
     log:
         "results/logs/extract/extract_plan/{tomo}__{label}.log",
     benchmark:
         "results/benchmarks/extract/extract_plan/{tomo}__{label}.tsv"
+    wildcard_constraints:
+        label="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        extract={k: EXTRACT[k] for k in EXTRACT_PLAN_KEYS},
+        thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
     script:
         "../workflow/scripts/extract_plan.py"
 
@@ -58,24 +58,26 @@ rule extract_chunk:
         particles=temp("results/extract/chunks/{tomo}__{label}/particles_{chunk}.hdf"),
         particles3d=temp("results/extract/chunks/{tomo}__{label}/particles3d_{chunk}.hdf"),
         summary=temp("results/extract/chunks/{tomo}__{label}/summary_{chunk}.json"),
-    wildcard_constraints:
-        label="[A-Za-z0-9_-]+",
-    params:
-        extract={k: EXTRACT[k] for k in EXTRACT_CHUNK_KEYS},
-        microscope=config["microscope"],
-        final=lambda w: {"particles": f"results/extract/particles/{w.tomo}__{w.label}.hdf",
-                         "particles3d": f"results/extract/particles3d/{w.tomo}__{w.label}.hdf"},
     log:
         "results/logs/extract/extract_chunk/{tomo}__{label}_{chunk}.log",
     benchmark:
         "results/benchmarks/extract/extract_chunk/{tomo}__{label}_{chunk}.tsv"
+    wildcard_constraints:
+        label="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         # the job sizes its particle blocks to this (emflow.sta.extract.particles_per_block)
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        extract={k: EXTRACT[k] for k in EXTRACT_CHUNK_KEYS},
+        microscope=config["microscope"],
+        final=lambda w: {
+            "particles": f"results/extract/particles/{w.tomo}__{w.label}.hdf",
+            "particles3d": f"results/extract/particles3d/{w.tomo}__{w.label}.hdf",
+        },
     script:
         "../workflow/scripts/extract_chunk.py"
 
@@ -88,18 +90,18 @@ rule extract_particles:
         particles3d="results/extract/particles3d/{tomo}__{label}.hdf",
         particles="results/extract/particles/{tomo}__{label}.hdf",
         summary="results/extract/summary/{tomo}__{label}.json",
-    wildcard_constraints:
-        label="[A-Za-z0-9_-]+",
     log:
         "results/logs/extract/extract_particles/{tomo}__{label}.log",
     benchmark:
         "results/benchmarks/extract/extract_particles/{tomo}__{label}.tsv"
+    wildcard_constraints:
+        label="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=60,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/extract_particles.py"
 
@@ -109,20 +111,20 @@ rule extract_buildset:
         unpack(set_particle_files),
     output:
         lst="results/sets/{label}.lst",
-    wildcard_constraints:
-        label="[A-Za-z0-9_-]+",
-    params:
-        spliteo=EXTRACT["spliteo"],
     log:
         "results/logs/extract/extract_buildset/{label}.log",
     benchmark:
         "results/benchmarks/extract/extract_buildset/{label}.tsv"
+    wildcard_constraints:
+        label="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spliteo=EXTRACT["spliteo"],
     script:
         "../workflow/scripts/extract_buildset.py"
 

@@ -12,6 +12,16 @@ rule import_tomogram:
     output:
         tlt="results/import/{tomo}.tlt",
         info="results/import/info/{tomo}_info.json",
+    log:
+        "results/logs/import/import_tomogram/{tomo}.log",
+    benchmark:
+        "results/benchmarks/import/import_tomogram/{tomo}.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         entry=tomogram_entry,
         apix=config["microscope"]["apix"],
@@ -19,15 +29,5 @@ rule import_tomogram:
         voltage_kv=config["microscope"]["voltage_kv"],
         cs_mm=config["microscope"]["cs_mm"],
         ampcont=config["microscope"]["ampcont"],
-    log:
-        "results/logs/import/import_tomogram/{tomo}.log",
-    benchmark:
-        "results/benchmarks/import/import_tomogram/{tomo}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/import_tomogram.py"

@@ -23,18 +23,18 @@ rule initial_model_sgd:
         scores="results/initial_model/sptsgd_01/score.txt",
         slices_png="results/initial_model/sptsgd_01/slices.png",
         convergence_png="results/initial_model/sptsgd_01/convergence.png",
-    params:
-        cfg=rule_params(config, "initial_model_sgd", "initial_model"),
     log:
         "results/logs/initial_model/initial_model_sgd/sptsgd_01.log",
     benchmark:
         "results/benchmarks/initial_model/initial_model_sgd/sptsgd_01.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        cfg=rule_params(config, "initial_model_sgd", "initial_model"),
     script:
         "../workflow/scripts/initial_model_sgd.py"
 

@@ -6,7 +6,6 @@
 from emflow.demo.data import structure_path
 from emflow.demo.simulate import tilt_range
 
-
 DEMO_CFG = config["demo"]
 # Tomogram k of the demo (0-based, in tomogram_names() order) uses seed demo.seed + k.
 DEMO_SEEDS = {name: DEMO_CFG["seed"] + k for k, name in enumerate(tomogram_names())}
@@ -24,20 +23,20 @@ rule simulate_reference:
     output:
         tomo=truth_map_tomo(),
         spa=truth_map_spa(),
-    params:
-        apix_tomo=config["microscope"]["apix"],
-        apix_spa=DEMO_CFG["spa"]["apix"],
-        box_spa=DEMO_CFG["spa"]["box"],
     log:
         "results/logs/simulate/simulate_reference/reference.log",
     benchmark:
         "results/benchmarks/simulate/simulate_reference/reference.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        apix_tomo=config["microscope"]["apix"],
+        apix_spa=DEMO_CFG["spa"]["apix"],
+        box_spa=DEMO_CFG["spa"]["box"],
     script:
         "../workflow/scripts/simulate_reference.py"
 
@@ -51,6 +50,16 @@ rule simulate_tiltseries:
         info="results/demo/info/{tomo}_info.json",
         truth="results/demo/truth/{tomo}_truth.json",
         truth_star="results/demo/truth/{tomo}_truth.star",
+    log:
+        "results/logs/simulate/simulate_tiltseries/{tomo}.log",
+    benchmark:
+        "results/benchmarks/simulate/simulate_tiltseries/{tomo}.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         seed=lookup(dpath="{tomo}", within=DEMO_SEEDS),
         tilts_deg=DEMO_TILTS_DEG,
@@ -59,16 +68,6 @@ rule simulate_tiltseries:
         cs_mm=config["microscope"]["cs_mm"],
         ampcont=config["microscope"]["ampcont"],
         tomo=rule_params(config, "simulate_tiltseries", "demo.tomo"),
-    log:
-        "results/logs/simulate/simulate_tiltseries/{tomo}.log",
-    benchmark:
-        "results/benchmarks/simulate/simulate_tiltseries/{tomo}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/simulate_tiltseries.py"
 
@@ -80,21 +79,21 @@ rule simulate_spa:
         particles="results/demo/spa/particles.mrcs",
         star="results/demo/spa/particles.star",
         truth=truth_file_spa(),
+    log:
+        "results/logs/simulate/simulate_spa/spa.log",
+    benchmark:
+        "results/benchmarks/simulate/simulate_spa/spa.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         seed=DEMO_CFG["seed"],
         spa=DEMO_CFG["spa"],
         voltage_kv=config["microscope"]["voltage_kv"],
         cs_mm=config["microscope"]["cs_mm"],
         ampcont=config["microscope"]["ampcont"],
-    log:
-        "results/logs/simulate/simulate_spa/spa.log",
-    benchmark:
-        "results/benchmarks/simulate/simulate_spa/spa.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/simulate_spa.py"

@@ -31,9 +31,12 @@ if SPA_ON:
         # and pixel size by spa_startmodel; nothing else runs
         import sys
 
-        print(f"spa check: {spa_n_particles()} particles; reference projections per iteration "
-              f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
-              f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}", file=sys.stderr)
+        print(
+            f"spa check: {spa_n_particles()} particles; reference projections per iteration "
+            f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
+            f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}",
+            file=sys.stderr,
+        )
         FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
     elif SPA["goldstandard"]:  # e2refine_easy scheme: independent even/odd halves (rule spa_gold)
         FINAL_TARGETS.append(f"{SPA_DIR}/gold/gold.json")
@@ -47,6 +50,16 @@ rule spa_prepare:
         star=spa_particles_star() or [],
     output:
         particles=f"{SPA_DIR}/particles.hdf",
+    log:
+        f"results/logs/spa/spa_prepare/{SPA['path']}.log",
+    benchmark:
+        f"results/benchmarks/spa/spa_prepare/{SPA['path']}.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
     params:
         spa=spa_params("prepare"),
         microscope=config["microscope"],
@@ -54,16 +67,6 @@ rule spa_prepare:
         apix_expected=spa_apix_expected(),
         apix_key="demo.spa.apix" if spa_demo_data() else "spa.apix",
         apix_override=spa_apix_override(),
-    log:
-        f"results/logs/spa/spa_prepare/{SPA['path']}.log",
-    benchmark:
-        f"results/benchmarks/spa/spa_prepare/{SPA['path']}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spa_prepare.py"
 
@@ -74,18 +77,18 @@ rule spa_startmodel:
         source=spa_start_source,  # rules/spa_initial_model.smk: the SGD map when startingmodel is from_data
     output:
         model=f"{SPA_DIR}/threed_00.mrc",
-    params:
-        spa=spa_startmodel_params(),
     log:
         f"results/logs/spa/spa_startmodel/{SPA['path']}.log",
     benchmark:
         f"results/benchmarks/spa/spa_startmodel/{SPA['path']}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_startmodel_params(),
     script:
         "../workflow/scripts/spa_startmodel.py"
 
@@ -95,18 +98,18 @@ rule spa_project3d:
         model=spa_previous_model,
     output:
         projections=f"{SPA_DIR}/projections_{{it}}.hdf",
-    params:
-        spa=spa_project3d_params,
     log:
         f"results/logs/spa/spa_project3d/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_project3d/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_project3d_params,
     script:
         "../workflow/scripts/spa_project3d.py"
 
@@ -118,18 +121,18 @@ rule spa_simmx:
         usefilt=spa_usefilt,
     output:
         chunk=f"{SPA_DIR}/simmx_{{it}}/chunk_{{chunk}}.npz",
-    params:
-        spa=spa_params("simmx"),
     log:
         f"results/logs/spa/spa_simmx/{SPA['path']}_{{it}}_{{chunk}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_simmx/{SPA['path']}_{{it}}_{{chunk}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=6000,
         runtime=240,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_params("simmx"),
     script:
         "../workflow/scripts/spa_simmx.py"
 
@@ -145,12 +148,12 @@ rule spa_simmx_gather:
         f"results/logs/spa/spa_simmx_gather/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_simmx_gather/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spa_simmx_gather.py"
 
@@ -160,18 +163,18 @@ rule spa_classify:
         simmx=f"{SPA_DIR}/simmx_{{it}}.hdf",
     output:
         classify=f"{SPA_DIR}/classify_{{it}}.hdf",
-    params:
-        spa=spa_params("classify"),
     log:
         f"results/logs/spa/spa_classify/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_classify/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_params("classify"),
     script:
         "../workflow/scripts/spa_classify.py"
 
@@ -185,18 +188,18 @@ rule spa_classaverage:
     output:
         classes=f"{SPA_DIR}/classes_{{it}}.hdf",
         result=f"{SPA_DIR}/cls_result_{{it}}.hdf",
-    params:
-        spa=spa_params("classaverage"),
     log:
         f"results/logs/spa/spa_classaverage/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_classaverage/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=6000,
         runtime=120,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_params("classaverage"),
     script:
         "../workflow/scripts/spa_classaverage.py"
 
@@ -208,18 +211,18 @@ rule spa_make3d:
         threed=f"{SPA_DIR}/threed_{{it}}.hdf",
         threed_mrc=f"{SPA_DIR}/threed_{{it}}.mrc",
         threed_filt=f"{SPA_DIR}/threed_filt_{{it}}.mrc",
-    params:
-        spa=spa_params("make3d"),
     log:
         f"results/logs/spa/spa_make3d/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_make3d/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=6000,
         runtime=60,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_params("make3d"),
     script:
         "../workflow/scripts/spa_make3d.py"
 
@@ -233,18 +236,18 @@ rule spa_fsc:
         fsc=f"{SPA_DIR}/fsc_{{it}}.txt",
         fsc_truth=f"{SPA_DIR}/fsc_truth_{{it}}.txt",
         truth_eval=f"{SPA_DIR}/truth_eval_{{it}}.json",
-    params:
-        truth_sym=spa_truth_symmetry(),
     log:
         f"results/logs/spa/spa_fsc/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_fsc/{SPA['path']}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        truth_sym=spa_truth_symmetry(),
     script:
         "../workflow/scripts/spa_fsc.py"
 
@@ -259,18 +262,18 @@ rule spa_report:
         convergence=f"{SPA_DIR}/convergence.png",
         gallery=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png",
         summary=f"{SPA_DIR}/summary.json",
-    params:
-        iters=SPA_ITERS,
     log:
         f"results/logs/spa/spa_report/{SPA['path']}.log",
     benchmark:
         f"results/benchmarks/spa/spa_report/{SPA['path']}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        iters=SPA_ITERS,
     script:
         "../workflow/scripts/spa_report.py"
 
@@ -285,18 +288,18 @@ rule spa_gold:
         fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
         combined=f"{SPA_DIR}/gold/threed_gold.mrc",
         summary=f"{SPA_DIR}/gold/gold.json",
-    params:
-        spa=spa_gold_params(),
-        iters=SPA_ITERS,
     log:
         f"results/logs/spa/spa_gold/{SPA['path']}.log",
     benchmark:
         f"results/benchmarks/spa/spa_gold/{SPA['path']}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=600,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spa=spa_gold_params(),
+        iters=SPA_ITERS,
     script:
         "../workflow/scripts/spa_gold.py"

@@ -22,19 +22,19 @@ rule spa_initial_model:
         model=f"{SPA_INIT_DIR}/model.mrc",
         models=f"{SPA_INIT_DIR}/models.hdf",
         scores=f"{SPA_INIT_DIR}/scores.json",
-    params:
-        cfg=SPA_INIT,
-        sym=config["spa"]["sym"],
     log:
         f"results/logs/spa/spa_initial_model/{config['spa']['path']}.log",
     benchmark:
         f"results/benchmarks/spa/spa_initial_model/{config['spa']['path']}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        cfg=SPA_INIT,
+        sym=config["spa"]["sym"],
     script:
         "../workflow/scripts/spa_initial_model.py"
 

@@ -28,10 +28,12 @@ SPT_RUN = os.path.basename(os.path.normpath(SPT_PATH))  # names this run's logs 
 SPT_ITERS = parse_iters(SPT["iters"])
 parse_keep(SPT["keep"])  # fails before any job on a bad value
 if SPT["goldcontinue"] and not SPT["ref"]:
-    raise InputError("goldcontinue continues a finished run, but spt_refine.ref is not set",
-                     source="spt_refine.goldcontinue",
-                     fix="set spt_refine.ref to that run's map (e.g. results/spt/spt_01/threed_05.hdf; its "
-                         "threed_05_even/_odd.hdf are used), or set goldcontinue: false")
+    raise InputError(
+        "goldcontinue continues a finished run, but spt_refine.ref is not set",
+        source="spt_refine.goldcontinue",
+        fix="set spt_refine.ref to that run's map (e.g. results/spt/spt_01/threed_05.hdf; its "
+        "threed_05_even/_odd.hdf are used), or set goldcontinue: false",
+    )
 SPT_MICROSCOPE = {key: config["microscope"][key] for key in CTF_MICROSCOPE_KEYS}
 SPT_LAST = f"{len(SPT_ITERS):02d}"
 
@@ -50,21 +52,21 @@ checkpoint spt_refine_setup:
         threed=f"{SPT_PATH}/threed_00.hdf",
         res=f"{SPT_PATH}/resolution_00.json",
         params=f"{SPT_PATH}/0_spt_params.json",
+    log:
+        f"results/logs/spt_refine/spt_refine_setup/{SPT_RUN}_setup.log",
+    benchmark:
+        f"results/benchmarks/spt_refine/spt_refine_setup/{SPT_RUN}_setup.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         spt=spt_stage_params("setup"),
         shrink=config["extract"]["shrink"],
         user_ref=bool(SPT["ref"]),
         apix_override=spt_reference_overrides,
-    log:
-        f"results/logs/spt_refine/spt_refine_setup/{SPT_RUN}_setup.log",
-    benchmark:
-        f"results/benchmarks/spt_refine/spt_refine_setup/{SPT_RUN}_setup.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spt_refine_setup.py"
 
@@ -76,19 +78,19 @@ rule spt_refine_align:
         info2d=f"{SPT_PATH}/particle_info_2d.lst",
     output:
         chunk=f"{SPT_PATH}/chunks/align_{{it}}_{{chunk}}.npz",
-    params:
-        spt=spt_align_params,
-        microscope=SPT_MICROSCOPE,
     log:
         f"results/logs/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_align/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spt=spt_align_params,
+        microscope=SPT_MICROSCOPE,
     script:
         "../workflow/scripts/spt_refine_align.py"
 
@@ -106,12 +108,12 @@ rule spt_refine_gather:
         f"results/logs/spt_refine/spt_refine_gather/{SPT_RUN}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_gather/{SPT_RUN}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spt_refine_gather.py"
 
@@ -125,19 +127,19 @@ rule spt_refine_make3d:
         even=f"{SPT_PATH}/threed_00_even.hdf",
     output:
         rec=f"{SPT_PATH}/chunks/rec_{{it}}_{{chunk}}.npz",
-    params:
-        spt=spt_stage_params("make3d"),
-        microscope=SPT_MICROSCOPE,
     log:
         f"results/logs/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_make3d/{SPT_RUN}_{{it}}_{{chunk}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spt=spt_stage_params("make3d"),
+        microscope=SPT_MICROSCOPE,
     script:
         "../workflow/scripts/spt_refine_make3d.py"
 
@@ -157,18 +159,18 @@ rule spt_refine_postprocess:
         mask=f"{SPT_PATH}/mask_{{it}}.hdf",
         res=f"{SPT_PATH}/resolution_{{it}}.json",
         png=f"{SPT_PATH}/fsc_{{it}}.png",
-    params:
-        spt=spt_postprocess_params,
     log:
         f"results/logs/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        spt=spt_postprocess_params,
     script:
         "../workflow/scripts/spt_refine_postprocess.py"
 
@@ -182,19 +184,19 @@ rule spt_refine_export:
         threed=f"{SPT_PATH}/threed_{SPT_LAST}.hdf",
     output:
         star=f"{SPT_PATH}/particles_final.star",
-    params:
-        microscope=config["microscope"],
-        shrink=config["extract"]["shrink"],
     log:
         f"results/logs/spt_refine/spt_refine_export/{SPT_RUN}_final.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_export/{SPT_RUN}_final.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        microscope=config["microscope"],
+        shrink=config["extract"]["shrink"],
     script:
         "../workflow/scripts/spt_refine_export.py"
 
@@ -213,18 +215,18 @@ rule spt_refine_truth_eval:
     output:
         json=f"{SPT_PATH}/truth_eval_{{it}}.json",
         png=f"{SPT_PATH}/fsc_truth_{{it}}.png",
-    params:
-        shrink=config["extract"]["shrink"],
     log:
         f"results/logs/spt_refine/spt_refine_truth_eval/{SPT_RUN}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_truth_eval/{SPT_RUN}_{{it}}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        shrink=config["extract"]["shrink"],
     script:
         "../workflow/scripts/spt_refine_truth_eval.py"
 
@@ -238,12 +240,12 @@ rule spt_refine_truth_summary:
         f"results/logs/spt_refine/spt_refine_truth_summary/{SPT_RUN}_summary.log",
     benchmark:
         f"results/benchmarks/spt_refine/spt_refine_truth_summary/{SPT_RUN}_summary.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/spt_refine_truth_summary.py"
 

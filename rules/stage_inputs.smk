@@ -4,6 +4,7 @@
 
 # ---------------------------------------------------------------- spa.smk
 
+
 def spa_demo_data():
     """True when the SPA workflow refines the demo's simulated particles (input.source demo, no
     input.spa_particles): only then are demo files (truth map, demo STAR) inputs of SPA jobs."""
@@ -17,19 +18,26 @@ def spa_check_inputs():
     if spa_demo_data():
         return
     if not config["input"]["spa_particles"]:
-        raise InputError("is null but workflows.single_particle is true and input.source is not demo",
-                         source="config key 'input.spa_particles'",
-                         fix="give the particle stack (MRC/MRCS or EMAN2 HDF) and its STAR file (input.spa_star), "
-                             "or set workflows.single_particle: false")
+        raise InputError(
+            "is null but workflows.single_particle is true and input.source is not demo",
+            source="config key 'input.spa_particles'",
+            fix="give the particle stack (MRC/MRCS or EMAN2 HDF) and its STAR file (input.spa_star), "
+            "or set workflows.single_particle: false",
+        )
     if not config["input"]["spa_contrast"]:
-        raise InputError("is not set: the contrast of the particles must be declared",
-                         source="config key 'input.spa_contrast'",
-                         fix="dark: protein darker than the background, as recorded (raw micrograph crops, RELION "
-                             "extract without 'Invert contrast'); bright: protein white (RELION extract with "
-                             "'Invert contrast? Yes', its default; EMAN2 particles)")
+        raise InputError(
+            "is not set: the contrast of the particles must be declared",
+            source="config key 'input.spa_contrast'",
+            fix="dark: protein darker than the background, as recorded (raw micrograph crops, RELION "
+            "extract without 'Invert contrast'); bright: protein white (RELION extract with "
+            "'Invert contrast? Yes', its default; EMAN2 particles)",
+        )
     if SPA["startingmodel"] == "truth_lowpass30":
-        raise InputError("truth_lowpass30 needs the demo's true map, which user data do not have",
-                         source="config key 'spa.startingmodel'", fix="use blob or the path of an MRC map")
+        raise InputError(
+            "truth_lowpass30 needs the demo's true map, which user data do not have",
+            source="config key 'spa.startingmodel'",
+            fix="use blob or the path of an MRC map",
+        )
 
 
 def spa_contrast():
@@ -117,12 +125,12 @@ def spa_usefilt(wildcards):
 
 # ---------------------------------------------------------------- report.smk
 
+
 class _Tomo:
     """Stand-in wildcards object for input functions that expect `wildcards.tomo`."""
 
     def __init__(self, tomo):
         self.tomo = tomo
-
 
 
 def _has_rule(name):
@@ -190,6 +198,7 @@ def report_demo_inputs(wildcards):
 
 # ---------------------------------------------------------------- spt_refine.smk
 
+
 def spt_ptcls_label():
     """Set to refine: spt_refine.ptcls, else the template-matching set when picks are filtered, else the manual set."""
     if SPT["ptcls"]:
@@ -255,9 +264,13 @@ def spt_chunk_ids(wildcards):
 def spt_prev(wildcards):
     """Inputs of iteration `it` from iteration it-1: alignments, half maps, resolution."""
     p = f"{SPT_PATH}/%s_{int(wildcards.it) - 1:02d}%s"
-    return {"ali3d": p % ("aliptcls3d", ".lst"), "ali2d": p % ("aliptcls2d", ".lst"),
-            "even": p % ("threed", "_even.hdf"), "odd": p % ("threed", "_odd.hdf"),
-            "res": p % ("resolution", ".json")}
+    return {
+        "ali3d": p % ("aliptcls3d", ".lst"),
+        "ali2d": p % ("aliptcls2d", ".lst"),
+        "even": p % ("threed", "_even.hdf"),
+        "odd": p % ("threed", "_odd.hdf"),
+        "res": p % ("resolution", ".json"),
+    }
 
 
 def spt_prev_res(wildcards):
@@ -284,6 +297,7 @@ def spt_rec_chunks(wildcards):
 
 
 # ---------------------------------------------------------------- extract.smk
+
 
 def extract_chunk_files(wildcards):
     """Chunk files of one tomogram × label (as many chunks as the extract_plan checkpoint made)."""

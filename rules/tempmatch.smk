@@ -24,20 +24,20 @@ rule tempmatch_search:
         scores="results/tempmatch/{tomo}__scores.mrc",
         angle_map="results/tempmatch/{tomo}__angles.mrc",
         angles="results/tempmatch/{tomo}__angles.json",
-    params:
-        tm=rule_params(config, "tempmatch_search", "tempmatch"),
-        microscope=rule_params(config, "tempmatch_search", "microscope"),
-        apix_override=tempmatch_template_overrides(),
     log:
         "results/logs/tempmatch/tempmatch_search/{tomo}.log",
     benchmark:
         "results/benchmarks/tempmatch/tempmatch_search/{tomo}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        tm=rule_params(config, "tempmatch_search", "tempmatch"),
+        microscope=rule_params(config, "tempmatch_search", "microscope"),
+        apix_override=tempmatch_template_overrides(),
     script:
         "../workflow/scripts/tempmatch_search.py"
 
@@ -51,19 +51,19 @@ rule tempmatch_extract:
     output:
         candidates="results/tempmatch/{tomo}__candidates.star",
         summary="results/tempmatch/{tomo}__candidates.json",
-    params:
-        picks=rule_params(config, "tempmatch_extract", "picks"),
-        microscope=rule_params(config, "tempmatch_extract", "microscope"),
     log:
         "results/logs/tempmatch/tempmatch_extract/{tomo}.log",
     benchmark:
         "results/benchmarks/tempmatch/tempmatch_extract/{tomo}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        picks=rule_params(config, "tempmatch_extract", "picks"),
+        microscope=rule_params(config, "tempmatch_extract", "microscope"),
     script:
         "../workflow/scripts/tempmatch_extract.py"
 
@@ -80,18 +80,18 @@ rule picks_filter:
         star="results/picks/{tomo}__picks.star",
         info="results/picks/info/{tomo}_info.json",
         review="results/picks/{tomo}__review.png",
-    params:
-        picks=rule_params(config, "picks_filter", "picks"),
     log:
         "results/logs/picks/picks_filter/{tomo}.log",
     benchmark:
         "results/benchmarks/picks/picks_filter/{tomo}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        picks=rule_params(config, "picks_filter", "picks"),
     script:
         "../workflow/scripts/tempmatch_filter.py"
 

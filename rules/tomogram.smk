@@ -12,9 +12,7 @@ RECONSTRUCTED_TOMO_RE = "|".join(re.escape(n) for n in tomogram_names() if not T
 
 
 if config["workflows"]["subtomogram"]:
-    FINAL_TARGETS.extend(
-        f"results/tomograms/{name}__bin{BIN}_slices.png" for name in tomogram_names()
-    )
+    FINAL_TARGETS.extend(f"results/tomograms/{name}__bin{BIN}_slices.png" for name in tomogram_names())
 
 
 rule tomogram_reconstruct:
@@ -23,23 +21,23 @@ rule tomogram_reconstruct:
         info=info_json,
     output:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
+    log:
+        "results/logs/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.log",
+    benchmark:
+        "results/benchmarks/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.tsv"
     wildcard_constraints:
         tomo=RECONSTRUCTED_TOMO_RE,
+    conda:
+        "../envs/emflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         thickness_px=config["tomogram"]["thickness_px"],
         radial_filter=config["tomogram"]["radial_filter"],
         lowpass=config["tomogram"]["lowpass"],
         apix=config["microscope"]["apix"],
-    log:
-        "results/logs/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.log",
-    benchmark:
-        "results/benchmarks/tomogram/tomogram_reconstruct/{tomo}__bin{bin}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/tomogram_reconstruct.py"
 
@@ -51,21 +49,21 @@ rule tomogram_external:
         info=info_json,
     output:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
-    wildcard_constraints:
-        tomo=EXTERNAL_TOMO_RE,
-    params:
-        thickness_px=config["tomogram"]["thickness_px"],
-        tomogram_bin=lambda wildcards: TOMOGRAMS[wildcards.tomo].tomogram_bin,
     log:
         "results/logs/tomogram/tomogram_external/{tomo}__bin{bin}.log",
     benchmark:
         "results/benchmarks/tomogram/tomogram_external/{tomo}__bin{bin}.tsv"
+    wildcard_constraints:
+        tomo=EXTERNAL_TOMO_RE,
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/emflow.yaml"
+    params:
+        thickness_px=config["tomogram"]["thickness_px"],
+        tomogram_bin=lambda wildcards: TOMOGRAMS[wildcards.tomo].tomogram_bin,
     script:
         "../workflow/scripts/tomogram_external.py"
 
@@ -79,11 +77,11 @@ rule tomogram_slices:
         "results/logs/tomogram/tomogram_slices/{tomo}__bin{bin}.log",
     benchmark:
         "results/benchmarks/tomogram/tomogram_slices/{tomo}__bin{bin}.tsv"
+    conda:
+        "../envs/emflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/emflow.yaml"
     script:
         "../workflow/scripts/tomogram_slices.py"

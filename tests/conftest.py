@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import pathlib
-import shutil
 import sys
 
 import numpy as np

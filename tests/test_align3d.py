@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from naive_align3d import blob_phantom, naive_tilt_frc, simulate_particles
 
-from emflow.sta import align3d
 from emflow.geometry import angle_between, eman_to_matrix, get_symmetry, rotvec_to_matrix
 from emflow.projection import VolumeProjector
-from naive_align3d import blob_phantom, naive_tilt_frc, simulate_particles
+from emflow.sta import align3d
 
 TILTS = np.arange(-60.0, 61.0, 6.0)  # 21 tilts, ±60°
 SNR = 0.2                            # signal/noise variance per subtilt

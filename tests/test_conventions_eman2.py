@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from foreign import eman2 as fe
 
 from emflow.errors import InputError

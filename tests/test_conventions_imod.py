@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from foreign import imod as fimod
 
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
@@ -30,7 +31,6 @@ from emflow.sta import importer
 from emflow.sta.extract import ExtractParams, TiltGeometry, extract_particles
 from emflow.sta.importer import build_info, imod_to_tlt_params, tlt_params_to_imod
 from emflow.sta.tomo import fit_tomogram, imod_tomogram_layout, imod_tomogram_to_emflow, reconstruct_wbp
-from foreign import imod as fimod
 
 # A chiral set of blobs (x, y, z, amplitude, sigma) in IMOD's rotated tomogram frame: not symmetric
 # under z → −z (nor under any rotation combined with it).

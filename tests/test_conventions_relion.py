@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from foreign import relion as frel
 
 from emflow.errors import InputError
 from emflow.geometry import eman_to_matrix, tilt_matrix
 from emflow.io.relion_tomo import (
-    projection_matrix_to_tlt_params, read_relion_tomograms, relion_tilt_series_info, relion_to_tlt_params,
-    tlt_params_to_relion, write_relion5_particles, write_relion5_tomograms,
+    projection_matrix_to_tlt_params,
+    read_relion_tomograms,
+    relion_tilt_series_info,
+    relion_to_tlt_params,
+    tlt_params_to_relion,
+    write_relion5_particles,
+    write_relion5_tomograms,
 )
 from emflow.sta.import_picks import read_picks
 

@@ -7,22 +7,33 @@ import json
 import numpy as np
 import pytest
 
-from emflow.demo.phantom import resample_map
 from emflow.demo.data import structure_path
 from emflow.demo.metadata import tilt_series_info
+from emflow.demo.phantom import resample_map
+from emflow.demo.simulate import simulate_tilt_series
 from emflow.errors import InputError
-from emflow.sta.extract import (
-    ExtractParams, TiltGeometry, check_picks, extract_particles, extraction_boxes, particle_headers,
-    prepare_tilt_series, read_picks, subtilt_headers,
-)
 from emflow.fsc import fsc, resolution
 from emflow.io import (
-    read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_info_json,
+    read_hdf_stack,
+    read_lst,
+    transform_from_dict,
+    write_hdf_stack,
+    write_info_json,
 )
 from emflow.projection import project
 from emflow.rotate import rotate_volume
+from emflow.sta.extract import (
+    ExtractParams,
+    TiltGeometry,
+    check_picks,
+    extract_particles,
+    extraction_boxes,
+    particle_headers,
+    prepare_tilt_series,
+    read_picks,
+    subtilt_headers,
+)
 from emflow.sta.sets import set_entries, spatial_split, write_set
-from emflow.demo.simulate import simulate_tilt_series
 
 APIX = 10.48  # ribosome at 10.48 Å/px: box 32, pad2d 64
 TILTS = np.linspace(-60.0, 60.0, 21)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.fft
+from naive_fsc import naive_radial_power
 
 from emflow import filters
 from emflow.errors import InputError
 from emflow.fsc import FSCCurve, fsc
-from naive_fsc import naive_radial_power
 
 
 def _cosine(n, k, ndim=3):

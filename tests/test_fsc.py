@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from naive_fsc import naive_fsc
 
 from emflow import filters
 from emflow.fsc import FSCCurve, frc_from_ft, frc_per_image, fsc, resolution, resolution_at, shell_index
-from naive_fsc import naive_fsc
 
 APOF = "apoferritin_6z6u_2p62A_box64.mrc.gz"
 

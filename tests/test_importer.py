@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from foreign import imod as fimod
 
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
 from emflow.io import boxes_from_info, write_star
 from emflow.sta.importer import IMOD_TILT_SIGN, build_info, imod_to_tlt_params, read_picks
-from foreign import imod as fimod
 
 
 def test_xf_conversion_maps_points_like_imod(rng):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from naive_align3d import blob_phantom, simulate_particles
 
-from emflow.sta import align3d, initial_model
 from emflow.fsc import fsc
 from emflow.geometry import angle_between, tilt_matrix
 from emflow.projection import VolumeProjector, project
 from emflow.rotate import rotate_volume
-from naive_align3d import blob_phantom, simulate_particles
+from emflow.sta import align3d, initial_model
 
 TILTS = np.arange(-60.0, 61.0, 6.0)  # 21 tilts, ±60°
 SNR = 0.5                            # signal/noise variance per subtilt

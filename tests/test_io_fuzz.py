@@ -13,8 +13,18 @@ from hypothesis import strategies as st
 
 from emflow.errors import InputError
 from emflow.io import (
-    read_coords_txt, read_fsc_txt, read_hdf_stack, read_info_json, read_lst, read_mrc, read_mrc_header,
-    read_star, read_tlt, read_xf, write_lst, write_mrc,
+    read_coords_txt,
+    read_fsc_txt,
+    read_hdf_stack,
+    read_info_json,
+    read_lst,
+    read_mrc,
+    read_mrc_header,
+    read_star,
+    read_tlt,
+    read_xf,
+    write_lst,
+    write_mrc,
 )
 
 SETTINGS = settings(max_examples=100, deadline=None,

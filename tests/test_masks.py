@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from emflow.errors import InputError
-from emflow.masks import auto_mask, automask_threshold, postprocess_masks, radius_grid, soft_circle, soft_edge, soft_sphere
+from emflow.masks import (
+    auto_mask,
+    automask_threshold,
+    postprocess_masks,
+    radius_grid,
+    soft_circle,
+    soft_edge,
+    soft_sphere,
+)
 
 
 def test_soft_sphere_values():

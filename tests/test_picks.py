@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import naive_tempmatch as naive
 import numpy as np
 import scipy.special
 
-from emflow.sta import picks as pk
 from emflow.geometry import random_rotations
-import naive_tempmatch as naive
+from emflow.sta import picks as pk
 
 
 def test_nms_matches_numpy_reference(rng):

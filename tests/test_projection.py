@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import naive_fourier as naive
 import numpy as np
 import pytest
 import scipy.fft
@@ -9,8 +10,6 @@ import scipy.fft
 from emflow import fourier, projection
 from emflow.geometry import eman_to_matrix, random_rotations
 from emflow.rotate import rotate_image, rotate_volume, rotation_2d
-
-import naive_fourier as naive
 
 
 def _lowpass(x, freq):

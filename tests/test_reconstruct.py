@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import naive_fourier as naive
 import numpy as np
 import pytest
-import scipy.fft
 
 from emflow import fourier, projection
 from emflow.fsc import fsc
 from emflow.geometry import eman_to_matrix, random_rotations
 from emflow.reconstruct import Reconstructor, reconstruct
 from emflow.rotate import rotate_volume
-
-import naive_fourier as naive
 
 
 def _fsc_at(a, b, frac):

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import mrcfile
+import naive_simulate
 import numpy as np
 import pytest
 
 from emflow import fourier
-from emflow.demo.phantom import (
-    acquisition_order, footprint_mask, particle_radius_px, paste_patches, place_particles, resample_map,
-)
 from emflow.ctf import CTF, ctf_2d, ctf_zeros
 from emflow.demo.data import structure_path
 from emflow.demo.metadata import spa_image_names, spa_particle_columns, tilt_series_info, tomo_truth_star
+from emflow.demo.phantom import (
+    acquisition_order,
+    footprint_mask,
+    particle_radius_px,
+    paste_patches,
+    place_particles,
+    resample_map,
+)
+from emflow.demo.simulate import noisy_picks, simulate_spa, simulate_tilt_series, tilt_range
 from emflow.errors import InputError
 from emflow.geometry import tilt_matrix
 from emflow.io import read_info_json, read_mrc, read_star, write_info_json, write_mrc, write_particles_star, write_star
 from emflow.projection import project, project_real
-from emflow.demo.simulate import noisy_picks, simulate_spa, simulate_tilt_series, tilt_range
-
-import naive_simulate
 
 APIX_TOMO = 10.48  # 20S proteasome, box 20: five particles fit a 128 x 128 x 32 slab
 TILTS = np.arange(-50.0, 50.1, 10.0)  # 11 tilts, includes 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from naive_spa import frc_score, transform_image
 
 from emflow.errors import InputError
 from emflow.spa import align2d, cmp, refine2d
-from naive_spa import frc_score, transform_image
 
 
 def _test_image(n=48):

@@ -8,20 +8,29 @@ import numpy as np
 import pytest
 
 from emflow import filters, fourier
-from emflow.demo.phantom import resample_map
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.demo.data import structure_path
+from emflow.demo.phantom import resample_map
 from emflow.errors import InputError
 from emflow.fsc import FSCCurve, fsc
-from emflow.geometry import random_rotations, tilt_matrix
+from emflow.geometry import random_rotations, rotvec_to_matrix, tilt_matrix
 from emflow.io import read_mrc
-from emflow.geometry import rotvec_to_matrix
-from emflow.sta.postprocess import evaluate_alignment, next_resolution, postprocess_halves
 from emflow.projection import VolumeProjector
 from emflow.rotate import rotate_volume
+from emflow.sta.postprocess import evaluate_alignment, next_resolution, postprocess_halves
 from emflow.sta.spt_files import read_state, read_tables, write_state, write_tables
-from emflow.sta.spt_refine import (AlignParams, ParticleTable, RefineState, align_mode, align_particles_p, chunk_ranges,
-                               parse_iters, parse_keep, reconstruct_halves, select_subtilts)
+from emflow.sta.spt_refine import (
+    AlignParams,
+    ParticleTable,
+    RefineState,
+    align_mode,
+    align_particles_p,
+    chunk_ranges,
+    parse_iters,
+    parse_keep,
+    reconstruct_halves,
+    select_subtilts,
+)
 from emflow.sta.subtilt_refine import refine_subtilts
 
 APIX = 10.48

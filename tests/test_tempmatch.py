@@ -3,16 +3,16 @@ accuracy on a synthetic tomogram with known particles, a missing wedge, gold and
 
 from __future__ import annotations
 
+import naive_tempmatch as naive
 import numpy as np
 import pytest
 import scipy.fft
 import scipy.ndimage
 
-from emflow.sta import picks as pk
-from emflow.sta import tempmatch as tm
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.masks import soft_sphere
-import naive_tempmatch as naive
+from emflow.sta import picks as pk
+from emflow.sta import tempmatch as tm
 
 TILTS = np.arange(-60.0, 60.1, 3.0)
 SNR = 0.1  # signal variance inside particles / noise variance, before the wedge

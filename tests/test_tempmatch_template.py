@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_resample import gaussian, moments
 
 from emflow.sta.tempmatch_template import contrast_sign, mask_radius_px, mirror_z, prepare_template
-from test_resample import gaussian, moments
 
 
 def test_contrast_sign():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from emflow.sta import tomo
-from emflow.geometry import tilt_matrix
-
 from naive_tomo import backproject as naive_backproject
+
+from emflow.geometry import tilt_matrix
+from emflow.sta import tomo
 
 
 def _render_points(points_xyz, amplitudes, tilts_deg, shape_yx, sigma=1.0, axis_rot=0.0):
@@ -146,8 +145,8 @@ def test_simulated_particles_reconstruct_at_their_truth_positions():
     """Simulator and WBP share the tilt geometry: the dark blobs of a reconstructed simulated
     tilt series (CTF, noise-free) sit at the true particle centres, off-centre in x, y and z."""
     from emflow.demo.data import structure_path
-    from emflow.io import read_mrc
     from emflow.demo.simulate import simulate_tilt_series
+    from emflow.io import read_mrc
 
     ref, apix_ref = read_mrc(structure_path("proteasome20S"))
     tilts = np.arange(-60.0, 60.1, 4.0)

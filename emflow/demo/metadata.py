@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from emflow.demo.simulate import SpaTruth, TiltSeriesTruth
 from emflow.geometry import matrix_to_relion
 from emflow.io import add_boxes
-from emflow.demo.simulate import SpaTruth, TiltSeriesTruth
 
 __all__ = ["tilt_series_info", "tomo_truth_star", "spa_particle_columns", "spa_image_names"]
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from emflow import fourier
+from emflow.ctf import CTF, dose_weight
 from emflow.demo.phantom import (
     acquisition_order,
     ctf_stack,
@@ -46,7 +47,6 @@ from emflow.demo.phantom import (
     resample_map,
     shift_ramps,
 )
-from emflow.ctf import CTF, dose_weight
 from emflow.errors import InputError
 from emflow.geometry import matrix_to_eman, random_rotations, tilt_matrix
 from emflow.projection import VolumeProjector

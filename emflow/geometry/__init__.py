@@ -21,8 +21,8 @@ from emflow.geometry.euler import (
     rot_x,
     rot_y,
     rot_z,
-    tilt_matrix,
     rotvec_to_matrix,
+    tilt_matrix,
     view_direction,
 )
 from emflow.geometry.orientations import (

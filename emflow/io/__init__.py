@@ -6,8 +6,14 @@ Every writer goes through :func:`atomic_write`; every reader turns malformed inp
 
 from emflow.io._atomic import atomic_write
 from emflow.io.eman_objects import (
-    ctf_from_dict, ctf_from_string, ctf_to_dict, ctf_to_string, is_ctf_dict,
-    is_transform_dict, transform_from_dict, transform_to_dict,
+    ctf_from_dict,
+    ctf_from_string,
+    ctf_to_dict,
+    ctf_to_string,
+    is_ctf_dict,
+    is_transform_dict,
+    transform_from_dict,
+    transform_to_dict,
 )
 from emflow.io.fsc_txt import read_fsc_txt, write_fsc_txt
 from emflow.io.hdf import HdfStackWriter, hdf_count, read_hdf_header, read_hdf_stack, write_hdf_stack

@@ -29,7 +29,12 @@ from emflow._numba import jit
 from emflow.errors import InputError
 from emflow.io._atomic import atomic_write
 from emflow.io.eman_objects import (
-    TRANSFORM_CLASS, ctf_from_string, ctf_to_string, is_ctf_dict, is_transform_dict, transform_from_dict,
+    TRANSFORM_CLASS,
+    ctf_from_string,
+    ctf_to_string,
+    is_ctf_dict,
+    is_transform_dict,
+    transform_from_dict,
 )
 
 _GROUP = "/MDF/images"

@@ -190,6 +190,7 @@ def check_contrast(stack: np.ndarray, declared: str, source: str, z_bar: float =
 
 
 def ctf_header(c: CTF, apix: float) -> dict:
+    """EMAN2 image attributes (``ctf`` object) of one particle's CTF."""
     from emflow.io import ctf_to_dict
 
     return ctf_to_dict({"defocus": c.defocus_um, "dfdiff": c.dfdiff_um, "dfang": c.dfang_deg, "bfactor": c.bfactor,

@@ -150,7 +150,6 @@ def projection_orientations(opts: RefineOptions, rng: np.random.Generator | None
 
 def project3d(model: np.ndarray, eulers: np.ndarray, projector: str = "standard") -> np.ndarray:
     """Reference projections (e2project3d) followed by ``normalize.circlemean`` (e2refine)."""
-    from emflow.filters import normalize_circlemean
     from emflow.geometry import eman_to_matrix
     from emflow.projection import project, project_real
 

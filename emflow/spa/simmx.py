@@ -139,6 +139,7 @@ def fourier_align_and_score(moving, targets, ptcl_idx, proj_idx, opts: SimmxOpti
 
 
 def particles_scale(opts: SimmxOptions) -> float:
+    """Pixel-size factor of the particles as simmx sees them (the shrink, at least 1)."""
     return float(max(1, int(opts.shrink)))
 
 

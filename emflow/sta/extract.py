@@ -42,10 +42,10 @@ import numpy as np
 from emflow import fourier
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.errors import InputError
-from emflow.pixel_size import check_pixel_size
 from emflow.geometry import tilt_matrix
 from emflow.io import boxes_from_info, read_info_json, tlt_params
 from emflow.masks import soft_circle
+from emflow.pixel_size import check_pixel_size
 from emflow.reconstruct import Reconstructor
 
 __all__ = [

@@ -47,7 +47,6 @@ Conventions
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from emflow.errors import InputError

@@ -30,12 +30,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from emflow.sta import align3d
-
 from emflow import filters, fourier, masks
 from emflow.geometry import eman_to_matrix, get_symmetry, orientations, random_rotations
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
+from emflow.sta import align3d
 
 __all__ = ["SGDParams", "SGDResult", "sgd_initial_model", "postprocess_map", "align_coarse_to_fine"]
 

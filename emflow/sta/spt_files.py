@@ -18,8 +18,16 @@ import numpy as np
 
 from emflow import fourier
 from emflow.errors import InputError
-from emflow.io import (LstEntry, ctf_from_dict, read_hdf_stack, read_lst, read_mrc, transform_from_dict,
-                       transform_to_dict, write_lst)
+from emflow.io import (
+    LstEntry,
+    ctf_from_dict,
+    read_hdf_stack,
+    read_lst,
+    read_mrc,
+    transform_from_dict,
+    transform_to_dict,
+    write_lst,
+)
 from emflow.sta.spt_refine import ParticleTable, RefineState
 
 __all__ = ["gather_metadata", "write_tables", "read_tables", "write_state", "read_state", "ImageLoader",

@@ -24,19 +24,17 @@ clipped to the particle box ``b``), so kernels do no I/O and a job loads only it
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Callable, Sequence
 
 import numpy as np
-
-from emflow.sta import align3d
 
 from emflow import fourier
 from emflow.ctf import CTF, ctf_2d_stack
 from emflow.errors import InputError
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
+from emflow.sta import align3d
 
 __all__ = ["ITER_KEY", "parse_iters", "parse_keep", "ParticleTable", "RefineState", "AlignParams",
            "align_particles_p", "select_subtilts", "reconstruct_halves", "chunk_ranges", "edge_mean_subtract",

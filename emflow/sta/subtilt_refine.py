@@ -40,12 +40,11 @@ import numba
 import numpy as np
 import scipy.optimize
 
-from emflow.sta import align3d
-
 from emflow import fourier
 from emflow.ctf import CTF, _chi
 from emflow.geometry import rotvec_to_matrix
 from emflow.projection import VolumeProjector
+from emflow.sta import align3d
 from emflow.sta.spt_refine import ParticleTable, RefineState
 
 __all__ = ["neighbours", "refine_subtilts"]

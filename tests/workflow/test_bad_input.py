@@ -16,10 +16,10 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
+from workflow_runner import REPO, run_script, run_snakemake
 
 from emflow.errors import InputError
 from emflow.io import atomic_write, write_info_json, write_mrc, write_tlt
-from workflow_runner import REPO, run_script, run_snakemake
 
 TILTS = np.arange(-30.0, 31.0, 10.0)  # 7 tilts
 

@@ -20,9 +20,9 @@ import filecmp
 
 import numpy as np
 import pytest
+from workflow_runner import run_tiny_workflow
 
 from emflow.io import read_hdf_stack, read_mrc, read_star
-from workflow_runner import run_tiny_workflow
 
 TOL_REL = 1e-5
 TOMO = "demo_01"

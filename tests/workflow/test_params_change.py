@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from test_rerun import planned_jobs
 from workflow_runner import copy_run, run_snakemake
 

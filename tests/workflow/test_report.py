@@ -15,12 +15,11 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from emflow.pipeline import plots
+from workflow_runner import run_snakemake
 
 from emflow.demo import scores
 from emflow.geometry import get_symmetry, random_rotations
-from workflow_runner import run_snakemake
+from emflow.pipeline import plots
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -91,8 +90,8 @@ def test_map_vs_truth_resolution_hand_and_symmetry():
     import mrcfile
 
     from emflow.demo.data import structure_path
-    from emflow.filters import lowpass_tophat
     from emflow.demo.simulate import resample_map
+    from emflow.filters import lowpass_tophat
 
     with mrcfile.open(structure_path("proteasome20S")) as m:
         ref, ap = np.asarray(m.data, np.float32), float(m.voxel_size.x)

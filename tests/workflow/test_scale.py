@@ -14,8 +14,7 @@ import math
 
 import pytest
 import yaml
-
-from workflow_runner import copy_workflow, dry_run, REPO
+from workflow_runner import REPO, copy_workflow, dry_run
 
 pytestmark = [pytest.mark.workflow]
 

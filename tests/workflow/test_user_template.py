@@ -16,7 +16,6 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
-
 from workflow_runner import copy_run, run_snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]

@@ -35,6 +35,9 @@ SNAKEMAKE_TIMEOUT_S = 600
 # results/ subfolders that record how a run went, not what it computed (timestamps, durations)
 # (the run-time report is drawn from the benchmarks)
 RUN_RECORDS = ("results/logs", "results/benchmarks", "results/report/runtimes")
+# temporary outputs (Snakemake's temp()): deleted once their consumers ran, so a run that stopped
+# between them may still hold some
+TEMPORARY = ("results/extract/chunks",)
 
 
 def run_script(name: str, *, input: dict, output: dict, params: dict | None = None,
@@ -171,7 +174,7 @@ def result_files(root: pathlib.Path) -> list[pathlib.Path]:
     files = []
     for p in (root / "results").rglob("*"):
         rel = p.relative_to(root)
-        if p.is_file() and not str(rel).startswith(RUN_RECORDS):
+        if p.is_file() and not str(rel).startswith(RUN_RECORDS + TEMPORARY):
             files.append(rel)
     return sorted(files)
 

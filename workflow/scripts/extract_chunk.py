@@ -13,12 +13,17 @@ import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write, read_info_json  # noqa: E402
 from emflow.sta.extract import (  # noqa: E402
-    ExtractParams, TiltGeometry, TiltSource, extract_to_files, open_tilt_series, particles_per_block,
+    ExtractParams,
+    TiltGeometry,
+    TiltSource,
+    extract_to_files,
+    open_tilt_series,
+    particles_per_block,
 )
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM; ``ru_maxrss`` would include the parent's over fork + exec)."""
+    """Peak RSS of this process (VmHWM; ``ru_maxrss`` would include the parent's over fork + exec)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

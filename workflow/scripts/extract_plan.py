@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.io import atomic_write  # noqa: E402
 from emflow.io.tiltseries import tilt_series_shape  # noqa: E402
-from emflow.sta.extract import chunk_bounds, check_picks, extraction_boxes, read_picks  # noqa: E402
+from emflow.sta.extract import check_picks, chunk_bounds, extraction_boxes, read_picks  # noqa: E402
 
 
 def main(inp, out, wildcards, extract: dict, thickness_unbin_px: int) -> None:

@@ -11,10 +11,10 @@ log = setup_logging(snakemake)  # noqa: F821
 import numpy as np  # noqa: E402
 
 from emflow.errors import InputError  # noqa: E402
-from emflow.sta.importer import IMOD_TILT_SIGN, build_info  # noqa: E402
 from emflow.io import write_info_json, write_tlt  # noqa: E402
 from emflow.io.tiltseries import tilt_series_apix, tilt_series_shape  # noqa: E402
 from emflow.sta.import_picks import declared_thickness_unbin  # noqa: E402
+from emflow.sta.importer import IMOD_TILT_SIGN, build_info  # noqa: E402
 
 
 def main(tilt_series, out_tlt, out_info, entry, apix, voltage_kv, cs_mm, ampcont, apix_override=None):

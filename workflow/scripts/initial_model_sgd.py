@@ -8,10 +8,10 @@ import os  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.sta.align3d import SubtiltParticle  # noqa: E402
-from emflow.sta.initial_model import SGDParams, sgd_initial_model  # noqa: E402
 from emflow.io import atomic_write, read_hdf_stack, read_lst, transform_from_dict, write_hdf_stack, write_mrc  # noqa: E402
 from emflow.pixel_size import check_pixel_size  # noqa: E402
+from emflow.sta.align3d import SubtiltParticle  # noqa: E402
+from emflow.sta.initial_model import SGDParams, sgd_initial_model  # noqa: E402
 
 
 def load_particles(lst_path, shrink):

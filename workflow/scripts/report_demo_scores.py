@@ -9,11 +9,10 @@ import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.pipeline import plots  # noqa: E402
-
 from emflow.demo import scores  # noqa: E402
 from emflow.geometry import get_symmetry, relion_to_matrix  # noqa: E402
 from emflow.io import atomic_write, read_fsc_txt, read_star  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 sym = get_symmetry(smk.params.sym).matrices

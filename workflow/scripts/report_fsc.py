@@ -4,10 +4,9 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-from emflow.pipeline import plots  # noqa: E402
-
 from emflow.demo import scores  # noqa: E402
 from emflow.io import read_fsc_txt  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 entry = smk.params.entry

@@ -4,8 +4,8 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-from emflow.pipeline import plots  # noqa: E402
 from emflow.io import read_mrc  # noqa: E402
+from emflow.pipeline import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 vol, apix = read_mrc(smk.input.map)

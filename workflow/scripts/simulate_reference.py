@@ -4,8 +4,8 @@ from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-from emflow.io import read_mrc, write_mrc  # noqa: E402
 from emflow.demo.simulate import resample_map  # noqa: E402
+from emflow.io import read_mrc, write_mrc  # noqa: E402
 
 
 def main(tomo_map: str, spa_map: str, out_tomo: str, out_spa: str, apix_tomo: float, apix_spa: float,

@@ -10,8 +10,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.demo.metadata import spa_image_names, spa_particle_columns  # noqa: E402
-from emflow.io import read_mrc, write_mrc, write_particles_star  # noqa: E402
 from emflow.demo.simulate import simulate_spa  # noqa: E402
+from emflow.io import read_mrc, write_mrc, write_particles_star  # noqa: E402
 
 
 def main(reference: str, out_particles: str, out_star: str, out_truth: str, seed: int, spa: dict,

@@ -10,9 +10,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.demo.metadata import tilt_series_info, tomo_truth_star  # noqa: E402
-from emflow.sta.importer import IMOD_TILT_SIGN  # noqa: E402
-from emflow.io import atomic_write, read_mrc, write_info_json, write_mrc, write_star, write_tlt  # noqa: E402
 from emflow.demo.simulate import noisy_picks, simulate_tilt_series  # noqa: E402
+from emflow.io import atomic_write, read_mrc, write_info_json, write_mrc, write_star, write_tlt  # noqa: E402
+from emflow.sta.importer import IMOD_TILT_SIGN  # noqa: E402
 
 
 def main(reference: str, out: dict, tomo_name: str, seed: int, tilts_deg: list, apix: float, voltage_kv: float,

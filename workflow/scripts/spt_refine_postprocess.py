@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write, write_fsc_txt, write_hdf_stack, write_mrc  # noqa: E402
-from emflow.sta.postprocess import next_resolution, postprocess_halves  # noqa: E402
 from emflow.reconstruct import Reconstructor  # noqa: E402
+from emflow.sta.postprocess import next_resolution, postprocess_halves  # noqa: E402
 
 smk = snakemake  # noqa: F821
 inp, out, spt = smk.input, smk.output, smk.params.spt

@@ -8,10 +8,10 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.sta import picks as pk  # noqa: E402
 from emflow.geometry import eman_to_matrix  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, write_star  # noqa: E402
 from emflow.pixel_size import check_pixel_size  # noqa: E402
+from emflow.sta import picks as pk  # noqa: E402
 
 smk = snakemake  # noqa: F821
 cfg = smk.params.picks

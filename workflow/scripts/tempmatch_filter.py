@@ -9,8 +9,8 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.sta import picks as pk  # noqa: E402
 from emflow.io import add_boxes, atomic_write, read_info_json, read_mrc, read_star, write_info_json, write_star  # noqa: E402
+from emflow.sta import picks as pk  # noqa: E402
 
 smk = snakemake  # noqa: F821
 cfg = smk.params.picks

@@ -8,13 +8,13 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emflow.sta import tempmatch as tm  # noqa: E402
-from emflow.sta import tempmatch_template as tt  # noqa: E402
-from emflow.resample import read_user_map  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.geometry import tilt_matrix  # noqa: E402
-from emflow.sta.importer import imod_to_tlt_params  # noqa: E402
 from emflow.io import atomic_write, read_info_json, read_mrc, read_tlt, write_mrc  # noqa: E402
+from emflow.resample import read_user_map  # noqa: E402
+from emflow.sta import tempmatch as tm  # noqa: E402
+from emflow.sta import tempmatch_template as tt  # noqa: E402
+from emflow.sta.importer import imod_to_tlt_params  # noqa: E402
 
 smk = snakemake  # noqa: F821
 cfg, mic = smk.params.tm, smk.params.microscope
