@@ -202,7 +202,9 @@ def read_particles(path: str):
     from emflow.io import ctf_from_dict, read_hdf_stack
 
     stack, headers = read_hdf_stack(path)
-    apix = float(headers[0].get("apix_x", 1.0)) if headers else 1.0
+    from emflow.pixel_size import check_pixel_size
+
+    apix = check_pixel_size(headers[0].get("apix_x") if headers else None, source=path, kind="hdf")
     ctfs = None
     if headers and "ctf" in headers[0]:
         ctfs = []

@@ -8,13 +8,14 @@ import numpy as np  # noqa: E402
 from emflow.filters import normalize_by_mass  # noqa: E402
 from emflow.io import read_hdf_stack, transform_from_dict, write_hdf_stack, write_mrc  # noqa: E402
 from emflow.masks import auto_mask  # noqa: E402
+from emflow.pixel_size import check_pixel_size  # noqa: E402
 from emflow.spa.make3d import make3d, read_structure_factor  # noqa: E402
 from emflow.spa.refine_loop import RefineOptions  # noqa: E402
 
 smk = snakemake  # noqa: F821
 spa = smk.params.spa
 avgs, headers = read_hdf_stack(smk.input.classes)
-apix = float(headers[0].get("apix_x", 1.0))
+apix = check_pixel_size(headers[0].get("apix_x"), source=smk.input.classes, kind="hdf")
 R = np.stack([transform_from_dict(h["xform.projection"])[0] for h in headers])
 w = np.array([h.get("ptcl_repr", 0) for h in headers], float)
 setsf = read_structure_factor(spa["m3dsetsf"], avgs.shape[-1], apix) if spa["m3dsetsf"] else None
