@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -139,6 +140,11 @@ def test_depth_corrected_defocus_beats_midplane_defocus(ribosome):
     far = int(np.argmax(np.abs(truth.positions_px[:, 0])))
     assert good.mean() > bad.mean()
     assert good[far] > bad[far] + 0.01  # measured 0.566 vs 0.549
+    # RELION rlnTomoHand = +1 (tomogram.cpp L280: df += hand · apix · z) turns the gradient around
+    flipped = extract_particles(prepared, dataclasses.replace(geom, defocus_hand=1.0), truth.positions_px,
+                                _params(truth))
+    np.testing.assert_allclose(flipped.defocus_um - truth.defocus_um[flipped.particle],
+                               -(res.defocus_um - truth.defocus_um[res.particle]), atol=1e-12)
 
 
 def test_noisy_extraction_still_finds_the_particle(ribosome):

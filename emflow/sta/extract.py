@@ -82,6 +82,7 @@ class TiltGeometry:
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
     ampcont: float = 0.1
+    defocus_hand: float = -1.0  # RELION rlnTomoHand: df += hand · depth (tomogram.cpp L280)
 
     @property
     def n_tilts(self) -> int:
@@ -109,7 +110,12 @@ class TiltGeometry:
         # the info json's pixel size was established on import; the config value is a check
         apix_unbin = check_pixel_size(info.get("apix_unbin"), source=source or "info json", expected=apix,
                                       kind="json", what="info json (apix_unbin)")
-        return cls(params=params, apix_unbin=apix_unbin,
+        # RELION's hand -1 (IMOD, EMAN2, emflow's own geometry): deeper = closer to focus
+        hand = float(info.get("tomo_hand", -1.0))
+        if hand not in (-1.0, 1.0):
+            raise InputError(f"tomo_hand is {hand}; RELION's rlnTomoHand is -1 or +1", source=source,
+                             fix="set rlnTomoHand in tomograms.star to -1 or +1")
+        return cls(params=params, apix_unbin=apix_unbin, defocus_hand=hand,
                    defocus_um=None if df is None else np.asarray(df, dtype=np.float64),
                    phase_deg=np.asarray(phase, dtype=np.float64),
                    voltage_kv=float(info.get("voltage", voltage_kv)), cs_mm=float(info.get("cs", cs_mm)),
@@ -233,7 +239,8 @@ class ExtractParams:
     phase_flip : bool
         CTF phase flipping (needs a defocus per tilt).
     depth_defocus : bool
-        Correct each particle's defocus for its depth (``df − z·apix/10⁴``); False uses the
+        Correct each particle's defocus for its depth (``df + hand·z·apix/10⁴``, hand −1 unless the
+        info json's ``tomo_hand`` (RELION ``rlnTomoHand``) says +1); False uses the
         mid-plane defocus (for comparison only).
     mask_subtilts : bool
         Apply the soft circular mask.
@@ -509,7 +516,7 @@ def iter_extract(
             if geom.defocus_um is not None:
                 df = geom.defocus_um[tt].copy()
                 if params.depth_defocus:
-                    df -= q[pp, tt, 2] * apix / 1e4
+                    df += geom.defocus_hand * q[pp, tt, 2] * apix / 1e4
             if flip:
                 F *= _flip_signs(df, geom.phase_deg[tt], geom, n2, apix)
                 crops = fourier.ift(F, (n2, n2), workers=workers).astype(np.float32, copy=False)
