@@ -179,3 +179,16 @@ def test_symmetry_is_imposed_and_starts_are_ranked():
     for m in res.maps:  # [z, y, x]: a 90° turn about z maps the (y, x) plane onto itself about n//2
         turned = np.roll(np.rot90(m, 1, axes=(1, 2)), 1, axis=1)
         assert np.corrcoef(turned.ravel(), m.ravel())[0, 1] > 0.95
+
+
+def test_blob_radius_is_in_angstrom():
+    """`spa.blob_radius_a`: the blob start's radius in Å (null keeps 0.3 × box); outside the box refused."""
+    from emflow.errors import InputError
+    from emflow.spa.initial_model import blob_model
+
+    blob = blob_model(64, 2.0, radius_a=20.0, width_a=0.5)  # 10 px
+    line = blob[32, 32, :]
+    assert line[32 + 9] > 0.9 and line[32 + 11] < 0.1
+    assert blob_model(64, 2.0).sum() > blob.sum()  # default 0.3 · 64 = 19.2 px
+    with pytest.raises(InputError, match="blob radius"):
+        blob_model(64, 2.0, radius_a=80.0)

@@ -113,7 +113,7 @@ def orientgen_for_iteration(orientgen: str | list[str], iteration: int) -> str:
 # say, ``classkeep`` reruns class averaging onwards but not the projections or the simmx.
 STAGE_KEYS = {
     "prepare": ("apix",),
-    "startmodel": ("startingmodel",),
+    "startmodel": ("startingmodel", "blob_radius_a"),
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
               "simmask", "prefilt", "maxshift"),

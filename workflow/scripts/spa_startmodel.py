@@ -8,8 +8,8 @@ import numpy as np  # noqa: E402
 from emflow.errors import InputError  # noqa: E402
 from emflow.filters import lowpass_tophat  # noqa: E402
 from emflow.io import read_hdf_stack, read_mrc, write_mrc  # noqa: E402
-from emflow.masks import soft_sphere  # noqa: E402
 from emflow.pixel_size import check_pixel_size  # noqa: E402
+from emflow.spa.initial_model import blob_model  # noqa: E402
 
 smk = snakemake  # noqa: F821
 spa = smk.params.spa
@@ -17,7 +17,7 @@ stack, headers = read_hdf_stack(smk.input.particles, indices=[0])
 box, apix = stack.shape[-1], check_pixel_size(headers[0].get("apix_x"), source=smk.input.particles, kind="hdf")
 kind = spa["startingmodel"]
 if kind == "blob":
-    model = soft_sphere(box, box * 0.3, box * 0.05)
+    model = blob_model(box, apix, radius_a=spa["blob_radius_a"])
 else:
     source = smk.input.source[0] if kind == "truth_lowpass30" else kind
     model, mapix = read_mrc(source)
