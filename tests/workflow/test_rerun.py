@@ -54,7 +54,7 @@ def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     jobs, current = [], None
     for line in output.splitlines():
         stripped = line.strip()
-        if line.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+        if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint ")) and stripped.endswith(":"):
             current = (stripped.split()[1].rstrip(":"), {})
             jobs.append(current)
         elif current is not None and stripped.startswith("wildcards:"):
