@@ -395,8 +395,8 @@ def test_real_workflow_slurm_equals_local(slurm_cluster, tmp_path):
     assert submitted and set(jobs) == submitted, (jobs, submitted)
     assert set(jobs.values()) == {"COMPLETED"}, jobs
     # every rule job of the run went through sbatch: one SLURM job per planned job (rule `all` is local)
-    # (a checkpoint adds the extraction chunk jobs after the first job stats, so count the job headers)
-    planned = len([r for r in re.findall(r"^(?:rule|checkpoint) (\w+):$", out, re.M) if r != "all"])
+    # (a checkpoint adds the extraction chunk jobs after the first job stats, so count finished jobs)
+    planned = len([r for r in re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)", out, re.M) if r != "all"])
     assert len(jobs) == planned, (len(jobs), planned)
     counts = assert_same_results(local, slurm, rel_tol=1e-4)
     print(f"[slurm] {len(jobs)} SLURM jobs (sacct: all COMPLETED); result files: {counts}")
