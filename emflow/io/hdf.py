@@ -294,6 +294,22 @@ def read_hdf_header(path: str | os.PathLike, index: int = 0) -> dict:
     return header
 
 
+def hdf_image_shape(path: str | os.PathLike, index: int = 0) -> tuple[int, ...]:
+    """Array shape of image ``index`` (``(ny, nx)`` or ``(nz, ny, nx)``) from its dataspace, without
+    reading the data (a tilt series' size before memory is planned)."""
+    with _open_read(path) as f:
+        try:
+            n = _image_count(f, path)
+            if not 0 <= index < n:
+                raise InputError(f"image {index} requested but the file has {n} images", source=path)
+            return tuple(int(s) for s in f[f"{_GROUP}/{index}/image"].shape)
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise InputError(f"damaged HDF5 file ({type(exc).__name__}: {exc})", source=path,
+                             fix="the file is truncated or damaged; re-copy or regenerate it") from None
+
+
 def _decode_image(gid, header: dict, path, index: int, out: np.ndarray | None = None) -> np.ndarray:
     """The image of one group as float32; read straight into ``out`` when its shape matches."""
     try:

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from emflow.errors import InputError
-from emflow.io.hdf import hdf_count, read_hdf_stack
+from emflow.io.hdf import hdf_count, hdf_image_shape, read_hdf_header, read_hdf_stack
 from emflow.io.mrc import read_mrc, read_mrc_header
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -56,11 +56,11 @@ def tilt_series_shape(path: str | os.PathLike) -> tuple[int, int, int]:
         n = hdf_count(path)
         if n == 0:
             raise InputError("the HDF tilt series holds no images", source=path)
-        images, _ = read_hdf_stack(path, indices=[0])
-        if images.ndim != 3:
-            raise InputError(f"HDF image 0 has shape {images.shape[1:]}: a tilt series needs one 2D image "
+        shape = hdf_image_shape(path, 0)
+        if len(shape) != 2:
+            raise InputError(f"HDF image 0 has shape {shape}: a tilt series needs one 2D image "
                              "per tilt", source=path, fix="give the tilt series, not a tomogram")
-        return n, int(images.shape[1]), int(images.shape[2])
+        return n, shape[0], shape[1]
     n, ny, nx = read_mrc_header(path)["shape"]
     return int(n), int(ny), int(nx)
 
@@ -70,8 +70,7 @@ def tilt_series_apix(path: str | os.PathLike, *, expected: float | None = None, 
     """Pixel size (Å) of a tilt series from its own header (MRC voxel size, HDF ``apix_x``)."""
     _exists(path)
     if is_hdf5(path):
-        _, (header,) = read_hdf_stack(path, indices=[0])
-        return _check(header.get("apix_x"), path, expected, tol, override)
+        return _check(read_hdf_header(path, 0).get("apix_x"), path, expected, tol, override)
     return _check(float(read_mrc_header(path)["apix"]), path, expected, tol, override)
 
 
@@ -104,8 +103,9 @@ def read_tilt_series(path: str | os.PathLike, *, mmap: bool = True, expected: fl
                              source=path, fix="give the tilt series, not a tomogram")
         apix = _check(headers[0].get("apix_x"), path, expected, tol, override)
         return images, apix
-    apix = _check(float(read_mrc_header(path)["apix"]), path, expected, tol, override)
-    stack, _ = read_mrc(path, mmap=mmap, check_nan=not mmap, check_apix=False)
+    # one open: read_mrc applies the same pixel-size contract (emflow.pixel_size) as _check
+    stack, apix = read_mrc(path, mmap=mmap, check_nan=not mmap, expect_apix=expected, apix_tol=tol,
+                           apix_override=override)
     if stack.ndim == 2:
         stack = stack[None]
     return stack, float(apix)
