@@ -250,8 +250,33 @@ rule spt_refine_truth_summary:
         "../workflow/scripts/spt_refine_truth_summary.py"
 
 
+rule spt_refine_export_tomograms:
+    input:
+        info=[info_json(SimpleNamespace(tomo=t)) for t in tomogram_names()],
+        tilt_series=[TOMOGRAMS[t].tilt_series for t in tomogram_names()],
+    output:
+        star=f"{SPT_PATH}/tomograms.star",
+        tilt_series=directory(f"{SPT_PATH}/tilt_series"),
+    log:
+        f"results/logs/spt_refine/spt_refine_export_tomograms/{SPT_RUN}.log",
+    benchmark:
+        f"results/benchmarks/spt_refine/spt_refine_export_tomograms/{SPT_RUN}.tsv"
+    conda:
+        "../envs/emflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        names=tomogram_names(),
+        thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
+    script:
+        "../workflow/scripts/spt_refine_export_tomograms.py"
+
+
 if config["workflows"]["subtomogram"]:
     FINAL_TARGETS.append(f"{SPT_PATH}/particles_final.star")
+    FINAL_TARGETS.append(f"{SPT_PATH}/tomograms.star")
     if DEMO:
         FINAL_TARGETS.append(f"{SPT_PATH}/truth_eval.json")
         FINAL_TARGETS.extend(f"{SPT_PATH}/fsc_truth_{i:02d}.png" for i in range(1, len(SPT_ITERS) + 1))

@@ -457,3 +457,26 @@ def write_relion5_tomograms(path: str | os.PathLike, tomograms: dict[str, dict],
                      ("rlnTomoSizeY", int(size[1])), ("rlnTomoSizeZ", int(size[2]))):
             glob[k].append(v)
     write_star(path, {"global": glob})
+
+
+def export_relion5_tomograms(path: str | os.PathLike, names, info_paths, tilt_series_paths,
+                             thickness_unbin_px: int) -> None:
+    """``tomograms.star`` (+ per-tilt-series STARs in ``tilt_series/`` beside it) for the tomograms of a
+    refinement, so that its ``particles_final.star`` opens in RELION 5 with its geometry and CTF.
+
+    ``info_paths`` are the tomograms' EMAN2 info json files (``tlt_params``, CTF, ``apix_unbin``,
+    ``tomo_hand``); the tomogram size is the tilt-series image (nx, ny) by the reconstructed
+    thickness in unbinned pixels, the box ``rlnCenteredCoordinate*Angst`` are measured in.
+    """
+    import json
+
+    from emflow.io.tiltseries import tilt_series_shape
+
+    tomograms = {}
+    for name, info_path, ts in zip(names, info_paths, tilt_series_paths, strict=True):
+        with open(info_path) as f:
+            info = json.load(f)
+        _, ny, nx = tilt_series_shape(ts)
+        tomograms[str(name)] = {"info": info, "tilt_series": os.path.abspath(ts),
+                                "size_xyz": (nx, ny, int(thickness_unbin_px))}
+    write_relion5_tomograms(path, tomograms)

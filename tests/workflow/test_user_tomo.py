@@ -235,6 +235,36 @@ def test_exported_particles_read_back_as_relion5(user_tomo_run):
     assert p.eulers_eman is not None and np.isfinite(p.eulers_eman).all()
 
 
+def test_exported_tomograms_star_carries_the_input_geometry(user_tomo_run):
+    """tomograms.star beside particles_final.star (RELION 5 layout) holds each tilt's projection
+    geometry and CTF as imported, and the particles read through it land on the true ones."""
+    import json
+
+    from emflow.io.relion_tomo import (
+        particles_by_tomogram,
+        read_relion_tomograms,
+        relion_particles,
+        relion_tilt_series_info,
+    )
+
+    work, truth, _ = user_tomo_run
+    (star,) = (work / "results").glob("spt*/**/particles_final.star")
+    tomo = read_relion_tomograms(star.parent / "tomograms.star")[NAME]
+    exported = relion_tilt_series_info(tomo)
+    imported = json.loads((work / "results" / "import" / "info" / f"{NAME}_info.json").read_text())
+    np.testing.assert_allclose(np.asarray(exported["tlt_params"])[:, :5],
+                               np.asarray(imported["tlt_params"])[:, :5], atol=1e-3)
+    np.testing.assert_allclose(exported["defocus"], imported["defocus"], atol=1e-4)
+    if (work / "user_data" / "relion" / "tomograms.star").exists():  # the user's own RELION 5 project
+        source = relion_tilt_series_info(read_relion_tomograms(work / "user_data" / "relion" / "tomograms.star")[NAME])
+        np.testing.assert_allclose(exported["tlt_params"], source["tlt_params"], atol=1e-3)
+    assert tomo.size_xyz[:2] == SHAPE[:2] and tomo.apix == pytest.approx(APIX)
+    table, optics, groups = particles_by_tomogram(star)
+    p = relion_particles(table, optics, groups[NAME], apix=tomo.apix, size_xyz=tomo.size_xyz, source=star)
+    s, _ = scores.score_tomogram_picks(p.coords, None, truth)
+    assert s["precision"] == 1.0 and s["true_positives"] == len(p.coords), s
+
+
 def test_eman2_project_as_is(tmp_path):
     """``input.source: eman2_project`` on an EMAN2 folder as e2import/e2spt_boxer leave it (HDF tilt
     series, info json with two classes): the import keeps both classes' names and box sizes, the
