@@ -11,14 +11,14 @@ Every filter takes ``ndim`` (default: all axes of ``x``): with ``ndim=2`` a stac
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import numpy as np
 import scipy.fft
 
 from emflow.errors import InputError
-from emflow.fsc import FSCCurve, _radius_grid, shell_index
+from emflow.fourier import radius_grid
+from emflow.fsc import FSCCurve, _shell_grid, shell_index
 
 __all__ = [
     "freq_grid_inv_a",
@@ -48,20 +48,7 @@ def freq_grid_inv_a(shape: Sequence[int], apix: float) -> np.ndarray:
     Returns a read-only float64 array of shape ``shape[:-1] + (shape[-1]//2 + 1,)`` (unshifted
     layout), cached per (shape, apix).
     """
-    return _freq_grid_cached(tuple(int(n) for n in shape), float(apix))
-
-
-@functools.lru_cache(maxsize=4)
-def _freq_grid_cached(shape: tuple[int, ...], apix: float) -> np.ndarray:
-    s2 = None
-    for ax, n in enumerate(shape):
-        last = ax == len(shape) - 1
-        k = np.fft.rfftfreq(n, d=apix) if last else np.fft.fftfreq(n, d=apix)
-        k2 = (k * k).reshape([-1 if i == ax else 1 for i in range(len(shape))])
-        s2 = k2 if s2 is None else s2 + k2
-    s = np.sqrt(s2)
-    s.setflags(write=False)
-    return s
+    return radius_grid(shape, apix=float(apix))
 
 
 def _check_apix(apix: float) -> float:
@@ -196,7 +183,7 @@ def normalize(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 def _edge_mask(shape: tuple[int, ...]) -> np.ndarray:
     edge = np.zeros(shape, dtype=bool)
     for ax in range(len(shape)):
-        idx = [slice(None)] * len(shape)
+        idx: list[slice | int] = [slice(None)] * len(shape)
         idx[ax] = 0
         edge[tuple(idx)] = True
         idx[ax] = -1
@@ -233,8 +220,9 @@ def normalize_circlemean(x: np.ndarray, radius: float | None = None, width: floa
     x = np.asarray(x, dtype=np.float32)
     if radius is None:
         radius = min(x.shape) // 2 - 1
-    grids = np.ogrid[tuple(slice(0, n) for n in x.shape)]
-    r = np.sqrt(sum((g - n // 2) ** 2 for g, n in zip(grids, x.shape)))
+    from emflow.masks import radius_grid as real_radius  # masks imports this module
+
+    r = real_radius(x.shape)
     ring = np.abs(r - radius) < width
     if not ring.any():
         raise ValueError(f"normalize_circlemean: radius {radius} selects no pixels in shape {x.shape}")
@@ -279,7 +267,7 @@ def radial_profile(x: np.ndarray, kind: str = "power", workers: int = -1) -> np.
 
 def _shell_lookup(shape: tuple[int, ...], values: np.ndarray, fill: float) -> np.ndarray:
     """Per-rfft-element value of a per-shell table (shells beyond the table get ``fill``)."""
-    sh = np.rint(_radius_grid(tuple(shape))).astype(np.int64)
+    sh = _shell_grid(tuple(shape))
     table = np.append(np.asarray(values, dtype=np.float64), fill)
     return table[np.minimum(sh, len(values))]
 
