@@ -9,6 +9,7 @@ import pytest
 import scipy.fft
 import scipy.ndimage
 
+from emflow.filters import bandpass_profile
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.masks import soft_sphere
 from emflow.sta import picks as pk
@@ -80,7 +81,7 @@ def template(request):
 
 def wedge_weight(box, apix=20.96):
     w = tm.tilt_weight(box, tilt_matrix(TILTS))
-    return w * tm.bandpass(tm.radial_frequency((box,) * 3), apix, 2.5 * apix, None, 2.0 / box)
+    return w * bandpass_profile(tm.radial_frequency((box,) * 3), apix, 2.5 * apix, None, "cosine", 2.0 / box)
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -123,24 +123,6 @@ def radial_frequency(shape: tuple[int, ...]) -> np.ndarray:
     return fourier.radius_grid(shape).astype(np.float32)
 
 
-def bandpass(freq: np.ndarray, apix: float, lowpass_res_a: float | None, highpass_res_a: float | None,
-             edge: float) -> np.ndarray:
-    """Band-pass with raised-cosine edges of width ``edge`` (cycles/px) at the given resolutions (Å).
-
-    ``freq`` in cycles/px; ``None`` switches a side off. Returns float32 of ``freq``'s shape.
-    """
-    out = np.ones(freq.shape, np.float32)
-    if lowpass_res_a:
-        fc = apix / lowpass_res_a
-        t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
-        out *= (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    if highpass_res_a:
-        fc = apix / highpass_res_a
-        t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
-        out *= (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    return out
-
-
 def tilt_radial_weights(box: int, apix: float, n_tilts: int, *, ctf_mode: str = "none",
                         defocus_um=None, voltage_kv: float = 300.0, cs_mm: float = 2.7,
                         ampcont: float = 0.1, exposure_e_a2=None) -> np.ndarray:
