@@ -61,7 +61,8 @@ KNOWN_SPA = {
 def _defaults(obj) -> dict:
     if dataclasses.is_dataclass(obj):
         return {f.name: f.default for f in dataclasses.fields(obj) if f.default is not dataclasses.MISSING}
-    return {k: p.default for k, p in inspect.signature(obj).parameters.items() if p.default is not inspect.Parameter.empty}
+    params = inspect.signature(obj).parameters.items()
+    return {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
 
 
 def _cases():

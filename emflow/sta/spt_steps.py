@@ -195,9 +195,10 @@ def truth_eval_iteration(*, inp: Mapping, out: Mapping[str, str], it: int, shrin
     with atomic_write(out["json"]) as tmp, open(tmp, "w") as f:
         json.dump(res, f, indent=1)
     s_gold, f_gold = read_fsc_txt(inp["fsc_masked"])
+    title = (f"iteration {res['iteration']:02d} ({res['kind']}): {res['median_orientation_deg']:.2f}°, "
+             f"{res['median_translation_px']:.2f} px median error")
     plots.fsc_curves([(f"gold standard, masked ({res['gold_0143_a']:.1f} Å at 0.143)", s_gold, f_gold),
                       (f"vs truth ({res['fsc_truth_05_a']:.1f} Å at 0.5)", res["freq_inv_a"], res["fsc_truth"])],
-                     out["png"], f"iteration {res['iteration']:02d} ({res['kind']}): "
-                                 f"{res['median_orientation_deg']:.2f}°, {res['median_translation_px']:.2f} px median error")
+                     out["png"], title)
     log.info("iteration %s (%s): gold %.1f Å, vs truth %.1f Å (0.5), %.2f°, %.2f px", res["iteration"], res["kind"],
              res["gold_0143_a"], res["fsc_truth_05_a"], res["median_orientation_deg"], res["median_translation_px"])

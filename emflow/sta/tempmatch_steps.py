@@ -48,7 +48,8 @@ def _read_template(template: str, template_mask: Sequence[str], cfg: Mapping, ap
         if not cfg["template"]:
             raise InputError("tempmatch.template_mask is set but tempmatch.template is not",
                              source="tempmatch.template_mask",
-                             fix="give the template the mask belongs to (tempmatch.template), or set template_mask: null")
+                             fix="give the template the mask belongs to (tempmatch.template), "
+                                 "or set template_mask: null")
         mask, apix_mask = read_user_map(template_mask[0], "tempmatch.template_mask", apix_override["template_mask"])
         if mask.shape != tmpl.shape or abs(apix_mask - apix_tmpl) > 0.01 * apix_tmpl:
             raise InputError(f"the template mask ({mask.shape}, {apix_mask:.3f} Å/px) is not on the template's grid "
