@@ -201,3 +201,19 @@ def sgd_convergence(mean_score: np.ndarray, map_change: np.ndarray, path: str | 
     a.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def tomogram_slices(slices: Mapping[str, np.ndarray], limits: tuple[float, float], shape_zyx: tuple[int, int, int],
+                    apix: float, title: str, path: str | os.PathLike) -> None:
+    """Central XY, XZ and YZ slices of a tomogram (:func:`emflow.sta.tomo.central_slices`) on one
+    grey scale ``limits``, panel widths in proportion to the slices."""
+    nz, ny, nx = shape_zyx
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[nx, nx, ny])
+    for ax, (name, img) in zip(axes, slices.items()):
+        ax.imshow(img, cmap="gray", vmin=limits[0], vmax=limits[1], origin="lower", interpolation="nearest")
+        ax.set_title(f"{name} (central)")
+        ax.set_xlabel({"XY": "x", "XZ": "x", "YZ": "y"}[name] + " (px)")
+        ax.set_ylabel({"XY": "y", "XZ": "z", "YZ": "z"}[name] + " (px)")
+    fig.suptitle(f"{title}: {nx}×{ny}×{nz} at {apix:.3g} Å/px")
+    _save(fig, path)

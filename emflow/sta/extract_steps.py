@@ -29,8 +29,9 @@ from emflow.sta.extract import (
     particles_per_block,
     read_picks,
 )
+from emflow.sta.sets import set_entries, write_set
 
-__all__ = ["plan_extraction", "extract_chunk", "gather_chunks", "peak_rss_mb"]
+__all__ = ["plan_extraction", "extract_chunk", "gather_chunks", "build_set", "peak_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +153,26 @@ def gather_chunks(*, plan_path: str, chunk_summaries: Sequence[str], subtilts: S
     log.info("%d particles, %d subtilts from %d chunk(s) (%.1f s of chunk jobs, peak %.0f MB) joined in %.1f s",
              len(coords), summary["n_subtilts"], len(chunks), sum(c["seconds"] for c in chunks),
              max(c["peak_rss_mb"] for c in chunks), time.monotonic() - start)
+
+
+def build_set(particles3d: Sequence[str], summaries: Sequence[str], out_lst: str, spliteo: bool) -> None:
+    """Per-tomogram 3D particle files of one label (and their extraction summaries) → the set
+    ``sets/<label>.lst`` (e2spt_buildsets), even/odd classes when ``spliteo``."""
+    groups = []
+    coords: list = []
+    for path, summary_path in zip(particles3d, summaries):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        coords = [p["xyz_unbin"] for p in summary["particle_table"]]
+        log.info("%s: %d particles", path, len(coords))
+        groups.append((path, coords))
+    if not any(coords for _, coords in groups):
+        # An empty set is bad input for averaging/refinement; it is only logged here because the tiny
+        # test config (.test/config.yaml) yields no template-matching picks (see docs/report.md).
+        log.error("EMPTY SET %s: no particles in any tomogram (%d searched; see the 'excluded' lists in %s). "
+                  "Fix: check the picks of this label (picks.min_score / threshold, extract.skip_edge, "
+                  "extract.boxsize_unbin)", out_lst, len(groups), ", ".join(map(str, summaries)))
+    entries = set_entries(groups, spliteo=spliteo)
+    write_set(out_lst, entries)
+    n_odd = sum(e.meta.get("class", 0) for e in entries)
+    log.info("%s: %d particles (%d class 1, %d class 0)", out_lst, len(entries), n_odd, len(entries) - n_odd)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from emflow.errors import InputError
-from emflow.geometry import angle_between
+from emflow.geometry import angle_between, matrix_to_eman
 from emflow.io import atomic_write, read_fsc_txt, read_hdf_stack, read_lst, write_fsc_curve, write_hdf_stack, write_mrc
+from emflow.io.relion_tomo import write_relion5_particles
 from emflow.pipeline import plots
 from emflow.pipeline.log import progress_logger
 from emflow.pixel_size import check_pixel_size
@@ -31,10 +33,19 @@ from emflow.sta.spt_files import (
     write_state,
     write_tables,
 )
-from emflow.sta.spt_refine import AlignParams, RefineState, align_particles_p, chunk_ranges
+from emflow.sta.spt_refine import (
+    AlignParams,
+    RefineState,
+    align_particles_p,
+    chunk_ranges,
+    parse_keep,
+    reconstruct_halves,
+    select_subtilts,
+)
 from emflow.sta.subtilt_refine import refine_subtilts
 
-__all__ = ["setup_run", "align_chunk", "merge_partial_halves", "postprocess_iteration", "truth_eval_iteration"]
+__all__ = ["setup_run", "align_chunk", "gather_chunks", "reconstruct_chunk", "merge_partial_halves",
+           "postprocess_iteration", "export_relion", "truth_eval_iteration", "summarize_truth_evals"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +141,42 @@ def align_chunk(*, inp: Mapping[str, str], chunk_out: str, it: int, chunk: int, 
                  score2d=new.score2d[rows], ddef_um=new.ddef_um[rows])
 
 
+def gather_chunks(*, info3d: str, info2d: str, ali3d: str, ali2d: str, chunks: Sequence[str], ali3d_out: str,
+                  ali2d_out: str) -> None:
+    """Chunk results of one iteration (:func:`align_chunk`) → aliptcls3d_XX.lst / aliptcls2d_XX.lst (input order)."""
+    table = read_tables(info3d, info2d)
+    state = read_state(table, ali3d, ali2d)
+    for path in chunks:
+        with np.load(path) as d:
+            p, r = d["particles"], d["rows"]
+            state.rot[p], state.shift[p], state.score3d[p] = d["rot"], d["shift"], d["score3d"]
+            state.drot[r], state.dshift[r] = d["drot"], d["dshift"]
+            state.score2d[r], state.ddef_um[r] = d["score2d"], d["ddef_um"]
+    write_state(table, state, ali3d_out, ali2d_out)
+    log.info("%d chunks, mean particle score %.4f", len(chunks), float(state.score3d.mean()))
+
+
+def reconstruct_chunk(*, inp: Mapping[str, str], rec_out: str, chunk: int, spt: Mapping, microscope: Mapping) -> None:
+    """Partial even/odd reconstruction of one particle chunk (keep + score weights) → npz (summed by
+    :func:`merge_partial_halves`). ``inp`` maps info3d, info2d, ali3d, ali2d, even to paths."""
+    table = read_tables(inp["info3d"], inp["info2d"])
+    state = read_state(table, inp["ali3d"], inp["ali2d"])
+    ref, apix = read_map(inp["even"])
+    if apix is None:
+        raise InputError("the reference has no pixel size", source=inp["even"], fix="rerun spt_refine_setup")
+    box = ref.shape[0]
+    keep, w = select_subtilts(table, state, parse_keep(spt["keep"]))  # global quantiles: same in every chunk
+    a, b = chunk_ranges(table.n3d, spt["chunk_size"])[chunk]
+    rows = table.rows_of(np.arange(a, b))
+    even, odd = reconstruct_halves(table, state, rows, ImageLoader(table, box), box, sym=spt["sym"], keep_mask=keep,
+                                   weights=w, apix=apix, microscope=dict(microscope))
+    with atomic_write(rec_out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, F_even=even.F, W_even=even.W, F_odd=odd.F, W_odd=odd.W, box=box, apix=apix,
+                 n_even=even.n_inserted, n_odd=odd.n_inserted)
+    log.info("particles %d-%d: %d of %d subtilts inserted (even %d, odd %d)", a, b - 1, int(keep[rows].sum()),
+             rows.size, even.n_inserted, odd.n_inserted)
+
+
 def merge_partial_halves(paths: Sequence[str], sym: str) -> tuple[Reconstructor, Reconstructor, int, float]:
     """Sum the partial even/odd reconstructions of the spt_refine_make3d chunks with
     :meth:`emflow.reconstruct.Reconstructor.merge` → ``(even, odd, box, apix)``."""
@@ -175,6 +222,27 @@ def postprocess_iteration(*, recs: Sequence[str], res_in: str, out: Mapping[str,
              res_next)
 
 
+def export_relion(*, info3d: str, info2d: str, ali3d: str, ali2d: str, star_out: str, microscope: Mapping,
+                  shrink: float) -> None:
+    """Final alignments → particles_final.star in RELION 5's tomography layout
+    (:func:`emflow.io.relion_tomo.write_relion5_particles`: optics with rlnTomoTiltSeriesPixelSize,
+    rlnTomoName, rlnCenteredCoordinateX/Y/ZAngst, rlnAngleRot/Tilt/Psi)."""
+    table = read_tables(info3d, info2d)
+    state = read_state(table, ali3d, ali2d)
+    # the refined centre is coord + t (px of the extraction shrink) → unbinned px from the tomogram centre
+    xyz = (table.coord + state.shift) * shrink
+    tomo = np.array([os.path.basename(p).split("__")[0] for p in table.path3d])
+    particles = {name: (xyz[tomo == name], matrix_to_eman(state.rot[tomo == name]))
+                 for name in dict.fromkeys(tomo.tolist())}
+    order = np.concatenate([np.flatnonzero(tomo == name) for name in particles])
+    write_relion5_particles(star_out, particles, apix=float(microscope["apix"]), voltage_kv=microscope["voltage_kv"],
+                            cs_mm=microscope["cs_mm"], ampcont=microscope["ampcont"],
+                            extra={"rlnRandomSubset": (table.cls + 1)[order],
+                                   "rlnLogLikeliContribution": -np.asarray(state.score3d)[order]})
+    log.info("%d particles of %d tomograms written (RELION 5: rlnCenteredCoordinate*Angst, rlnTomoName)", table.n3d,
+             len(particles))
+
+
 def truth_eval_iteration(*, inp: Mapping, out: Mapping[str, str], it: int, shrink: float) -> None:
     """(demo) One iteration vs the simulation truth → truth_eval json + FSC figure (gold standard and
     vs truth). ``inp`` maps info3d, info2d, ali3d, ali2d, threed, fsc_masked, res, truth (list),
@@ -202,3 +270,24 @@ def truth_eval_iteration(*, inp: Mapping, out: Mapping[str, str], it: int, shrin
                      out["png"], title)
     log.info("iteration %s (%s): gold %.1f Å, vs truth %.1f Å (0.5), %.2f°, %.2f px", res["iteration"], res["kind"],
              res["gold_0143_a"], res["fsc_truth_05_a"], res["median_orientation_deg"], res["median_translation_px"])
+
+
+def summarize_truth_evals(evals: Sequence[str], json_out: str) -> None:
+    """(demo) Per-iteration truth evaluations → truth_eval.json (table, the last iteration, pass/fail bars)."""
+    keys = ("iteration", "kind", "aligned_at_a", "gold_0143_a", "fsc_truth_05_a", "fsc_truth_0143_a",
+            "median_orientation_deg", "median_translation_px", "n_inliers", "n_particles")
+    rows = []
+    for path in evals:
+        with open(path) as f:
+            d = json.load(f)
+        rows.append({k: d[k] for k in keys})
+    last = rows[-1]
+    summary = {"iterations": rows, "final": last,
+               "bars": {"truth_05_within_1.3x_gold": last["fsc_truth_05_a"] <= 1.3 * last["gold_0143_a"],
+                        "orientation_le_3deg": last["median_orientation_deg"] <= 3.0,
+                        "translation_le_1px": last["median_translation_px"] <= 1.0}}
+    with atomic_write(json_out) as tmp, open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    for r in rows:
+        log.info("%(iteration)02d %(kind)s gold %(gold_0143_a).1f Å truth0.5 %(fsc_truth_05_a).1f Å "
+                 "%(median_orientation_deg).2f° %(median_translation_px).2f px", r)
