@@ -124,11 +124,8 @@ def external_tomogram(tomogram: str, tilt_series: str, info_path: str, out: str,
                                                            "(remove `tomogram` from the table)")
     header = read_mrc_header(tomogram)
     want = apix_unbin * tomogram_bin
-    if not header["apix"] or abs(header["apix"] - want) > 0.01 * want:
-        raise InputError(f"voxel size {header['apix']:.4g} Å in the header, expected {want:.4g} Å "
-                         f"(tilt series {apix_unbin:.4g} Å × tomogram_bin {tomogram_bin})", source=tomogram,
-                         fix="check tomogram_bin; if only the header is wrong: "
-                             f"python -c \"import mrcfile; mrcfile.open('{tomogram}', 'r+').voxel_size = {want:.4g}\"")
+    check_pixel_size(header["apix"], source=tomogram, expected=want, kind="mrc",
+                     key=f"input.tomograms[].tomogram_bin ({tomogram_bin}) × the tilt series' {apix_unbin:.4g} Å")
     ny, nx = _tilt_image_shape(tilt_series)
     try:
         layout = imod_tomogram_layout(header["shape"], (ny // tomogram_bin, nx // tomogram_bin))
