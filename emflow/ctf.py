@@ -240,9 +240,9 @@ def wiener_filter(
         Spectral SNR, constant or a function of frequency ``s`` (1/Å, rfft-half grid).
     """
     if callable(snr):
-        shape = np.asarray(image).shape[-2:]
-        kx, ky = _freq_components(shape, apix, True)
-        inv = 1.0 / np.maximum(np.asarray(snr(np.sqrt(kx * kx + ky * ky)), dtype=np.float64), 1e-12)
+        ny, nx = np.asarray(image).shape[-2:]
+        kx, ky = _freq_components((ny, nx), apix, True)
+        inv: np.ndarray | float = 1.0 / np.maximum(np.asarray(snr(np.sqrt(kx * kx + ky * ky)), dtype=np.float64), 1e-12)
     else:
         if not snr > 0:
             raise InputError(f"Wiener SNR must be positive, got {snr}", source="snr")
@@ -285,7 +285,7 @@ def ctf_weighted_average(
         raise InputError(f"Wiener SNR must be positive, got {snr}", source="snr")
     n = stack.shape[0]
     w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
-    c2d = ctf_2d_stack(_as_ctf_list(ctfs, n), stack.shape[-2:], apix)
+    c2d = ctf_2d_stack(_as_ctf_list(ctfs, n), (stack.shape[1], stack.shape[2]), apix)
     ft = scipy.fft.rfft2(stack, workers=workers)
     num = np.einsum("i,iyx,iyx->yx", w, c2d, ft)
     den = np.einsum("i,iyx->yx", w, c2d * c2d) + np.float32(1.0 / snr)
@@ -306,7 +306,7 @@ def ctf_zeros(ctf: CTF, n: int, angle_deg: float | None = None) -> np.ndarray:
     b = np.pi * lam * df * 1e4
     w = np.arcsin(ctf.ampcont) + np.deg2rad(ctf.phase_shift_deg)
     # χ(u) = a u² + b u + w. Zeros at χ = kπ; on the rising branch k goes up to χ_max/π, then down.
-    roots = []
+    roots: list[float] = []
     # Rising branch: k = 1, 2, ...; falling branch (Cs > 0): k = kmax, kmax − 1, ... (χ_max = kmax·π).
     ks = set(range(-n - 2, n + 3))
     if a < 0:

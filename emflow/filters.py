@@ -11,17 +11,18 @@ Every filter takes ``ndim`` (default: all axes of ``x``): with ``ndim=2`` a stac
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import numpy as np
 import scipy.fft
 
 from emflow.errors import InputError
-from emflow.fsc import FSCCurve, _radius_grid, shell_index
+from emflow.fourier import radius_grid
+from emflow.fsc import FSCCurve, _shell_grid, shell_index
 
 __all__ = [
     "freq_grid_inv_a",
+    "bandpass_profile",
     "apply_radial_filter",
     "lowpass_tophat",
     "lowpass_gauss",
@@ -48,20 +49,7 @@ def freq_grid_inv_a(shape: Sequence[int], apix: float) -> np.ndarray:
     Returns a read-only float64 array of shape ``shape[:-1] + (shape[-1]//2 + 1,)`` (unshifted
     layout), cached per (shape, apix).
     """
-    return _freq_grid_cached(tuple(int(n) for n in shape), float(apix))
-
-
-@functools.lru_cache(maxsize=4)
-def _freq_grid_cached(shape: tuple[int, ...], apix: float) -> np.ndarray:
-    s2 = None
-    for ax, n in enumerate(shape):
-        last = ax == len(shape) - 1
-        k = np.fft.rfftfreq(n, d=apix) if last else np.fft.fftfreq(n, d=apix)
-        k2 = (k * k).reshape([-1 if i == ax else 1 for i in range(len(shape))])
-        s2 = k2 if s2 is None else s2 + k2
-    s = np.sqrt(s2)
-    s.setflags(write=False)
-    return s
+    return radius_grid(shape, apix=float(apix))
 
 
 def _check_apix(apix: float) -> float:
@@ -132,27 +120,94 @@ def highpass_gauss(x: np.ndarray, apix: float, res_a: float, ndim: int | None = 
     return apply_radial_filter(x, apix, lambda s: 1.0 - np.exp(-(s * s) / (2 * sigma * sigma)), ndim)
 
 
-def bandpass(
-    x: np.ndarray, apix: float, low_res_a: float, high_res_a: float, kind: str = "gauss", ndim: int | None = None
+def bandpass_profile(
+    freq: np.ndarray,
+    apix: float,
+    lowpass_res_a: float | None = None,
+    highpass_res_a: float | None = None,
+    kind: str = "cosine",
+    edge: float | None = None,
 ) -> np.ndarray:
-    """Keep frequencies between 1/low_res_a and 1/high_res_a (``low_res_a > high_res_a``, Å).
+    """The one band-pass: filter values on a grid of frequencies ``freq`` (cycles/px).
 
-    ``kind="gauss"``: product of the Gaussian high-pass at ``low_res_a`` and low-pass at
-    ``high_res_a``; ``kind="tophat"``: sharp band ``1/low_res_a ≤ s ≤ 1/high_res_a``.
+    Vocabulary (as the config keys ``tempmatch.lowpass_res_a`` / ``highpass_res_a``):
+    ``lowpass_res_a`` is the finest detail kept (Å; the low-pass removes frequencies above
+    ``apix / lowpass_res_a`` cycles/px), ``highpass_res_a`` the coarsest (Å; the high-pass removes
+    frequencies below ``apix / highpass_res_a``), so ``lowpass_res_a < highpass_res_a``. ``None`` (or 0)
+    switches a side off.
+
+    Parameters
+    ----------
+    freq : ndarray
+        |k| in cycles/px (e.g. :func:`emflow.fourier.radius_grid`), any float dtype.
+    apix : float
+        Pixel size (Å/px).
+    lowpass_res_a, highpass_res_a : float or None
+        Cut-offs (Å), see above.
+    kind : {"cosine", "gauss", "tophat"}
+        ``cosine``: raised-cosine edges of width ``edge`` (cycles/px) centred on each cut-off (the
+        template-matching filter); ``gauss``: Gaussian high-pass × Gaussian low-pass with σ at the
+        cut-offs; ``tophat``: 1 on ``apix/highpass_res_a ≤ freq ≤ apix/lowpass_res_a``, else 0.
+    edge : float, optional
+        Edge width (cycles/px), required for ``cosine``.
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``freq``.
     """
-    lo, hi = 1.0 / float(low_res_a), 1.0 / float(high_res_a)
-    if lo >= hi:
+    if lowpass_res_a and highpass_res_a and lowpass_res_a >= highpass_res_a:
         raise InputError(
-            f"band-pass limits reversed: low_res_a={low_res_a} Å must be larger than high_res_a={high_res_a} Å",
-            source="bandpass",
+            f"band-pass limits reversed: lowpass_res_a={lowpass_res_a} Å (finest detail kept) must be smaller "
+            f"than highpass_res_a={highpass_res_a} Å (coarsest detail kept)",
+            source="bandpass", fix="swap the two resolutions",
         )
-    if kind == "gauss":
-        return apply_radial_filter(
-            x, apix, lambda s: (1.0 - np.exp(-(s * s) / (2 * lo * lo))) * np.exp(-(s * s) / (2 * hi * hi)), ndim
-        )
-    if kind == "tophat":
-        return apply_radial_filter(x, apix, lambda s: ((s >= lo) & (s <= hi)).astype(np.float32), ndim)
-    raise ValueError(f"bandpass: kind must be 'gauss' or 'tophat', got {kind!r}")
+    out = np.ones(freq.shape, np.float32)
+    if kind == "cosine":
+        if edge is None or not edge > 0:
+            raise ValueError(f"bandpass_profile: kind 'cosine' needs edge > 0 (cycles/px), got {edge}")
+        if lowpass_res_a:
+            fc = apix / lowpass_res_a
+            t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
+            out *= (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+        if highpass_res_a:
+            fc = apix / highpass_res_a
+            t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
+            out *= (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+    elif kind == "gauss":
+        if highpass_res_a:
+            lo = apix / float(highpass_res_a)
+            out *= (1.0 - np.exp(-(freq * freq) / (2 * lo * lo))).astype(np.float32)
+        if lowpass_res_a:
+            hi = apix / float(lowpass_res_a)
+            out *= np.exp(-(freq * freq) / (2 * hi * hi)).astype(np.float32)
+    elif kind == "tophat":
+        if highpass_res_a:
+            out *= freq >= apix / float(highpass_res_a)
+        if lowpass_res_a:
+            out *= freq <= apix / float(lowpass_res_a)
+    else:
+        raise ValueError(f"bandpass: kind must be 'cosine', 'gauss' or 'tophat', got {kind!r}")
+    return out
+
+
+def bandpass(
+    x: np.ndarray,
+    apix: float,
+    lowpass_res_a: float | None = None,
+    highpass_res_a: float | None = None,
+    kind: str = "gauss",
+    edge: float | None = None,
+    ndim: int | None = None,
+) -> np.ndarray:
+    """Band-pass ``x``: keep details between ``lowpass_res_a`` (finest, Å) and ``highpass_res_a`` (coarsest, Å).
+
+    The filter is :func:`bandpass_profile` (same vocabulary and kinds); ``ndim`` as in
+    :func:`apply_radial_filter`.
+    """
+    apix = _check_apix(apix)
+    return apply_radial_filter(
+        x, apix, lambda s: bandpass_profile(s * apix, apix, lowpass_res_a, highpass_res_a, kind, edge), ndim
+    )
 
 
 def phase_randomize(
@@ -196,7 +251,7 @@ def normalize(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 def _edge_mask(shape: tuple[int, ...]) -> np.ndarray:
     edge = np.zeros(shape, dtype=bool)
     for ax in range(len(shape)):
-        idx = [slice(None)] * len(shape)
+        idx: list[slice | int] = [slice(None)] * len(shape)
         idx[ax] = 0
         edge[tuple(idx)] = True
         idx[ax] = -1
@@ -233,8 +288,9 @@ def normalize_circlemean(x: np.ndarray, radius: float | None = None, width: floa
     x = np.asarray(x, dtype=np.float32)
     if radius is None:
         radius = min(x.shape) // 2 - 1
-    grids = np.ogrid[tuple(slice(0, n) for n in x.shape)]
-    r = np.sqrt(sum((g - n // 2) ** 2 for g, n in zip(grids, x.shape)))
+    from emflow.masks import radius_grid as real_radius  # masks imports this module
+
+    r = real_radius(x.shape)
     ring = np.abs(r - radius) < width
     if not ring.any():
         raise ValueError(f"normalize_circlemean: radius {radius} selects no pixels in shape {x.shape}")
@@ -279,7 +335,7 @@ def radial_profile(x: np.ndarray, kind: str = "power", workers: int = -1) -> np.
 
 def _shell_lookup(shape: tuple[int, ...], values: np.ndarray, fill: float) -> np.ndarray:
     """Per-rfft-element value of a per-shell table (shells beyond the table get ``fill``)."""
-    sh = np.rint(_radius_grid(tuple(shape))).astype(np.int64)
+    sh = _shell_grid(tuple(shape))
     table = np.append(np.asarray(values, dtype=np.float64), fill)
     return table[np.minimum(sh, len(values))]
 

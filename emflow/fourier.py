@@ -14,6 +14,7 @@ Conventions (``docs/CONVENTIONS.md``, spec §2.4)
 from __future__ import annotations
 
 import bisect
+import functools
 
 import numpy as np
 import scipy.fft
@@ -154,18 +155,42 @@ def freq_grid(shape, rfft: bool = True) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def radius_grid(shape, rfft: bool = True) -> np.ndarray:
-    """Spatial-frequency radius ``|k|`` in cycles/pixel on the grid of :func:`freq_grid`.
+def radius_grid(shape, rfft: bool = True, apix: float | None = None) -> np.ndarray:
+    """Spatial-frequency radius ``|k|`` on the grid of :func:`freq_grid`: the one Fourier radius grid.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Real-space shape ``(nz, ny, nx)`` or ``(ny, nx)``.
+    rfft : bool
+        Last axis halved (``nx // 2 + 1``), as for ``rfftn``.
+    apix : float, optional
+        Pixel size (Å/px): the radius is then in 1/Å (``fftfreq(n, d=apix)`` per axis) instead of
+        cycles/px.
 
     Returns
     -------
-    ndarray, float64
-        Shape ``shape`` with the last axis halved when ``rfft``; multiply by the box size to get
-        Fourier pixels for a cubic box.
+    ndarray, float64, read-only (cached; copy before writing)
+        Shape ``shape`` with the last axis halved when ``rfft``. Fourier pixels of the x axis are
+        ``radius_grid(shape) * shape[-1]``; a real-space distance from the box centre is
+        :func:`emflow.masks.radius_grid`.
     """
-    g = freq_grid(shape, rfft=rfft)
-    r2 = sum(k * k for k in g)
-    return np.sqrt(np.broadcast_to(r2, np.broadcast_shapes(*[k.shape for k in g])))
+    return _radius_grid_cached(tuple(int(s) for s in shape), bool(rfft), None if apix is None else float(apix))
+
+
+@functools.lru_cache(maxsize=16)
+def _radius_grid_cached(shape: tuple[int, ...], rfft: bool, apix: float | None) -> np.ndarray:
+    d = len(shape)
+    step = 1.0 if apix is None else apix
+    r2: np.ndarray | float = 0.0
+    for i, n in enumerate(shape):
+        f = scipy.fft.rfftfreq(n, d=step) if (rfft and i == d - 1) else scipy.fft.fftfreq(n, d=step)
+        sh = [1] * d
+        sh[i] = f.size
+        r2 = r2 + (f * f).reshape(sh)
+    r = np.sqrt(np.broadcast_to(r2, tuple(n // 2 + 1 if (rfft and i == d - 1) else n for i, n in enumerate(shape))))
+    r.setflags(write=False)
+    return r
 
 
 def _sizes(x: np.ndarray, n, name: str) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.fft
 
 from emflow._numba import jit
+from emflow.fourier import radius_grid
 
 __all__ = [
     "FSCCurve",
@@ -67,25 +68,12 @@ class FSCCurve:
         return bool(np.any(self.fsc < threshold))
 
 
-def _axis_freq_index(n: int, half: bool) -> np.ndarray:
-    """Signed integer frequency indices of an FFT axis (rfft half axis if ``half``)."""
-    if half:
-        return np.arange(n // 2 + 1, dtype=np.float64)
-    return np.fft.fftfreq(n, 1.0 / n)
-
-
 @functools.lru_cache(maxsize=16)
-def _radius_grid(shape: tuple[int, ...]) -> np.ndarray:
-    """|k| in Fourier pixels of the x axis, on the rfft half grid of a real array ``shape``."""
-    nx = shape[-1]
-    r2 = None
-    for ax, n in enumerate(shape):
-        k = _axis_freq_index(n, half=(ax == len(shape) - 1)) * (nx / n)
-        k2 = (k * k).reshape([-1 if i == ax else 1 for i in range(len(shape))])
-        r2 = k2 if r2 is None else r2 + k2
-    r = np.sqrt(r2)
-    r.setflags(write=False)
-    return r
+def _shell_grid(shape: tuple[int, ...]) -> np.ndarray:
+    """Integer shell (``rint`` of |k| in Fourier pixels of the x axis) on the rfft half grid of ``shape``."""
+    shells = np.rint(radius_grid(shape) * shape[-1]).astype(np.int64)
+    shells.setflags(write=False)
+    return shells
 
 
 @functools.lru_cache(maxsize=16)
@@ -109,7 +97,7 @@ def friedel_unique(shape: tuple[int, ...]) -> np.ndarray:
     keep = np.ones(tuple(shape[:-1]) + (nh,), dtype=bool)
     lead = tuple(shape[:-1])
     idx = np.indices(lead).reshape(len(lead), -1)
-    flat = np.ravel_multi_index(idx, lead)
+    flat = np.ravel_multi_index(tuple(idx), lead)
     partner = np.ravel_multi_index(tuple((-idx[i]) % lead[i] for i in range(len(lead))), lead)
     plane_keep = (flat <= partner).reshape(lead)
     keep[..., 0] = plane_keep
@@ -134,7 +122,7 @@ def shell_index(shape: tuple[int, ...]) -> np.ndarray:
         ``round(|k|)`` (Fourier px of the x axis), or ``-1`` where the element duplicates its
         Friedel partner. Read-only and cached per shape.
     """
-    shells = np.rint(_radius_grid(tuple(shape))).astype(np.int64)
+    shells = _shell_grid(tuple(shape)).copy()
     shells[~friedel_unique(tuple(shape))] = -1
     shells.setflags(write=False)
     return shells

@@ -27,7 +27,10 @@ __all__ = [
 
 
 def radius_grid(shape: tuple[int, ...]) -> np.ndarray:
-    """Distance (px, float32) of every pixel/voxel from the box centre ``n // 2``."""
+    """Distance (px, float32) of every pixel/voxel from the box centre ``n // 2``: the one real-space radius grid.
+
+    The Fourier-space radius (cycles/px or 1/Å) is :func:`emflow.fourier.radius_grid`.
+    """
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
     r2 = sum(((g - n // 2).astype(np.float32)) ** 2 for g, n in zip(grids, shape))
     return np.sqrt(r2).astype(np.float32)
@@ -267,14 +270,14 @@ def postprocess_masks(
     vol = np.asarray(vol, dtype=np.float32)
     n = vol.shape[-1]
     choice = automask_threshold(vol, apix, restarget)
-    common = dict(apix=apix, nmaxseed=24, radius=0, restarget=restarget)
     loose = auto_mask(
-        choice.filtered, threshold=0.15 * choice.peak,
-        nshells=int(0.05 * n + 0.5 + 0.75 * restarget / apix) + int(automaskexpand), **common,
+        choice.filtered, apix, threshold=0.15 * choice.peak,
+        nshells=int(0.05 * n + 0.5 + 0.75 * restarget / apix) + int(automaskexpand), nmaxseed=24, radius=0,
+        restarget=restarget,
     )
     tight = auto_mask(
-        choice.filtered, threshold=0.2 * choice.peak,
-        nshells=int(tight_shells_per_restarget * restarget / apix), **common,
+        choice.filtered, apix, threshold=0.2 * choice.peak,
+        nshells=int(tight_shells_per_restarget * restarget / apix), nmaxseed=24, radius=0, restarget=restarget,
     )
     soften = soften_res_factor * restarget
     return (

@@ -7,7 +7,7 @@ import pytest
 import scipy.fft
 from naive_fsc import naive_radial_power
 
-from emflow import filters
+from emflow import filters, fourier
 from emflow.errors import InputError
 from emflow.fsc import FSCCurve, fsc
 
@@ -34,10 +34,29 @@ def test_tophat_keeps_below_and_removes_above():
     lo, hi = _cosine(n, 3, 2), _cosine(n, 9, 2)
     out = filters.lowpass_tophat(lo + hi, apix, res_a=n * apix / 6)  # cutoff at shell 6
     np.testing.assert_allclose(out, lo, atol=1e-5)
-    band = filters.bandpass(lo + hi, apix, n * apix / 6, n * apix / 12, kind="tophat")
+    band = filters.bandpass(lo + hi, apix, lowpass_res_a=n * apix / 12, highpass_res_a=n * apix / 6, kind="tophat")
     np.testing.assert_allclose(band, hi, atol=1e-5)
     with pytest.raises(InputError):
-        filters.bandpass(lo, apix, 5.0, 10.0)
+        filters.bandpass(lo, apix, lowpass_res_a=10.0, highpass_res_a=5.0)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "gauss", "tophat"])
+def test_one_bandpass_vocabulary(kind):
+    """lowpass_res_a = finest detail kept, highpass_res_a = coarsest, for every kind: a shell well inside
+    the band passes, shells well outside are removed; either side can be switched off."""
+    n, apix = 64, 2.0
+    f = fourier.radius_grid((n, n))
+    prof = filters.bandpass_profile(f, apix, lowpass_res_a=8.0, highpass_res_a=40.0, kind=kind, edge=2.0 / n)
+    assert prof.dtype == np.float32 and prof.shape == f.shape
+
+    def at(res_a):  # value at the shell of resolution res_a
+        return prof[0, int(round(n * apix / res_a))]
+
+    assert at(16.0) > 0.5 and at(4.0) < 0.2 and at(128.0) < 0.2
+    low_only = filters.bandpass_profile(f, apix, lowpass_res_a=8.0, kind=kind, edge=2.0 / n)
+    assert low_only[0, 0] == pytest.approx(1.0) and low_only[0, int(n * apix / 4.0)] < 0.2
+    with pytest.raises(InputError):
+        filters.bandpass_profile(f, apix, lowpass_res_a=40.0, highpass_res_a=8.0, kind=kind, edge=2.0 / n)
 
 
 def test_filters_on_a_stack_work_per_image(rng):

@@ -54,6 +54,24 @@ def test_freq_and_radius_grid():
     np.testing.assert_allclose(full.ravel(), [0, 0.25, -0.5, -0.25])
 
 
+def test_one_radius_grid_serves_every_unit():
+    """The 1/Å grid of filters, the shells of fsc and tempmatch's grid are all fourier.radius_grid."""
+    from emflow import filters, fsc
+    from emflow.sta import tempmatch
+
+    shape, apix = (6, 10, 12), 1.7
+    r = fourier.radius_grid(shape)
+    np.testing.assert_allclose(fourier.radius_grid(shape, apix=apix), r / apix, rtol=1e-12)
+    assert filters.freq_grid_inv_a(shape, apix) is fourier.radius_grid(shape, apix=apix)
+    # Nyquist along x is 0.5 cycles/px = 1/(2 apix) 1/Å = shell nx/2
+    assert fourier.radius_grid(shape, apix=apix)[0, 0, -1] == pytest.approx(1 / (2 * apix))
+    shells = fsc.shell_index(shape)
+    keep = shells >= 0
+    np.testing.assert_array_equal(shells[keep], np.rint(r * shape[-1]).astype(np.int64)[keep])
+    np.testing.assert_array_equal(tempmatch.radial_frequency(shape), r.astype(np.float32))
+    assert not r.flags.writeable  # cached: callers copy before writing
+
+
 def test_pad_crop_keep_centre(rng):
     for m, n in [(8, 12), (7, 12), (8, 13), (5, 6)]:
         x = rng.standard_normal((m, m))

@@ -124,3 +124,18 @@ def test_fsc_with_mask_and_errors(rng):
     np.testing.assert_allclose(c.fsc, 1.0, atol=1e-5)  # the noise lies outside the mask
     with pytest.raises(ValueError):
         fsc(a, a[:8])
+
+
+def test_fsc_txt_convention_rows_are_shells_1_to_nyquist(tmp_path):
+    """Every fsc_*.txt: one row per shell r = 1 … n/2 (no DC row), frequency r / (n·apix) in 1/Å."""
+    from emflow.io import read_fsc_txt, write_fsc_curve
+
+    rng = np.random.default_rng(3)
+    n, apix = 24, 2.5
+    a = rng.standard_normal((n, n, n)).astype(np.float32)
+    curve = fsc(a, a + 0.5 * rng.standard_normal((n, n, n)).astype(np.float32))
+    write_fsc_curve(tmp_path / "fsc_masked_01.txt", curve, apix)
+    freq, values = read_fsc_txt(tmp_path / "fsc_masked_01.txt")
+    r = np.arange(1, n // 2 + 1)
+    np.testing.assert_allclose(freq, r / (n * apix), rtol=1e-5)
+    np.testing.assert_allclose(values, curve.fsc, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import naive_tempmatch as naive
 import numpy as np
+import pytest
 import scipy.special
 
 from emflow.geometry import random_rotations
@@ -70,7 +71,29 @@ def test_match_picks_scores():
     truth = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0]], float)
     found = np.array([[1, 0, 0], [10, 1.5, 0], [40, 0, 0]], float)
     m = pk.match_picks(found, truth, 2.0)
-    assert m["n_matched"] == 2 and np.isclose(m["recall"], 2 / 3) and np.isclose(m["precision"], 2 / 3)
+    assert m.true_positives == 2 and np.isclose(m.recall, 2 / 3) and np.isclose(m.precision, 2 / 3)
+    assert np.isclose(m.rms_px, np.sqrt((1 + 1.5**2) / 2))
+    assert m["n_matched"] == 2 and m["f1"] == m.f1  # the older dict-style names
+    with pytest.raises(KeyError):
+        m["volume"]
+
+
+@pytest.mark.parametrize(("n_found", "n_truth"), [(0, 3), (3, 0), (0, 0)])
+def test_match_picks_empty_input_scores_zero(n_found, n_truth):
+    """Defined behaviour on empty input: nothing to match scores 0 (an empty list never passes a bar)."""
+    found = np.arange(3 * n_found, dtype=float).reshape(-1, 3)
+    truth = np.arange(3 * n_truth, dtype=float).reshape(-1, 3) + 100
+    m = pk.match_picks(found, truth, 2.0)
+    assert (m.n_picks, m.n_truth, m.true_positives) == (n_found, n_truth, 0)
+    assert (m.precision, m.recall, m.f1) == (0.0, 0.0, 0.0)
+    assert m.pairs.shape == (0, 2) and np.isnan(m.rms_px)
+    assert m.to_dict()["median_distance_px"] is None
+
+
+def test_one_match_picks():
+    from emflow.demo import scores
+
+    assert scores.match_picks is pk.match_picks and scores.PickScores is pk.PickScores
 
 
 def test_review_figure_draws(rng):

@@ -9,6 +9,7 @@ import pytest
 import scipy.fft
 import scipy.ndimage
 
+from emflow.filters import bandpass_profile
 from emflow.geometry import random_rotations, tilt_matrix
 from emflow.masks import soft_sphere
 from emflow.sta import picks as pk
@@ -80,7 +81,7 @@ def template(request):
 
 def wedge_weight(box, apix=20.96):
     w = tm.tilt_weight(box, tilt_matrix(TILTS))
-    return w * tm.bandpass(tm.radial_frequency((box,) * 3), apix, 2.5 * apix, None, 2.0 / box)
+    return w * bandpass_profile(tm.radial_frequency((box,) * 3), apix, 2.5 * apix, None, "cosine", 2.0 / box)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -214,18 +215,18 @@ def test_recall_precision_and_flcf_wedge_beats_plain_cc(template, rng):
     m_plain, _ = _evaluate(plain, pos, b)
     # Same-size comparison: the top-N peaks of each map (N = number of true particles).
     top = {name: pk.match_picks(pk.find_peaks(r.scores, -1.0, min_distance_px=0.75 * b, edge_px=b // 2,
-                                               max_peaks=len(pos)).xyz, pos, 2.0)["f1"]
+                                               max_peaks=len(pos)).xyz, pos, 2.0).f1
            for name, r in (("best", best), ("plain", plain))}
     print(f"FLCF+wedge: recall {m_best['recall']:.2f} precision {m_best['precision']:.2f} F1 {m_best['f1']:.2f}; "
           f"plain CC: recall {m_plain['recall']:.2f} precision {m_plain['precision']:.2f} F1 {m_plain['f1']:.2f}; "
           f"top-N F1 {top}")
-    assert m_best["recall"] >= 0.9 and m_best["precision"] >= 0.9
-    assert m_best["f1"] > m_plain["f1"]
+    assert m_best.recall >= 0.9 and m_best.precision >= 0.9
+    assert m_best.f1 > m_plain.f1
     assert top["best"] >= top["plain"]
     # Orientation of the found particles: within one search step (30°, plus symmetry-free c1).
     from emflow.geometry import angle_between
 
-    pairs = m_best["pairs"]
+    pairs = m_best.pairs
     err = angle_between(best.rotations[found.rot_index[pairs[:, 0]]], true_rots[pairs[:, 1]])
     assert np.median(err) < 30.0
 

@@ -8,91 +8,10 @@ FSC frequencies in 1/Å.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-import scipy.optimize
 
 from emflow.geometry import angle_between, mean_rotation
-
-
-@dataclasses.dataclass(frozen=True)
-class PickScores:
-    """Picks matched one-to-one to true positions.
-
-    Attributes
-    ----------
-    n_picks, n_truth, true_positives : int
-    precision, recall, f1 : float
-        ``tp/n_picks``, ``tp/n_truth`` and their harmonic mean (0 when undefined).
-    pairs : ndarray int (tp, 2)
-        ``(pick index, truth index)`` of every match.
-    distances_px : ndarray float (tp,)
-        Distance of each matched pick from its true position (unbinned px).
-    tolerance_px : float
-        A pick counts only when it lies within this distance of its matched true position.
-    """
-
-    n_picks: int
-    n_truth: int
-    true_positives: int
-    precision: float
-    recall: float
-    f1: float
-    pairs: np.ndarray
-    distances_px: np.ndarray
-    tolerance_px: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready summary (without the per-pair arrays, plus the median matched distance)."""
-        return {
-            "n_picks": self.n_picks, "n_truth": self.n_truth, "true_positives": self.true_positives,
-            "false_positives": self.n_picks - self.true_positives,
-            "false_negatives": self.n_truth - self.true_positives,
-            "precision": self.precision, "recall": self.recall, "f1": self.f1,
-            "tolerance_px": self.tolerance_px,
-            "median_distance_px": float(np.median(self.distances_px)) if len(self.distances_px) else None,
-        }
-
-
-def match_picks(picks_xyz: np.ndarray, truth_xyz: np.ndarray, tolerance_px: float) -> PickScores:
-    """Score picks against true positions with an optimal one-to-one assignment.
-
-    A greedy nearest-neighbour match can pair two picks with one particle or steal a particle from
-    the pick that needed it; the Hungarian assignment (minimum total distance, pairs farther than
-    ``tolerance_px`` forbidden) gives each particle at most one pick and maximises the matches.
-
-    Parameters
-    ----------
-    picks_xyz : (n, 3) array
-        Picked positions (x, y, z), unbinned px from the tomogram centre.
-    truth_xyz : (m, 3) array
-        True positions in the same frame.
-    tolerance_px : float
-        Largest distance (unbinned px) at which a pick still counts as finding the particle;
-        the demo uses the particle radius.
-    """
-    p = np.asarray(picks_xyz, np.float64).reshape(-1, 3)
-    t = np.asarray(truth_xyz, np.float64).reshape(-1, 3)
-    if tolerance_px <= 0:
-        raise ValueError(f"tolerance_px must be > 0, got {tolerance_px}")
-    pairs = np.zeros((0, 2), np.int64)
-    dist = np.zeros(0)
-    if len(p) and len(t):
-        d = np.linalg.norm(p[:, None, :] - t[None, :, :], axis=-1)
-        # Forbidden pairs get a cost larger than any allowed total, so they are only used when
-        # nothing else is possible, and are then dropped below.
-        big = tolerance_px * (len(p) + len(t) + 1) * 10.0
-        rows, cols = scipy.optimize.linear_sum_assignment(np.where(d <= tolerance_px, d, big))
-        ok = d[rows, cols] <= tolerance_px
-        pairs = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
-        dist = d[rows[ok], cols[ok]]
-    tp = len(pairs)
-    precision = tp / len(p) if len(p) else 0.0
-    recall = tp / len(t) if len(t) else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return PickScores(len(p), len(t), tp, float(precision), float(recall), float(f1), pairs, dist,
-                      float(tolerance_px))
+from emflow.sta.picks import PickScores, match_picks  # the one pick matcher (re-exported)
 
 
 def orientation_errors(rot_est: np.ndarray, rot_true: np.ndarray, sym_matrices: np.ndarray | None = None) -> np.ndarray:

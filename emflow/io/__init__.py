@@ -15,7 +15,7 @@ from emflow.io.eman_objects import (
     transform_from_dict,
     transform_to_dict,
 )
-from emflow.io.fsc_txt import read_fsc_txt, write_fsc_txt
+from emflow.io.fsc_txt import read_fsc_txt, write_fsc_curve, write_fsc_txt
 from emflow.io.hdf import HdfStackWriter, hdf_count, read_hdf_header, read_hdf_stack, write_hdf_stack
 from emflow.io.imod import read_coords_txt, read_tlt, read_xf, write_tlt, write_xf
 from emflow.io.info import add_boxes, boxes_from_info, read_info_json, tlt_params, validate_info, write_info_json
@@ -33,5 +33,5 @@ __all__ = [
     "read_info_json", "write_info_json", "validate_info", "boxes_from_info", "add_boxes", "tlt_params",
     "read_star", "write_star", "write_particles_star",
     "read_tlt", "write_tlt", "read_xf", "write_xf", "read_coords_txt",
-    "read_fsc_txt", "write_fsc_txt",
+    "read_fsc_txt", "write_fsc_curve", "write_fsc_txt",
 ]

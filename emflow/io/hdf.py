@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -509,8 +510,8 @@ class HdfStackWriter:
         self.bits = int(bits)
         self.append_to_existing = bool(append)
         self.count = 0
-        self._file = None
-        self._stack = None
+        self._file: Any = None
+        self._stack: contextlib.ExitStack | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -537,6 +538,8 @@ class HdfStackWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         stack, self._stack = self._stack, None
+        if stack is None:
+            raise RuntimeError("HdfStackWriter is not open")
         try:
             if exc_type is None:
                 self._file[_GROUP].attrs.create("imageid_max", np.array([self.count - 1], dtype=np.int32))
@@ -546,7 +549,7 @@ class HdfStackWriter:
                 raise
             return False
         self._images = self._file = None
-        return stack.__exit__(exc_type, exc, tb)
+        return bool(stack.__exit__(exc_type, exc, tb))
 
     def append(self, images, headers: Sequence[Mapping] | None = None) -> range:
         """Add images (array ``(n, ny, nx)`` / ``(n, nz, ny, nx)`` or a list of 2D/3D arrays)
@@ -656,7 +659,7 @@ def concat_hdf_stacks(path: str | os.PathLike, sources: Sequence[str | os.PathLi
                 for i in range(n):
                     name = str(count).encode()
                     h5py.h5o.copy(sid, str(i).encode(), images, name)
-                    if bname is not None and shifts[j]:
+                    if bname is not None and shifts is not None and shifts[j]:
                         gid = h5py.h5g.open(images, name)
                         if h5py.h5a.exists(gid, bname):
                             arr = np.asarray(_read_attr(h5py.h5a.open(gid, bname))).ravel()

@@ -168,3 +168,52 @@ def demo_scores(scores: Mapping, path: str | os.PathLike) -> None:
 
 def _fmt(x) -> str:
     return "—" if x is None else f"{x:.1f}"
+
+
+# ----------------------------------------------------------------------------- STA job figures (helper B)
+
+
+def class_central_slices(maps: np.ndarray | Sequence[np.ndarray], path: str | os.PathLike) -> None:
+    """Central xy, xz and yz slices of each class map (one row per class), grey, origin lower."""
+    fig = Figure(figsize=(7.5, 2.6 * len(maps)))
+    axes = fig.subplots(len(maps), 3, squeeze=False)
+    for ic, m in enumerate(maps):
+        c = m.shape[0] // 2
+        for j, (img, name) in enumerate(((m[c], "xy (z=c)"), (m[:, c], "xz (y=c)"), (m[:, :, c], "yz (x=c)"))):
+            axes[ic, j].imshow(img, cmap="gray", origin="lower")
+            axes[ic, j].set_title(f"class {ic} {name}", fontsize=8)
+            axes[ic, j].axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def sgd_convergence(mean_score: np.ndarray, map_change: np.ndarray, path: str | os.PathLike) -> None:
+    """SGD convergence: mean score of the kept particles and ``1 − CC(map, previous map)`` per
+    iteration, ``(n_iter, n_class)`` each."""
+    fig = Figure(figsize=(8, 3))
+    a, b = fig.subplots(1, 2)
+    it = np.arange(1, len(mean_score) + 1)
+    for ic in range(mean_score.shape[1]):
+        a.plot(it, mean_score[:, ic], "o-", label=f"class {ic}")
+        b.semilogy(it, np.maximum(map_change[:, ic], 1e-6), "o-", label=f"class {ic}")
+    a.set_xlabel("iteration"), a.set_ylabel("mean score of kept particles (lower = better)")
+    b.set_xlabel("iteration"), b.set_ylabel("1 − CC(map, previous map)")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def tomogram_slices(slices: Mapping[str, np.ndarray], limits: tuple[float, float], shape_zyx: tuple[int, int, int],
+                    apix: float, title: str, path: str | os.PathLike) -> None:
+    """Central XY, XZ and YZ slices of a tomogram (:func:`emflow.sta.tomo.central_slices`) on one
+    grey scale ``limits``, panel widths in proportion to the slices."""
+    nz, ny, nx = shape_zyx
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[nx, nx, ny])
+    for ax, (name, img) in zip(axes, slices.items()):
+        ax.imshow(img, cmap="gray", vmin=limits[0], vmax=limits[1], origin="lower", interpolation="nearest")
+        ax.set_title(f"{name} (central)")
+        ax.set_xlabel({"XY": "x", "XZ": "x", "YZ": "y"}[name] + " (px)")
+        ax.set_ylabel({"XY": "y", "XZ": "z", "YZ": "z"}[name] + " (px)")
+    fig.suptitle(f"{title}: {nx}×{ny}×{nz} at {apix:.3g} Å/px")
+    _save(fig, path)

@@ -81,7 +81,7 @@ class SGDParams:
     ncls: int = 1
     classify: bool = False
     sym: str = "c1"
-    delta_deg: float | None = None
+    delta_deg: float | None = 22.5  # config initial_model.delta_deg (None: 22.5 too)
     npos: int = 4
     fine_deg: float = 1.5
     maxshift_px: float | None = None

@@ -232,28 +232,102 @@ def unbinned_to_binned(xyz_unbin: np.ndarray, shape_zyx: tuple[int, int, int], a
 # ----------------------------------------------------------------------------- scoring
 
 
-def match_picks(found_xyz: np.ndarray, true_xyz: np.ndarray, tol_px: float) -> dict:
-    """One-to-one matching of picks to true positions (Hungarian, distance ≤ ``tol_px``).
+@dataclasses.dataclass(frozen=True)
+class PickScores:
+    """Picks matched one-to-one to true positions.
 
-    Returns ``{"recall", "precision", "f1", "n_found", "n_true", "n_matched",
-    "pairs": (k, 2) int (found index, true index), "rms_px"}``.
+    Attributes
+    ----------
+    n_picks, n_truth, true_positives : int
+    precision, recall, f1 : float
+        ``tp/n_picks``, ``tp/n_truth`` and their harmonic mean. Empty input scores 0: no picks gives
+        precision 0, no truth gives recall 0, and f1 is 0 unless both are positive, so an empty
+        pick list never passes a bar.
+    pairs : ndarray int (tp, 2)
+        ``(pick index, truth index)`` of every match.
+    distances_px : ndarray float (tp,)
+        Distance of each matched pick from its true position (unbinned px).
+    tolerance_px : float
+        A pick counts only when it lies within this distance of its matched true position.
     """
-    f = np.asarray(found_xyz, np.float64).reshape(-1, 3)
-    t = np.asarray(true_xyz, np.float64).reshape(-1, 3)
-    pairs = np.zeros((0, 2), int)
-    if len(f) and len(t):
-        d = scipy.spatial.distance.cdist(f, t)
-        cost = np.where(d <= tol_px, d, 1e6)
-        r, c = scipy.optimize.linear_sum_assignment(cost)
-        ok = d[r, c] <= tol_px
-        pairs = np.stack([r[ok], c[ok]], axis=1)
-    k = len(pairs)
-    recall = k / len(t) if len(t) else 1.0
-    precision = k / len(f) if len(f) else 1.0
-    f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
-    rms = float(np.sqrt(np.mean(np.sum((f[pairs[:, 0]] - t[pairs[:, 1]]) ** 2, axis=1)))) if k else float("nan")
-    return {"recall": recall, "precision": precision, "f1": f1, "n_found": len(f), "n_true": len(t),
-            "n_matched": k, "pairs": pairs, "rms_px": rms}
+
+    n_picks: int
+    n_truth: int
+    true_positives: int
+    precision: float
+    recall: float
+    f1: float
+    pairs: np.ndarray
+    distances_px: np.ndarray
+    tolerance_px: float
+
+    @property
+    def rms_px(self) -> float:
+        """RMS distance of the matched picks from their true positions (NaN without matches)."""
+        d = self.distances_px
+        return float(np.sqrt(np.mean(d * d))) if len(d) else float("nan")
+
+    _KEYS = {"n_found": "n_picks", "n_true": "n_truth", "n_matched": "true_positives"}
+
+    def __getitem__(self, key: str):
+        """Dict-style access (``m["f1"]``, and the older names ``n_found``, ``n_true``, ``n_matched``)."""
+        name = self._KEYS.get(key, key)
+        if name not in self._KEYS.values() and name not in ("precision", "recall", "f1", "pairs", "distances_px",
+                                                            "tolerance_px", "rms_px"):
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (without the per-pair arrays, plus the median matched distance)."""
+        return {
+            "n_picks": self.n_picks, "n_truth": self.n_truth, "true_positives": self.true_positives,
+            "false_positives": self.n_picks - self.true_positives,
+            "false_negatives": self.n_truth - self.true_positives,
+            "precision": self.precision, "recall": self.recall, "f1": self.f1,
+            "tolerance_px": self.tolerance_px,
+            "median_distance_px": float(np.median(self.distances_px)) if len(self.distances_px) else None,
+        }
+
+
+def match_picks(picks_xyz: np.ndarray, truth_xyz: np.ndarray, tolerance_px: float) -> PickScores:
+    """Score picks against true positions with an optimal one-to-one assignment.
+
+    A greedy nearest-neighbour match can pair two picks with one particle or steal a particle from
+    the pick that needed it; the Hungarian assignment (minimum total distance, pairs farther than
+    ``tolerance_px`` forbidden) gives each particle at most one pick and maximises the matches.
+
+    Parameters
+    ----------
+    picks_xyz : (n, 3) array
+        Picked positions (x, y, z), unbinned px from the tomogram centre.
+    truth_xyz : (m, 3) array
+        True positions in the same frame.
+    tolerance_px : float
+        Largest distance (unbinned px) at which a pick still counts as finding the particle;
+        the demo uses the particle radius.
+    """
+    p = np.asarray(picks_xyz, np.float64).reshape(-1, 3)
+    t = np.asarray(truth_xyz, np.float64).reshape(-1, 3)
+    if tolerance_px <= 0:
+        raise ValueError(f"tolerance_px must be > 0, got {tolerance_px}")
+    pairs = np.zeros((0, 2), np.int64)
+    dist = np.zeros(0)
+    if len(p) and len(t):
+        d = np.linalg.norm(p[:, None, :] - t[None, :, :], axis=-1)
+        # Forbidden pairs get a cost larger than any allowed total, so they are only used when
+        # nothing else is possible, and are then dropped below.
+        big = tolerance_px * (len(p) + len(t) + 1) * 10.0
+        rows, cols = scipy.optimize.linear_sum_assignment(np.where(d <= tolerance_px, d, big))
+        ok = d[rows, cols] <= tolerance_px
+        pairs = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
+        dist = d[rows[ok], cols[ok]]
+    tp = len(pairs)
+    precision = tp / len(p) if len(p) else 0.0
+    recall = tp / len(t) if len(t) else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return PickScores(len(p), len(t), tp, float(precision), float(recall), float(f1), pairs, dist,
+                      float(tolerance_px))
+
 
 
 # ----------------------------------------------------------------------------- review

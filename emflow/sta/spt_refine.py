@@ -222,8 +222,8 @@ class AlignParams:
     sym: str = "c1"
     maxang_deg: float = 30.0
     maxshift_px: float | None = None
-    delta_deg: float | None = None
-    npos: int = 32
+    delta_deg: float | None = 12.0  # config spt_refine.delta_deg (None: EMAN's 7.5)
+    npos: int = 4  # config spt_refine.npos (EMAN 32)
     maxiter: int = 50
 
 

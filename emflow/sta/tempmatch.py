@@ -34,6 +34,7 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
+from emflow import fourier
 from emflow._numba import pjit
 from emflow.masks import soft_sphere
 
@@ -115,28 +116,11 @@ def _update_best(cc, inv_denom, z0, y0, x0, best, best_idx, rot_index, sums):
 
 
 def radial_frequency(shape: tuple[int, ...]) -> np.ndarray:
-    """|k| in cycles/px on the rfft grid of a real array of ``shape`` (last axis halved)."""
-    axes = [scipy.fft.fftfreq(n) for n in shape[:-1]] + [scipy.fft.rfftfreq(shape[-1])]
-    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-    return np.sqrt(sum(g * g for g in grids)).astype(np.float32)
+    """|k| in cycles/px on the rfft grid of a real array of ``shape`` (last axis halved), float32.
 
-
-def bandpass(freq: np.ndarray, apix: float, lowpass_res_a: float | None, highpass_res_a: float | None,
-             edge: float) -> np.ndarray:
-    """Band-pass with raised-cosine edges of width ``edge`` (cycles/px) at the given resolutions (Å).
-
-    ``freq`` in cycles/px; ``None`` switches a side off. Returns float32 of ``freq``'s shape.
+    :func:`emflow.fourier.radius_grid` in float32.
     """
-    out = np.ones(freq.shape, np.float32)
-    if lowpass_res_a:
-        fc = apix / lowpass_res_a
-        t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
-        out *= (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    if highpass_res_a:
-        fc = apix / highpass_res_a
-        t = np.clip((freq - (fc - edge / 2)) / edge, 0, 1)
-        out *= (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
-    return out
+    return fourier.radius_grid(shape).astype(np.float32)
 
 
 def tilt_radial_weights(box: int, apix: float, n_tilts: int, *, ctf_mode: str = "none",

@@ -21,6 +21,7 @@ import dataclasses
 
 import numpy as np
 
+from emflow.filters import bandpass_profile
 from emflow.resample import resample_map
 
 __all__ = ["TemplateGrid", "mirror_z", "contrast_sign", "prepare_template", "mask_radius_px", "template_weight"]
@@ -132,10 +133,10 @@ def template_weight(b: int, apix: float, tilts_deg: np.ndarray, slice_rots: np.n
         shell = np.minimum(np.rint(tm.radial_frequency((b,) * 3) * b).astype(int), radial.shape[1] - 1)
         weight *= radial.mean(axis=0)[shell]
     edge = 2.0 / b
-    band = tm.bandpass(tm.radial_frequency((b,) * 3), apix, lowpass_res_a, highpass_res_a, edge)
+    band = bandpass_profile(tm.radial_frequency((b,) * 3), apix, lowpass_res_a, highpass_res_a, "cosine", edge)
 
     def tomo_filter(freq):
         """Band-pass of the tomogram (same edges as the template's)."""
-        return tm.bandpass(freq, apix, lowpass_res_a, highpass_res_a, edge)
+        return bandpass_profile(freq, apix, lowpass_res_a, highpass_res_a, "cosine", edge)
 
     return (weight * band).astype(np.float32), tomo_filter

@@ -13,7 +13,7 @@ log = setup_logging(snakemake)  # noqa: F821
 import json
 import time
 
-from emflow.io import atomic_write, read_mrc, write_fsc_txt, write_mrc
+from emflow.io import atomic_write, read_mrc, write_fsc_curve, write_mrc
 from emflow.spa.files import read_particles
 from emflow.spa.gold import gold_iteration, gold_start
 from emflow.spa.make3d import read_structure_factor
@@ -34,7 +34,7 @@ for k, it in enumerate(smk.params.iters):
     models = r["next"]
     write_mrc(smk.output.even[k], r["maps"]["even"], apix)
     write_mrc(smk.output.odd[k], r["maps"]["odd"], apix)
-    write_fsc_txt(smk.output.fsc[k], r["fsc"].freq[1:] / apix, r["fsc"].fsc[1:])
+    write_fsc_curve(smk.output.fsc[k], r["fsc"], apix)
     rows.append({"iter": it, "gold_0143_a": r["res_0143_a"], "seconds": round(time.perf_counter() - t0, 1)})
     log.info("iteration %s: gold-standard FSC 0.143 at %.1f Å (%.0f s)", it, r["res_0143_a"], rows[-1]["seconds"])
 write_mrc(smk.output.combined, r["combined"], apix)

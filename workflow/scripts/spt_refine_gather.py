@@ -2,19 +2,16 @@
 
 from emflow.pipeline.log import setup_logging
 
-log = setup_logging(snakemake)  # noqa: F821
+setup_logging(snakemake)  # noqa: F821
 
-import numpy as np  # noqa: E402
+from emflow.sta.spt_steps import gather_chunks  # noqa: E402  (after setup_logging: numba cache, threads)
 
-from emflow.sta.spt_files import read_state, read_tables, write_state  # noqa: E402
 
-inp, out = snakemake.input, snakemake.output  # noqa: F821
-table = read_tables(inp.info3d, inp.info2d)
-state = read_state(table, inp.ali3d, inp.ali2d)
-for path in inp.chunks:
-    with np.load(path) as d:
-        p, r = d["particles"], d["rows"]
-        state.rot[p], state.shift[p], state.score3d[p] = d["rot"], d["shift"], d["score3d"]
-        state.drot[r], state.dshift[r], state.score2d[r], state.ddef_um[r] = d["drot"], d["dshift"], d["score2d"], d["ddef_um"]
-write_state(table, state, out.ali3d, out.ali2d)
-log.info("%d chunks, mean particle score %.4f", len(inp.chunks), float(state.score3d.mean()))
+def main(smk) -> None:
+    """Map rule spt_refine_gather's inputs, outputs and params onto :func:`gather_chunks`."""
+    inp = smk.input
+    gather_chunks(info3d=inp.info3d, info2d=inp.info2d, ali3d=inp.ali3d, ali2d=inp.ali2d, chunks=list(inp.chunks),
+                  ali3d_out=smk.output.ali3d, ali2d_out=smk.output.ali2d)
+
+
+main(snakemake)  # noqa: F821
