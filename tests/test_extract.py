@@ -169,18 +169,18 @@ def test_picks_from_info_json_only(tmp_path, clean):
     shape_unbin = SHAPE
     p_json = tmp_path / "t_info.json"
     write_info_json(p_json, info)
-    coords, boxsize = read_picks(p_json, "initribo", shape_unbin)
+    coords, boxsize, _ = read_picks(p_json, "initribo")
     np.testing.assert_allclose(coords, truth.positions_px)
     assert boxsize == truth.box
     with pytest.raises(InputError, match="no particle class named 'ribo'"):
-        read_picks(p_json, "ribo", shape_unbin)
+        read_picks(p_json, "ribo")
     # STAR/text picks are converted once, on import (tests/test_conventions_*.py); extraction
     # refuses them rather than guess their origin
     corner = truth.positions_px + np.array(shape_unbin) // 2
     p_txt = tmp_path / "p.txt"
     np.savetxt(p_txt, corner)
     with pytest.raises(InputError, match="info json"):
-        read_picks(p_txt, None, shape_unbin)
+        read_picks(p_txt, None)
 
 
 def test_pick_outside_or_at_edge(tmp_path):
@@ -273,3 +273,27 @@ def test_streamed_chunks_equal_the_in_memory_extraction(tmp_path, clean, shrink)
         assert list(np.atleast_1d(got["class_ptcl_idxs"])) == want["class_ptcl_idxs"]
         assert got["model_id"] == want["model_id"] and got["class_ptcl_src"] == f2
     assert len(h2) == len(r2) and len(h3) == len(r3) == 5
+
+
+def test_plan_uses_the_declared_thickness_of_the_users_tomogram(tmp_path):
+    """Imported picks refer to the user's tomogram: a pick 150 unbinned px above the centre is inside
+    a declared 400 px thick tomogram (import: rlnTomoSizeZ / tilt.com THICKNESS) though outside the
+    128 px one emflow reconstructs; without the declaration it is refused as outside the tomogram."""
+    from emflow.io import write_mrc
+    from emflow.sta.extract_steps import plan_extraction
+
+    ts = tmp_path / "ts.mrc"
+    write_mrc(ts, np.zeros((3, 256, 256), np.float32), apix=5.0)
+    info = {"apix_unbin": 5.0, "class_list": {"0": {"name": "ribo", "boxsize": 32}},
+            "boxes_3d": [[0.0, 0.0, 150.0, "manual", 0.0, 0], [10.0, -20.0, 5.0, "manual", 0.0, 0]]}
+    extract = {"boxsize_unbin": None, "skip_edge": True, "shrink": 1, "padtwod": 2.0, "chunk_size": 10}
+    declared = tmp_path / "declared_info.json"
+    declared.write_text(json.dumps(info | {"tomogram_thickness_unbin_px": 400}))
+    plan_extraction(tilt_series=str(ts), picks=str(declared), plan_out=str(tmp_path / "plan.json"), tomo="t",
+                    label="ribo", extract=extract, thickness_unbin_px=128)
+    assert json.loads((tmp_path / "plan.json").read_text())["n_picks"] == 2
+    undeclared = tmp_path / "undeclared_info.json"
+    undeclared.write_text(json.dumps(info))
+    with pytest.raises(InputError, match="outside the tomogram"):
+        plan_extraction(tilt_series=str(ts), picks=str(undeclared), plan_out=str(tmp_path / "plan2.json"),
+                        tomo="t", label="ribo", extract=extract, thickness_unbin_px=128)

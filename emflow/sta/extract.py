@@ -132,8 +132,9 @@ def extraction_boxes(boxsize_unbin: int, shrink: int = 1, padtwod: float = 2.0) 
     return box, fourier.good_size(int(np.ceil(box * padtwod)))
 
 
-def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> tuple[np.ndarray, int | None]:
-    """Pick positions ``(n, 3)`` float64, unbinned px from the tomogram centre, and the class box size.
+def read_picks(path: str | os.PathLike, label: str | None) -> tuple[np.ndarray, int | None, int | None]:
+    """Pick positions ``(n, 3)`` float64, unbinned px from the tomogram centre, the class box size and
+    the thickness of the tomogram the picks refer to.
 
     Parameters
     ----------
@@ -141,14 +142,15 @@ def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> t
         EMAN2 info json (``boxes_3d`` of class ``label``): the import or picks stage's output.
     label : str or None
         Class name in the info json's ``class_list``.
-    shape_xyz_unbin : (nx, ny, nz)
-        Tomogram size in unbinned px (unused; kept for the callers' signature).
 
     Returns
     -------
     coords : ndarray (n, 3)
     boxsize_unbin : int or None
         ``class_list[...]["boxsize"]`` of ``label`` when the file is an info json and has one.
+    thickness_unbin_px : int or None
+        ``tomogram_thickness_unbin_px``: the thickness the import stage found declared for the user's
+        tomogram (RELION ``rlnTomoSizeZ``, IMOD ``tilt.com`` THICKNESS, a tomogram made elsewhere).
     """
     path = pathlib.Path(path)
     if path.suffix != ".json":  # foreign formats are read once, on import (emflow.sta.import_picks)
@@ -161,7 +163,8 @@ def read_picks(path: str | os.PathLike, label: str | None, shape_xyz_unbin) -> t
     for v in (info.get("class_list") or {}).values():
         if v.get("name") == label and "boxsize" in v:
             boxsize = int(v["boxsize"])
-    return coords, boxsize
+    thickness = info.get("tomogram_thickness_unbin_px")
+    return coords, boxsize, None if thickness is None else int(thickness)
 
 
 def check_picks(coords_unbin: np.ndarray, shape_xyz_unbin, boxsize_unbin: int, *, source, skip_edge: bool,

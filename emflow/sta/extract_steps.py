@@ -41,8 +41,9 @@ def plan_extraction(*, tilt_series: str, picks: str, plan_out: str, tomo: str, l
     """Picks of one tomogram × label → the extraction plan (kept picks, excluded picks, box sizes,
     particle chunks for the extract_chunk jobs). ``extract`` holds the ``extract`` config keys of the plan."""
     n_tilts, ny, nx = tilt_series_shape(tilt_series)  # the header only
-    shape_unbin = (nx, ny, int(thickness_unbin_px))
-    coords, class_box = read_picks(picks, label, shape_unbin)
+    coords, class_box, declared = read_picks(picks, label)
+    # picks may refer to the user's tomogram (declared thickness) or to ours (the config's): either is inside
+    shape_unbin = (nx, ny, max(int(thickness_unbin_px), declared or 0))
     boxsize = extract["boxsize_unbin"] or class_box
     if not boxsize:
         raise InputError(f"no box size for label {label!r}: class_list has none", source=picks,

@@ -43,10 +43,11 @@ def import_tomogram(tilt_series: str, out_tlt: str, out_info: str, entry: dict, 
     """
     n, ny, nx = tilt_series_shape(tilt_series)
     apix = tilt_series_apix(tilt_series, expected=apix, override=apix_override)
+    thickness = declared_thickness_unbin(entry, apix, (ny, nx))
     info = build_info(name=entry["name"], shape_xy=(nx, ny), apix=apix, voltage_kv=voltage_kv, cs_mm=cs_mm,
                       tlt=entry["tlt"], xf=entry["xf"], info_json=entry["info_json"], picks=entry["picks"],
                       defocus_um=entry["defocus_um"], defocus_file=entry.get("defocus_file"),
-                      tilt_com=entry.get("tilt_com"), thickness_unbin_px=declared_thickness_unbin(entry, apix, (ny, nx)),
+                      tilt_com=entry.get("tilt_com"), thickness_unbin_px=thickness,
                       pick_label=entry.get("picks_label"), allow_empty_picks=bool(entry.get("allow_empty_picks")),
                       tilt_series_star=entry.get("tilt_series_star"), tomo_hand=entry.get("tomo_hand"),
                       ampcont=ampcont)
@@ -56,6 +57,8 @@ def import_tomogram(tilt_series: str, out_tlt: str, out_info: str, entry: dict, 
                          source=entry["tlt"] or entry["info_json"] or entry.get("tilt_series_star"),
                          fix=f"give one tilt angle per image of {tilt_series}")
     info["tlt_file"] = tilt_series
+    if thickness is not None:  # extraction's outside-the-tomogram check uses it
+        info["tomogram_thickness_unbin_px"] = int(thickness)
     write_tlt(out_tlt, IMOD_TILT_SIGN * tilts)  # an IMOD-convention .tlt (EMAN ytilt = -IMOD angle)
     write_info_json(out_info, info)
     log.info("%s: %d tilts (%.1f to %.1f deg), %d picks", entry["name"], n, tilts.min(), tilts.max(),
