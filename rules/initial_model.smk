@@ -21,8 +21,20 @@ rule initial_model_sgd:
         maps_hdf=expand("results/initial_model/sptsgd_01/output_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
         history=expand("results/initial_model/sptsgd_01/output_all_cls{ic}.hdf", ic=range(INITIAL_MODEL["ncls"])),
         scores="results/initial_model/sptsgd_01/score.txt",
-        slices_png="results/initial_model/sptsgd_01/slices.png",
-        convergence_png="results/initial_model/sptsgd_01/convergence.png",
+        slices_png=report(
+            "results/initial_model/sptsgd_01/slices.png",
+            caption="../report/initial_model_slices.rst",
+            category="4. Subtomogram averaging",
+            subcategory="initial model",
+            labels={"figure": "central slices"},
+        ),
+        convergence_png=report(
+            "results/initial_model/sptsgd_01/convergence.png",
+            caption="../report/initial_model_convergence.rst",
+            category="4. Subtomogram averaging",
+            subcategory="initial model",
+            labels={"figure": "convergence"},
+        ),
     log:
         "results/logs/initial_model/initial_model_sgd/sptsgd_01.log",
     benchmark:

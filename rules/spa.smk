@@ -259,8 +259,20 @@ rule spa_report:
         truth_eval=expand(f"{SPA_DIR}/truth_eval_{{it}}.json", it=SPA_ITERS),
         classes=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.hdf",
     output:
-        convergence=f"{SPA_DIR}/convergence.png",
-        gallery=f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png",
+        convergence=report(
+            f"{SPA_DIR}/convergence.png",
+            caption="../report/spa_convergence.rst",
+            category="3. Single particle",
+            subcategory="refinement",
+            labels={"figure": "convergence"},
+        ),
+        gallery=report(
+            f"{SPA_DIR}/classes_{SPA_ITERS[-1]}.png",
+            caption="../report/spa_classes.rst",
+            category="3. Single particle",
+            subcategory="refinement",
+            labels={"figure": "class averages"},
+        ),
         summary=f"{SPA_DIR}/summary.json",
     log:
         f"results/logs/spa/spa_report/{SPA['path']}.log",

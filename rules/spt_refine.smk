@@ -158,7 +158,13 @@ rule spt_refine_postprocess:
         fsc_tight=f"{SPT_PATH}/fsc_maskedtight_{{it}}.txt",
         mask=f"{SPT_PATH}/mask_{{it}}.hdf",
         res=f"{SPT_PATH}/resolution_{{it}}.json",
-        png=f"{SPT_PATH}/fsc_{{it}}.png",
+        png=report(
+            f"{SPT_PATH}/fsc_{{it}}.png",
+            caption="../report/spt_fsc_iteration.rst",
+            category="4. Subtomogram averaging",
+            subcategory="gold-standard FSC per iteration",
+            labels={"iteration": "{it}"},
+        ),
     log:
         f"results/logs/spt_refine/spt_refine_postprocess/{SPT_RUN}_{{it}}.log",
     benchmark:

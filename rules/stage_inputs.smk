@@ -1,5 +1,5 @@
 # Input functions of the stage rules (kept apart from the rules so each .smk is rules only;
-# `snakemake --lint` asks for that). They read the stage globals (SPA, REPORT_FIGURES, ...) at
+# `snakemake --lint` asks for that). They read the stage globals (SPA, SPT_PATH, REPORT_DEMO_SPA, ...) at
 # call time, after every rules/*.smk has been included.
 
 # ---------------------------------------------------------------- spa.smk
@@ -133,67 +133,51 @@ class _Tomo:
         self.tomo = tomo
 
 
-def _has_rule(name):
-    return any(r.name == name for r in workflow.rules)
-
-
-def report_figure_source(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["source"]
-
-
-def report_figure_caption(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["caption"]
-
-
-def report_figure_category(wildcards):
-    return REPORT_FIGURES[wildcards.fig]["category"]
-
-
-def report_figure_subcategory(wildcards):
-    return REPORT_FIGURES[wildcards.fig].get("subcategory", "")
-
-
-def report_map_source(wildcards):
-    return REPORT_MAPS[wildcards.map]["map"]
-
-
-def report_map_caption(wildcards):
-    return REPORT_MAPS[wildcards.map]["caption"]
-
-
-def report_map_category(wildcards):
-    return REPORT_MAPS[wildcards.map]["category"]
-
-
-def report_fsc_sources(wildcards):
-    return REPORT_FSC[wildcards.fsc]["files"]
-
-
-def report_fsc_entry(wildcards):
-    entry = REPORT_FSC[wildcards.fsc]
-    return {"labels": list(entry["labels"]), "title": entry["title"]}
-
-
-def report_fsc_caption(wildcards):
-    return REPORT_FSC[wildcards.fsc]["caption"]
-
-
-def report_fsc_category(wildcards):
-    return REPORT_FSC[wildcards.fsc]["category"]
-
-
 def report_demo_inputs(wildcards):
     """Picks and truth of every demo tomogram, the SPA FSC-vs-truth and truth evaluation of the last
-    iteration and the subtilt refinement's truth evaluation."""
-    inputs = {"truth": [], "picks": []}
-    if config["workflows"]["subtomogram"] and _has_rule("picks_filter"):
-        inputs["truth"] = [truth_file_tomo(_Tomo(t)) for t in tomogram_names()]
-        inputs["picks"] = [f"results/picks/{t}__picks.star" for t in tomogram_names()]
-    inputs["spa_fsc_truth"] = REPORT_FSC["spa_fsc_truth"]["files"][-1:] if "spa_fsc_truth" in REPORT_FSC else []
-    # the final maps' own truth evaluations (resolution, hand, symmetry; particle orientation errors)
-    inputs["spa_eval"] = [f"{SPA_DIR}/truth_eval_{SPA_ITERS[-1]}.json" for _ in inputs["spa_fsc_truth"]]
-    inputs["spt_eval"] = [f"{SPT_PATH}/truth_eval.json"] if config["workflows"]["subtomogram"] and DEMO else []
-    return inputs
+    iteration and the subtilt refinement's truth evaluation (each only where its workflow runs on
+    demo data: REPORT_DEMO_SPT / REPORT_DEMO_SPA of rules/report.smk)."""
+    tomos = tomogram_names() if REPORT_DEMO_SPT else []
+    spa = [SPA_ITERS[-1]] if REPORT_DEMO_SPA else []
+    return {
+        "truth": [truth_file_tomo(_Tomo(t)) for t in tomos],
+        "picks": [f"results/picks/{t}__picks.star" for t in tomos],
+        "spa_fsc_truth": [f"{SPA_DIR}/fsc_truth_{it}.txt" for it in spa],
+        "spa_eval": [f"{SPA_DIR}/truth_eval_{it}.json" for it in spa],
+        "spt_eval": [f"{SPT_PATH}/truth_eval.json"] if REPORT_DEMO_SPT else [],
+    }
+
+
+def job_benchmarks(wildcards):
+    """The benchmark table of every job the final targets need (rule report_runtimes).
+
+    Walks the DAG back from FINAL_TARGETS with Snakemake's own matching: the rule producing each
+    file (output patterns and wildcard constraints), its wildcards, then that job's inputs. A job
+    behind an unfinished checkpoint is not known yet: this function then waits for the checkpoint,
+    like any input function that reads one, and is evaluated again once it has run.
+    """
+    from snakemake.exceptions import IncompleteCheckpointException
+    from snakemake.io import is_flagged
+
+    producers = [r for r in workflow.rules if r.output and r.name != "report_runtimes"]
+    found, seen, todo = set(), set(), [str(f) for f in FINAL_TARGETS]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        producer = next((r for r in producers if r.is_producer(path)), None)
+        if producer is None:  # a source file: user data, a bundled structure
+            continue
+        wc = producer.get_wildcards(path)
+        if producer.benchmark:
+            found.add(str(producer.expand_benchmark(wc)))
+        inputs, _, _, incomplete = producer.expand_input(wc)
+        if incomplete:
+            target = next(f for f in inputs if is_flagged(f, "checkpoint_target"))
+            raise IncompleteCheckpointException(producer, target)
+        todo.extend(str(f) for f in inputs)
+    return sorted(found)
 
 
 # ---------------------------------------------------------------- spt_refine.smk

@@ -79,7 +79,13 @@ rule picks_filter:
     output:
         star="results/picks/{tomo}__picks.star",
         info="results/picks/info/{tomo}_info.json",
-        review="results/picks/{tomo}__review.png",
+        review=report(
+            "results/picks/{tomo}__review.png",
+            caption="../report/picks_review.rst",
+            category="2. Template matching",
+            subcategory="{tomo}",
+            labels={"figure": "picks and scores"},
+        ),
     log:
         "results/logs/picks/picks_filter/{tomo}.log",
     benchmark:

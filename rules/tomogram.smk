@@ -72,7 +72,13 @@ rule tomogram_slices:
     input:
         tomogram="results/tomograms/{tomo}__bin{bin}.mrc",
     output:
-        png="results/tomograms/{tomo}__bin{bin}_slices.png",
+        png=report(
+            "results/tomograms/{tomo}__bin{bin}_slices.png",
+            caption="../report/tomogram_slices.rst",
+            category="1. Tomograms",
+            subcategory="{tomo}",
+            labels={"figure": "central slices, bin {bin}"},
+        ),
     log:
         "results/logs/tomogram/tomogram_slices/{tomo}__bin{bin}.log",
     benchmark:

@@ -85,7 +85,7 @@ def test_spa_gold_rule_runs_the_halves(tmp_path):
                                                     "spa": {"goldstandard": True}}))
     planned = dry_run(work, ["--configfile", ".test/config.yaml", "gold.yaml"])
     assert planned.get("spa_gold") == 1 and "spa_simmx" not in planned, planned
-    assert planned.get("report_fsc") == 1 and "report_demo_scores" not in planned, planned
+    assert planned.get("report_fsc_spa_gold") == 1 and "report_demo_scores" not in planned, planned
 
     from emflow.demo.data import structure_path
     from emflow.demo.phantom import resample_map

@@ -104,7 +104,7 @@ def runtimes(records: Sequence[Mapping], path: str | os.PathLike) -> None:
     ----------
     records : list of dict
         One per job: ``{"stage": str, "rule": str, "job": str, "seconds": float, "max_rss_mb": float}``
-        (see :func:`emflow.demo.scores.read_benchmarks`).
+        (see :func:`emflow.pipeline.benchmarks.read_benchmark_tables`).
     """
     totals: dict[str, list] = {}
     for r in records:

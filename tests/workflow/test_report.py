@@ -1,5 +1,11 @@
-"""The Snakemake report of the tiny workflow renders its figures (issue #7), and the scoring and plotting
-functions behind it are right.
+"""The Snakemake report of the tiny workflow renders its figures (issues #7, #14), and the scoring and
+plotting functions behind it are right.
+
+The report's structure (issue #14 item 5): every figure is marked ``report(...)`` by the rule that draws
+it, with a non-empty caption from ``report/*.rst``; nothing is copied into the report; adding a figure is
+one rule (tested by adding one to a copy of the finished run); the run-time figure declares the
+benchmark table of every job as an input; SPA-only, tomography-only and gold-standard configs plan only
+their own figures.
 
 The workflow run is the session fixture ``tiny_workflow`` (tests/conftest.py, tests/workflow/workflow_runner.py),
 shared with the determinism test. The report is opened in headless Chromium; the test is skipped when
@@ -20,6 +26,7 @@ from workflow_runner import run_snakemake
 from emflow.demo import scores
 from emflow.geometry import get_symmetry, random_rotations
 from emflow.pipeline import plots
+from emflow.pipeline.benchmarks import read_benchmark_tables
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -111,17 +118,22 @@ def test_map_vs_truth_resolution_hand_and_symmetry():
     assert scores.map_vs_truth(blob, truth, apix, d7)["symmetry_fsc"] < same["truth_symmetry_fsc"] - 0.05
 
 
-def test_read_benchmarks_and_runtime_plot(tmp_path):
+def test_read_benchmark_tables_and_runtime_plot(tmp_path):
+    tables = []
     for stage, rule, job, s in (("tomogram", "tomogram_reconstruct", "a", 12.5), ("picks", "picks_filter", "a", 1.0),
                                 ("tomogram", "tomogram_reconstruct", "b", 7.5)):
         p = tmp_path / "bench" / stage / rule / f"{job}.tsv"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("s\th:m:s\tmax_rss\tmax_vms\n" f"{s}\t0:00:{int(s):02d}\t123.4\t500\n")
+        tables.append(p)
     (tmp_path / "bench" / "x" / "y").mkdir(parents=True)
     (tmp_path / "bench" / "x" / "y" / "broken.tsv").write_text("nonsense")
-    rec = scores.read_benchmarks(tmp_path / "bench")
-    assert sorted((r["rule"], r["seconds"]) for r in rec) == [
-        ("picks_filter", 1.0), ("tomogram_reconstruct", 7.5), ("tomogram_reconstruct", 12.5)]
+    (tmp_path / "bench" / "x" / "y" / "unlisted.tsv").write_text("s\tmax_rss\n99\t1\n")  # not an input: ignored
+    rec = read_benchmark_tables([*tables, tmp_path / "bench" / "x" / "y" / "broken.tsv", tmp_path / "missing.tsv"])
+    assert sorted((r["stage"], r["rule"], r["job"], r["seconds"]) for r in rec) == [
+        ("picks", "picks_filter", "a", 1.0), ("tomogram", "tomogram_reconstruct", "a", 12.5),
+        ("tomogram", "tomogram_reconstruct", "b", 7.5)]
+    assert all(r["max_rss_mb"] == pytest.approx(123.4) for r in rec)
     out = tmp_path / "rt.png"
     plots.runtimes(rec, out)
     _assert_png_not_blank(out)
@@ -144,10 +156,56 @@ def _assert_png_not_blank(path, min_std=0.02):
 
 
 # --------------------------------------------------------------------------------------- the workflow report
-EXPECTED_FIGURES = ["tomogram_demo_01.png", "picks_demo_01.png", "truth_tomo.png", "runtimes.png",
-                    "demo_scores.png"]
-EXPECTED_CAPTIONS = ["Central XY, XZ and YZ slices", "Template-matching picks", "Wall time of every rule",
-                     "how well the run recovered"]
+# rule → figures it marks for the report in the tiny run (demo data, both workflows)
+EXPECTED_FIGURES = {
+    "tomogram_slices": ["results/tomograms/demo_01__bin4_slices.png"],
+    "picks_filter": ["results/picks/demo_01__review.png"],
+    "spa_report": ["results/spa/refine_01/convergence.png", "results/spa/refine_01/classes_02.png"],
+    "initial_model_sgd": ["results/initial_model/sptsgd_01/slices.png",
+                          "results/initial_model/sptsgd_01/convergence.png"],
+    "spt_refine_postprocess": ["results/spt/spt_01/fsc_01.png"],
+    "report_map_spa_final": ["results/report/maps/spa_final.png"],
+    "report_fsc_spa_truth": ["results/report/fsc/spa_fsc_truth.png"],
+    "report_map_spt_final": ["results/report/maps/spt_final.png"],
+    "report_fsc_spt": ["results/report/fsc/spt_fsc_masked.png"],
+    "report_map_truth": ["results/report/maps/truth_tomo.png", "results/report/maps/truth_spa.png"],
+    "report_demo_scores": ["results/report/demo_scores.png"],
+    "report_runtimes": ["results/report/runtimes.png"],
+}
+# rendered caption text (Jinja filled in from the job's wildcards and params)
+EXPECTED_CAPTIONS = {
+    "results/tomograms/demo_01__bin4_slices.png": "slices of tomogram demo_01 (bin 4)",
+    "results/picks/demo_01__review.png": "picks of tomogram demo_01",
+    "results/spa/refine_01/classes_02.png": "last iteration (02)",
+    "results/spt/spt_01/fsc_01.png": "iteration\n01",
+    "results/report/maps/truth_tomo.png": "demo tomograms' particle",
+    "results/report/runtimes.png": "Wall time of every rule",
+    "results/report/demo_scores.png": "how well the run recovered",
+}
+
+
+def report_results(html_path) -> dict:
+    """``{path: {"caption", "job_properties": {"rule", ...}, ...}}`` of every file in a Snakemake report."""
+    html = html_path.read_text(errors="replace")
+    match = re.search(r"var results = (\{.*?\});\n", html)
+    assert match, "no results table in the report"
+    return json.loads(match.group(1))
+
+
+def caption_text(entry: dict) -> str:
+    return re.sub(r"<[^>]+>", "", entry["caption"]).strip()
+
+
+def job_blocks(output: str) -> list[dict]:
+    """``[{"rule", "input": [...], "output": [...], "benchmark": [...]}]`` of the jobs Snakemake printed."""
+    jobs = []
+    for line in output.splitlines():
+        head = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if head:
+            jobs.append({"rule": head.group(1), "input": [], "output": [], "benchmark": []})
+        elif jobs and (kv := re.match(r"^    (input|output|benchmark): (.*)$", line)):
+            jobs[-1][kv.group(1)] = kv.group(2).split(", ")
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +217,7 @@ def report_html(tiny_workflow):
 def test_workflow_outputs_and_demo_scores(tiny_workflow):
     res = tiny_workflow / "results"
     for rel in ("report/runtimes.png", "report/demo_scores.png", "report/maps/truth_tomo.png",
-                "report/figures/tomogram_demo_01.png"):
+                "tomograms/demo_01__bin4_slices.png"):
         _assert_png_not_blank(res / rel)
     doc = json.loads((res / "demo_scores.json").read_text())
     # the simulated manual picks (a few px of error) must all be found: checks the coordinate frames
@@ -168,15 +226,143 @@ def test_workflow_outputs_and_demo_scores(tiny_workflow):
     assert p["n_truth"] > 0 and 0.0 <= p["precision"] <= 1.0 and 0.0 <= p["recall"] <= 1.0
     table = (res / "report" / "runtimes.tsv").read_text().splitlines()
     rules = {line.split("\t")[1] for line in table[1:]}
-    assert {"tomogram_reconstruct", "tempmatch_search", "simulate_tiltseries"} <= rules
+    assert {"tomogram_reconstruct", "tempmatch_search", "simulate_tiltseries", "extract_chunk"} <= rules
+
+
+def test_every_report_figure_is_drawn_by_its_rule_with_a_caption(report_html):
+    results = report_results(report_html)
+    figures = {path: entry for path, entry in results.items() if entry["mime_type"] == "image/png"}
+    by_rule: dict[str, list[str]] = {}
+    for path, entry in figures.items():
+        by_rule.setdefault(entry["job_properties"]["rule"], []).append(path)
+    assert {r: sorted(p) for r, p in by_rule.items()} == {r: sorted(p) for r, p in EXPECTED_FIGURES.items()}
+    for path, entry in figures.items():
+        text = caption_text(entry)
+        assert len(text) > 60 and "{{" not in text and "{%" not in text, f"{path}: caption {text!r}"
+    for path, words in EXPECTED_CAPTIONS.items():
+        assert " ".join(words.split()) in " ".join(caption_text(results[path]).split()), (path, results[path])
+    # the figures of a stage share its category
+    html = report_html.read_text(errors="replace")
+    for category in ("1. Tomograms", "2. Template matching", "3. Single particle", "4. Subtomogram averaging",
+                     "5. Demo ground truth", "6. Run times"):
+        assert category in html, f"category {category!r} missing"
+
+
+def test_no_copy_jobs_and_no_registries(tiny_workflow, report_html):
+    """A figure in the report is the output of the job that draws it: no job of the run turns a PNG into
+    another PNG, and no rule file keeps a figure registry or looks rules up by name."""
+    out, _ = run_snakemake(tiny_workflow, None, ["-n", "--forceall", "--cores", "1", "--configfile", ".test/config.yaml"])
+    jobs = job_blocks(out)
+    assert len(jobs) > 20, out[-3000:]
+    copies = [j["rule"] for j in jobs
+              if any(f.endswith(".png") for f in j["input"]) and any(f.endswith(".png") for f in j["output"])
+              and j["rule"] != "all"]
+    assert not copies, f"rules that copy a PNG: {copies}"
+    figures = report_results(report_html)
+    drawn = {f for j in jobs for f in j["output"]}
+    assert set(figures) <= drawn, set(figures) - drawn
+    from workflow_runner import REPO
+
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for pattern in ("globals()", "REPORT_FIGURES", "REPORT_MAPS", "REPORT_FSC", "_has_rule"):
+            assert pattern not in text, f"{smk.name} uses {pattern}"
+
+
+def test_runtime_figure_declares_every_jobs_benchmark_as_input(tiny_workflow):
+    """report_runtimes reads exactly the benchmark tables of the run's jobs, and they are its declared
+    inputs (checkpoint-made chunk jobs included): what the dry run prints as its input."""
+    out, _ = run_snakemake(tiny_workflow, None, ["results/report/runtimes.png", "-n", "--forcerun", "report_runtimes",
+                                                 "--cores", "1", "--configfile", ".test/config.yaml"])
+    (job,) = [j for j in job_blocks(out) if j["rule"] == "report_runtimes"]
+    bench = tiny_workflow / "results" / "benchmarks"
+    written = {str(p.relative_to(tiny_workflow)) for p in bench.rglob("*.tsv")}
+    own = "results/benchmarks/report/report_runtimes/all.tsv"
+    assert set(job["input"]) == written - {own}, (set(job["input"]) ^ (written - {own}))
+    assert any("/extract_chunk/" in f for f in job["input"]) and any("/spt_refine_align/" in f for f in job["input"])
+    rows = (tiny_workflow / "results/report/runtimes.tsv").read_text().splitlines()[1:]
+    assert len(rows) == len(job["input"])
+
+
+EXTRA_FIGURE_RULE = """
+
+rule report_extra_test_figure:
+    input:
+        map="results/demo/truth/reference_tomo.mrc",
+    output:
+        png=report(
+            "results/report/maps/extra.png",
+            caption="../report/extra_test_figure.rst",
+            category="5. Demo ground truth",
+            subcategory="maps",
+            labels={"figure": "extra"},
+        ),
+    log:
+        "results/logs/report/report_extra_test_figure/extra.log",
+    benchmark:
+        "results/benchmarks/report/report_extra_test_figure/extra.tsv"
+    params:
+        title="extra",
+    script:
+        "../workflow/scripts/report_map.py"
+
+
+FINAL_TARGETS.append("results/report/maps/extra.png")
+"""
+
+
+def test_adding_a_figure_is_one_rule(tiny_workflow, tmp_path):
+    """One rule appended to rules/report.smk (and its caption file) puts a figure in the report, and its
+    job's time in the run-time figure: nothing else to register."""
+    from workflow_runner import copy_run, job_counts
+
+    work = copy_run(tiny_workflow, tmp_path / "run")
+    with open(work / "rules" / "report.smk", "a") as fh:
+        fh.write(EXTRA_FIGURE_RULE)
+    (work / "report" / "extra_test_figure.rst").write_text("An extra figure added by the test, {{ snakemake.rule }}.\n")
+    out, _ = run_snakemake(work, None, ["--cores", "2", "--configfile", ".test/config.yaml"])
+    assert job_counts(out) == {"report_extra_test_figure": 1, "report_runtimes": 1, "all": 1}, job_counts(out)
+    run_snakemake(work, None, ["--report", "report.html", "--configfile", ".test/config.yaml"])
+    entry = report_results(work / "report.html")["results/report/maps/extra.png"]
+    assert caption_text(entry) == "An extra figure added by the test, report_extra_test_figure."
+    rules = {line.split("\t")[1] for line in (work / "results/report/runtimes.tsv").read_text().splitlines()[1:]}
+    assert "report_extra_test_figure" in rules
+
+
+@pytest.mark.workflow
+def test_report_figures_follow_the_workflows_that_run(tmp_path):
+    """SPA-only and tomography-only runs plan only their own figures; gold-standard SPA its own two."""
+    import yaml
+    from workflow_runner import copy_workflow, dry_run
+
+    work = copy_workflow(tmp_path / "wf")
+    cases = {
+        "spa_only": ({"workflows": {"subtomogram": False}},
+                     {"report_map_spa_final", "report_fsc_spa_truth", "report_map_truth", "report_demo_scores"}),
+        "tomo_only": ({"workflows": {"single_particle": False}},
+                      {"report_map_spt_final", "report_fsc_spt", "report_map_truth", "report_demo_scores"}),
+        "gold": ({"workflows": {"subtomogram": False}, "spa": {"goldstandard": True}},
+                 {"report_map_spa_gold", "report_fsc_spa_gold"}),
+    }
+    for name, (override, expected) in cases.items():
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(override))
+        planned = dry_run(work, ["--configfile", ".test/config.yaml", f"{name}.yaml"])
+        report_rules = {r for r in planned if r.startswith("report_")}
+        assert report_rules == expected | {"report_runtimes"}, (name, planned)
+        assert planned.get("report_map_truth", 1) == 1, (name, planned)  # one true map: its own workflow's
+        stage_figures = {"spa_report"} if name == "spa_only" else {"tomogram_slices", "picks_filter"}
+        assert name == "gold" or stage_figures <= set(planned), (name, planned)
+        if name != "tomo_only":
+            assert not any(r.startswith(("tomogram_", "picks_", "spt_")) for r in planned), (name, planned)
+        if name == "tomo_only":
+            assert not any(r.startswith("spa_") for r in planned), (name, planned)
 
 
 def test_report_html_lists_figures_and_captions(report_html):
     html = report_html.read_text(errors="replace")
-    for name in EXPECTED_FIGURES:
-        assert name in html, f"{name} missing from the report"
-    for cap in EXPECTED_CAPTIONS:
-        assert cap in html, f"caption {cap!r} missing from the report"
+    for paths in EXPECTED_FIGURES.values():
+        for path in paths:
+            assert path.rsplit("/", 1)[1] in html, f"{path} missing from the report"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium); CI installs it")
@@ -195,5 +381,6 @@ def test_report_renders_in_chromium(report_html, tmp_path):
     for item in ("Results", "Statistics"):
         assert re.search(rf">{item}<", dom), f"menu item {item!r} not rendered"
         assert not re.search(rf">{item}<", report_html.read_text(errors="replace"))
-    for name in EXPECTED_FIGURES:
-        assert name in dom, f"{name} not in the rendered report"
+    for paths in EXPECTED_FIGURES.values():
+        for path in paths:
+            assert path.rsplit("/", 1)[1] in dom, f"{path} not in the rendered report"

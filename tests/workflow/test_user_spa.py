@@ -122,7 +122,8 @@ def test_spa_only_and_tomo_only_dags(tmp_path):
     assert planned.get("spa_prepare") == 1 and planned.get("report_demo_scores") == 1, planned
     assert not any(r.startswith(("tomogram_", "tempmatch_", "extract_", "spt_", "simulate_tiltseries", "picks_"))
                    for r in planned), planned
-    assert planned.get("report_map") == 2, planned  # the SPA map and the SPA truth, not the tomogram truth
+    # the SPA map and the SPA truth, not the tomogram truth
+    assert planned.get("report_map_spa_final") == 1 and planned.get("report_map_truth") == 1, planned
     (work / "tomo_only.yaml").write_text(yaml.safe_dump({"workflows": {"single_particle": False}}))
     planned = dry_run(work, ["--configfile", ".test/config.yaml", "tomo_only.yaml"])
     assert not any(r.startswith("spa_") or r == "simulate_spa" for r in planned), planned

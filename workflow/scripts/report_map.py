@@ -7,7 +7,12 @@ log = setup_logging(snakemake)  # noqa: F821
 from emflow.io import read_mrc  # noqa: E402
 from emflow.pipeline import plots  # noqa: E402
 
-smk = snakemake  # noqa: F821
-vol, apix = read_mrc(smk.input.map)
-stats = plots.map_overview(vol, apix, smk.output.png, title=smk.wildcards.map)
-log.info("%s %s at %.4g Å/px: %s", smk.input.map, vol.shape, apix, stats)
+
+def draw_map(map_path: str, png: str, title: str) -> None:
+    """Central sections + projection of ``map_path`` into ``png``, titled ``title``."""
+    vol, apix = read_mrc(map_path)
+    stats = plots.map_overview(vol, apix, png, title=title)
+    log.info("%s %s at %.4g Å/px: %s", map_path, vol.shape, apix, stats)
+
+
+draw_map(snakemake.input.map, snakemake.output.png, snakemake.params.title)  # noqa: F821
