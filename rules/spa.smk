@@ -286,8 +286,10 @@ rule spa_gold:
         even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
         odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
         fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
+        fsc_unmasked=expand(f"{SPA_DIR}/gold/fsc_unmasked_{{it}}.txt", it=SPA_ITERS),
         combined=f"{SPA_DIR}/gold/threed_gold.mrc",
         summary=f"{SPA_DIR}/gold/gold.json",
+        plot=f"{SPA_DIR}/gold/gold_fsc.png",
     log:
         f"results/logs/spa/spa_gold/{SPA['path']}.log",
     benchmark:
@@ -299,7 +301,7 @@ rule spa_gold:
         mem_mb=8000,
         runtime=600,
     params:
-        spa=spa_gold_params(),
+        spa={**spa_gold_params(), "gold_speed": SPA["gold_speed"]},
         iters=SPA_ITERS,
     script:
         "../workflow/scripts/spa_gold.py"
