@@ -25,16 +25,38 @@ if SPA_ON:
 SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))] if SPA_ON else []
 
 
+def spa_box_apix():
+    """(box, Å/px) of the particles before the run: demo settings, else the stack's header / STAR optics."""
+    if spa_demo_data():
+        return config["demo"]["spa"]["box"], config["demo"]["spa"]["apix"]
+    from emflow.io import read_hdf_stack, read_mrc_header
+    from emflow.pixel_size import particles_pixel_size
+
+    path = str(spa_particles())
+    box = (
+        read_hdf_stack(path, indices=[0])[0].shape[-1] if path.endswith(".hdf") else read_mrc_header(path)["shape"][-1]
+    )
+    star = spa_particles_star() or None
+    apix = particles_pixel_size(path, star, expected=spa_apix_expected(), override=spa_apix_override())
+    return box, apix
+
+
 if SPA_ON:
     SPA_PROJECTIONS = check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
     if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare, the starting model's box
         # and pixel size by spa_startmodel; nothing else runs
         import sys
 
+        from emflow.spa.refine_loop import calibrate_cost, estimate_iteration_seconds
+
+        SPA_COST = calibrate_cost(SPA, *spa_box_apix(), ctf=spa_demo_data() or bool(spa_particles_star()))
         print(
             f"spa check: {spa_n_particles()} particles; reference projections per iteration "
             f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
-            f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}",
+            f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}; estimated seconds per iteration (one "
+            f"process on this machine, from a calibration run: simmx {SPA_COST['simmx_pair'] * 1e3:.2f} ms/pair, "
+            f"class averaging {SPA_COST['classaverage_ptcl'] * 1e3:.1f} ms/particle) "
+            f"{[round(estimate_iteration_seconds(SPA_COST, spa_n_particles(), n)) for n in SPA_PROJECTIONS]}",
             file=sys.stderr,
         )
         FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
@@ -282,6 +304,7 @@ rule spa_gold:
     input:
         particles=f"{SPA_DIR}/particles.hdf",
         model=f"{SPA_DIR}/threed_00.mrc",
+        truth=spa_truth_map(),
     output:
         even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
         odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
@@ -303,5 +326,6 @@ rule spa_gold:
     params:
         spa={**spa_gold_params(), "gold_speed": SPA["gold_speed"]},
         iters=SPA_ITERS,
+        truth_sym=spa_truth_symmetry(),
     script:
         "../workflow/scripts/spa_gold.py"

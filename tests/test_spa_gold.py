@@ -110,14 +110,18 @@ def test_spa_gold_rule_runs_the_halves(tmp_path):
     spa = yaml.safe_load((work / "config/config.yaml").read_text())["spa"]
     spa.update(sym="c1", orientgen="eman:delta=30:inc_mirror=0:perturb=0", classralign=None)
     out = {"even": [tmp_path / "gold/threed_even_01.mrc"], "odd": [tmp_path / "gold/threed_odd_01.mrc"],
-           "fsc": [tmp_path / "gold/fsc_gold_01.txt"], "combined": tmp_path / "gold/threed_gold.mrc",
-           "summary": tmp_path / "gold/gold.json"}
+           "fsc": [tmp_path / "gold/fsc_gold_01.txt"], "fsc_unmasked": [tmp_path / "gold/fsc_unmasked_01.txt"],
+           "combined": tmp_path / "gold/threed_gold.mrc", "summary": tmp_path / "gold/gold.json",
+           "plot": tmp_path / "gold/gold_fsc.png"}
     (tmp_path / "gold").mkdir()
-    run_script("spa_gold.py", input={"particles": tmp_path / "particles.hdf", "model": tmp_path / "threed_00.mrc"},
-               output=out, params={"spa": spa, "iters": ["01"]}, log=tmp_path / "gold.log")
+    run_script("spa_gold.py", input={"particles": tmp_path / "particles.hdf", "model": tmp_path / "threed_00.mrc",
+                                     "truth": [tmp_path / "threed_00.mrc"]},
+               output=out, params={"spa": spa, "iters": ["01"], "truth_sym": None}, log=tmp_path / "gold.log")
     g = json.loads((tmp_path / "gold/gold.json").read_text())
     assert g["halves"] == {"even": 60, "odd": 60} and g["gold_0143_a"] > 2 * apix - 1e-6
-    assert all(p.exists() for p in (out["even"][0], out["odd"][0], out["fsc"][0], out["combined"]))
+    assert g["iterations"][0]["truth"]["fsc_truth_05_a"] > 0 and g["iterations"][0]["unmasked_0143_a"] > 0
+    assert all(p.exists() for p in (out["even"][0], out["odd"][0], out["fsc"][0], out["fsc_unmasked"][0],
+                                    out["combined"], out["plot"]))
 
 
 def test_masked_fsc_is_corrected_for_the_mask_by_phase_randomisation():

@@ -286,3 +286,17 @@ def prepare_particles(path: str, star: str | None, contrast: str, apix_expected,
     stack = normalize_stack(stack, "normalize.edgemean")
     headers = [{"ctf": ctf_header(c, apix)} for c in ctfs] if ctfs else [{} for _ in range(len(stack))]
     return stack, headers, apix, z, bool(ctfs)
+
+
+def write_gold_iteration(out, k: int, r: dict, apix: float) -> dict:
+    """Write iteration ``k``'s half maps and FSC curves of a :func:`emflow.spa.gold.gold_iteration` result
+    ``r`` to the spa_gold outputs ``out`` (``even``/``odd``/``fsc``/``fsc_unmasked`` lists); returns the
+    curves for the plot (``freq`` 1/Å, ``true``, ``unmasked``). The FSC files start at shell 2, as spa_fsc's."""
+    from emflow.io import write_fsc_txt, write_mrc
+
+    g = r["fsc_all"]
+    write_mrc(out.even[k], r["maps"]["even"], apix)
+    write_mrc(out.odd[k], r["maps"]["odd"], apix)
+    write_fsc_txt(out.fsc[k], g["true"].freq[1:] / apix, g["true"].fsc[1:])
+    write_fsc_txt(out.fsc_unmasked[k], g["unmasked"].freq[1:] / apix, g["unmasked"].fsc[1:])
+    return {"freq": g["true"].freq / apix, "true": g["true"].fsc, "unmasked": g["unmasked"].fsc}

@@ -310,7 +310,54 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
     vol, filt, m3d = stage_make3d(avgs, R, info["ptcl_repr"], opts)
     clock("make3d")
     return {"eulers": eulers, "projections": proj, "simmx": mx, "classify": cls, "classes": avgs,
-            "class_info": info, "threed": vol, "threed_filt": filt, "make3d_info": m3d, "pairs": pairs}
+            "class_info": info, "make3d_R": R, "threed": vol, "threed_filt": filt, "make3d_info": m3d, "pairs": pairs}
+
+
+def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl: int = 32, n_proj: int = 16,
+                   seed: int = 0) -> dict:
+    """Measured cost of one iteration's stages per unit on this machine, from a tiny run (EMAN ``--check``
+    cannot say this): ``{"simmx_pair", "classaverage_ptcl", "per_proj"}`` seconds per (particle ×
+    projection) pair, per particle, and per projection (project3d + make3d).
+
+    The run uses the ``spa`` options on ``n_ptcl`` noisy projections of a Gaussian ellipsoid (box
+    ``box``, with CTFs when ``ctf``) against ``n_proj`` references; a first smaller pass compiles the
+    kernels so the timing excludes the JIT. Estimate an iteration with :func:`estimate_iteration_seconds`.
+    """
+    from emflow.ctf import CTF
+
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = (np.indices((box,) * 3) - box // 2) / max(box / 8, 1)
+    model = np.exp(-(xx**2 / 4 + yy**2 / 2 + zz**2)).astype(np.float32)
+    opts = RefineOptions.from_config(spa, apix=apix, orientgen="eman:delta=15:inc_mirror=0:perturb=0", sym="c1")
+    eulers = projection_orientations(opts)
+    stats: dict = {}
+    for npt, npr in ((8, 4), (n_ptcl, n_proj)):  # warm-up (numba compilation), then the measured pass
+        ev = eulers[rng.choice(len(eulers), npr, replace=False)]
+        t: dict = {}
+        clock = _StageClock(t)
+        proj = project3d(model, ev, opts.projector)
+        parts = (proj[rng.integers(0, npr, npt)] + rng.normal(0, 2.0, (npt, box, box))).astype(np.float32)
+        ctfs = [CTF(defocus_um=1.0 + 1.5 * rng.random()) for _ in range(npt)] if ctf else None
+        clock("project3d")
+        mx, _ = stage_simmx(parts, proj, opts, ctfs=ctfs)
+        clock("simmx")
+        cls = stage_classify(mx, opts)
+        avgs, info = stage_classaverage(parts, cls, proj, opts, ctfs=ctfs)
+        clock("classaverage")
+        from emflow.geometry import eman_to_matrix
+
+        stage_make3d(avgs, eman_to_matrix(ev[:, 0], ev[:, 1], ev[:, 2]), np.maximum(info["ptcl_repr"], 1), opts)
+        clock("make3d")
+        stats = {"simmx_pair": t["simmx"] / (npt * npr), "classaverage_ptcl": t["classaverage"] / npt,
+                 "per_proj": (t["project3d"] + t["make3d"]) / npr}
+    return stats
+
+
+def estimate_iteration_seconds(cost: dict, n_particles: int, n_projections: int) -> float:
+    """Seconds of one iteration from :func:`calibrate_cost`: simmx ∝ particles × projections, class
+    averaging ∝ particles, projection and reconstruction ∝ projections (one process, this machine)."""
+    return float(cost["simmx_pair"] * n_particles * n_projections + cost["classaverage_ptcl"] * n_particles
+                 + cost["per_proj"] * n_projections)
 
 
 class _StageClock:
