@@ -25,22 +25,6 @@ if SPA_ON:
 SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))] if SPA_ON else []
 
 
-def spa_box_apix():
-    """(box, Å/px) of the particles before the run: demo settings, else the stack's header / STAR optics."""
-    if spa_demo_data():
-        return config["demo"]["spa"]["box"], config["demo"]["spa"]["apix"]
-    from emflow.io import read_hdf_stack, read_mrc_header
-    from emflow.pixel_size import particles_pixel_size
-
-    path = str(spa_particles())
-    box = (
-        read_hdf_stack(path, indices=[0])[0].shape[-1] if path.endswith(".hdf") else read_mrc_header(path)["shape"][-1]
-    )
-    star = spa_particles_star() or None
-    apix = particles_pixel_size(path, star, expected=spa_apix_expected(), override=spa_apix_override())
-    return box, apix
-
-
 if SPA_ON:
     SPA_PROJECTIONS = check_options(SPA, SPA["iter"])  # every e2refine option parses, before any job runs
     if SPA["check"]:  # EMAN --check: options validated above, inputs by spa_prepare, the starting model's box
@@ -49,7 +33,15 @@ if SPA_ON:
 
         from emflow.spa.refine_loop import calibrate_cost, estimate_iteration_seconds
 
-        SPA_COST = calibrate_cost(SPA, *spa_box_apix(), ctf=spa_demo_data() or bool(spa_particles_star()))
+        from emflow.spa.files import particles_box_apix
+
+        if spa_demo_data():
+            SPA_BOX_APIX = config["demo"]["spa"]["box"], config["demo"]["spa"]["apix"]
+        else:
+            SPA_BOX_APIX = particles_box_apix(
+                str(spa_particles()), spa_particles_star() or None, spa_apix_expected(), spa_apix_override()
+            )
+        SPA_COST = calibrate_cost(SPA, *SPA_BOX_APIX, ctf=spa_demo_data() or bool(spa_particles_star()))
         print(
             f"spa check: {spa_n_particles()} particles; reference projections per iteration "
             f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "

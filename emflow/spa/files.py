@@ -300,3 +300,12 @@ def write_gold_iteration(out, k: int, r: dict, apix: float) -> dict:
     write_fsc_txt(out.fsc[k], g["true"].freq[1:] / apix, g["true"].fsc[1:])
     write_fsc_txt(out.fsc_unmasked[k], g["unmasked"].freq[1:] / apix, g["unmasked"].fsc[1:])
     return {"freq": g["true"].freq / apix, "true": g["true"].fsc, "unmasked": g["unmasked"].fsc}
+
+
+def particles_box_apix(path: str, star: str | None, expected: float | None, override: float | None):
+    """``(box, Å/px)`` of a user's particle stack before the run (header, STAR optics; as spa_prepare)."""
+    from emflow.io import read_hdf_stack, read_mrc_header
+    from emflow.pixel_size import particles_pixel_size
+
+    box = read_hdf_stack(path, indices=[0])[0].shape[-1] if path.endswith(".hdf") else read_mrc_header(path)["shape"][-1]
+    return int(box), particles_pixel_size(path, star, expected=expected, override=override)
