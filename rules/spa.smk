@@ -7,6 +7,10 @@
 #   fsc_XX.txt (vs the previous model), fsc_truth_XX.txt + truth_eval_XX.json (demo: resolution,
 #   hand and symmetry against the truth), convergence.png,
 #   classes_XX.png, summary.json.
+# spa.goldstandard: one job (spa_gold) refines the even/odd halves instead, writing gold/: the half maps,
+#   fsc_gold_XX.txt (masked, phase-randomisation corrected: the reported curve), fsc_unmasked_XX.txt,
+#   threed_gold.mrc (FSC-weighted), gold.json (0.143 resolutions; demo: vs the truth), gold_fsc.png.
+# Every script calls the stage functions of emflow.spa.refine_loop that run_iteration chains.
 
 # Each rule gets as params only the `spa:` keys its stage reads (STAGE_KEYS), so a changed
 # class-averaging key reruns class averaging onwards, not the projections or the simmx.
