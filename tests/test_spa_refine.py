@@ -211,3 +211,33 @@ def test_scripts_run_the_same_stages_as_run_iteration(tmp_path, spa_data):
     assert np.abs(vol - ref["threed"]).max() < 0.05 * np.abs(ref["threed"]).max()
     _, headers = read_hdf_stack(str(d / "classes.hdf"))
     assert len(headers[0]["class_ssnr"]) == parts.shape[-1] // 2
+
+
+def test_spa_report_script_plots_and_summarises(tmp_path):
+    """spa_report (figures from emflow.pipeline.spa_plots): summary rows per iteration with the truth
+    evaluation on the demo; user data (truth: None) gets only the iteration-to-iteration panel."""
+    import json
+
+    from workflow_runner import run_script
+
+    from emflow.io import write_fsc_txt, write_hdf_stack
+
+    d = tmp_path
+    f = np.linspace(0.005, 0.15, 30)
+    write_hdf_stack(d / "classes.hdf", np.random.default_rng(0).random((10, 16, 16)).astype(np.float32),
+                    [{"ptcl_repr": i} for i in range(10)], apix=3.0)
+    for truth in (True, False):
+        for it in ("01", "02"):
+            write_fsc_txt(d / f"fsc_{it}.txt", f, np.exp(-f * 20))
+            write_fsc_txt(d / f"fsc_truth_{it}.txt", f, np.exp(-f * 25))
+            ev = {"iter": it, "apix": 3.0, "bar_px": 2.5, "fsc_truth_05_a": 20.0} if truth else \
+                {"iter": it, "apix": 3.0, "truth": None}
+            (d / f"truth_eval_{it}.json").write_text(json.dumps(ev))
+        out = {"convergence": d / f"conv{truth}.png", "gallery": d / f"gal{truth}.png", "summary": d / f"s{truth}.json"}
+        run_script("spa_report.py", input={k: [d / f"{k}_{it}.{'json' if k == 'truth_eval' else 'txt'}"
+                                               for it in ("01", "02")] for k in ("fsc", "fsc_truth", "truth_eval")}
+                   | {"classes": d / "classes.hdf"}, output=out, params={"iters": ["01", "02"]})
+        rows = json.loads(out["summary"].read_text())["iterations"]
+        assert [r["iter"] for r in rows] == ["01", "02"] and ("fsc_truth_05_a" in rows[-1]) == truth
+        assert rows[0]["fsc_prev_0.5_A"] == pytest.approx(20 / np.log(2), rel=0.02)  # exp(−20 f) = 0.5
+        assert out["convergence"].stat().st_size > 1000 and out["gallery"].stat().st_size > 1000

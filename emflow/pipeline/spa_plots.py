@@ -28,7 +28,8 @@ def _fsc_axes(ax, title: str) -> None:
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.axhline(0.143, color="grey", lw=0.5, ls="--")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", title=title, ylim=(-0.1, 1.02))
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def gold_fsc_plot(curves: Sequence[dict], rows: Sequence[dict], path: str | os.PathLike) -> None:
@@ -62,9 +63,10 @@ def convergence_plot(iters: Sequence[str], fsc_prev: Sequence[tuple], fsc_truth:
             axes[0].plot(truth[0], truth[1], label=f"it {it}")
     if bar_freq is not None:
         axes[0].axvline(bar_freq, color="red", lw=0.8, ls=":", label="2.5 px bar")
+    no_truth = all(t is None for t in fsc_truth)
     for ax, title in zip(axes, ("FSC vs truth", "FSC between iterations")):
         _fsc_axes(ax, title)
-    if all(t is None for t in fsc_truth):  # user data: no ground truth, only the iteration-to-iteration panel
+    if no_truth:  # user data: no ground truth, only the iteration-to-iteration panel
         fig.delaxes(axes[0])
     fig.tight_layout()
     _save(fig, path)
