@@ -241,3 +241,39 @@ def test_spa_report_script_plots_and_summarises(tmp_path):
         assert [r["iter"] for r in rows] == ["01", "02"] and ("fsc_truth_05_a" in rows[-1]) == truth
         assert rows[0]["fsc_prev_0.5_A"] == pytest.approx(20 / np.log(2), rel=0.02)  # exp(−20 f) = 0.5
         assert out["convergence"].stat().st_size > 1000 and out["gallery"].stat().st_size > 1000
+
+
+def test_startmodel_and_fsc_scripts(tmp_path, spa_data):
+    """spa_startmodel: a blob of the given radius, the truth low-passed, a map path checked against the
+    particles' box (InputError naming spa.startingmodel); spa_fsc: FSC vs the previous map and the truth."""
+    import json
+
+    from workflow_runner import run_script
+
+    from emflow.errors import InputError
+    from emflow.io import read_mrc, write_hdf_stack, write_mrc
+
+    particles, _, truth, apix = spa_data
+    d = tmp_path
+    write_hdf_stack(d / "particles.hdf", particles[:4], [{} for _ in range(4)], apix=apix)
+    write_mrc(d / "truth.mrc", truth, apix)
+    write_mrc(d / "small.mrc", truth[:16, :16, :16], apix)
+    for kind, src in (("blob", []), ("truth_lowpass30", [d / "truth.mrc"]), (str(d / "truth.mrc"), [])):
+        run_script("spa_startmodel.py", input={"particles": d / "particles.hdf", "source": src},
+                   output={"model": d / "start.mrc"}, params={"spa": {"startingmodel": kind, "blob_radius_a": 40.0}})
+        m, a = read_mrc(str(d / "start.mrc"))
+        assert m.shape == truth.shape and a == pytest.approx(apix)
+        if kind == "blob":
+            assert m[16, 16, 16] > 0.5 * m.max() and m[16, 16, 16 + int(70 / apix)] < 0.2 * m.max()
+    with pytest.raises(InputError, match="startingmodel"):
+        run_script("spa_startmodel.py", input={"particles": d / "particles.hdf", "source": []},
+                   output={"model": d / "start.mrc"}, params={"spa": {"startingmodel": str(d / "small.mrc"),
+                                                                      "blob_radius_a": None}})
+    out = {"fsc": d / "fsc.txt", "fsc_truth": d / "fsc_truth.txt", "truth_eval": d / "ev.json"}
+    run_script("spa_fsc.py", input={"threed": d / "truth.mrc", "previous": d / "start.mrc", "truth": [d / "truth.mrc"]},
+               output=out, params={"truth_sym": "d7"}, wildcards={"it": "01"})
+    ev = json.loads(out["truth_eval"].read_text())
+    assert ev["hand_correct"] and ev["fsc_truth_05_px"] == pytest.approx(2.0, abs=0.01)  # a map vs itself: Nyquist
+    run_script("spa_fsc.py", input={"threed": d / "truth.mrc", "previous": d / "start.mrc", "truth": []},
+               output=out, params={"truth_sym": None}, wildcards={"it": "01"})
+    assert json.loads(out["truth_eval"].read_text())["truth"] is None

@@ -309,3 +309,25 @@ def particles_box_apix(path: str, star: str | None, expected: float | None, over
 
     box = read_hdf_stack(path, indices=[0])[0].shape[-1] if path.endswith(".hdf") else read_mrc_header(path)["shape"][-1]
     return int(box), particles_pixel_size(path, star, expected=expected, override=override)
+
+
+def start_model(kind: str, box: int, apix: float, source: str | None, blob_radius_a: float | None) -> np.ndarray:
+    """threed_00 from ``spa.startingmodel``: ``blob`` (soft sphere of ``blob_radius_a``), ``truth_lowpass30``
+    (the map ``source`` tophat-filtered to 30 Å) or a map path (``source``) with the particles' box and
+    pixel size (else an :class:`InputError` with the e2proc3d command that resamples it). float32."""
+    from emflow.filters import lowpass_tophat
+    from emflow.io import read_mrc
+    from emflow.spa.initial_model import blob_model
+
+    if kind == "blob":
+        return np.asarray(blob_model(box, apix, radius_a=blob_radius_a), np.float32)
+    model, mapix = read_mrc(source)
+    resample = (f"resample the model to box {box} at {apix:.3f} Å/px, e.g. `e2proc3d.py {source} model_resampled.mrc "
+                f"--scale={mapix / apix:.4f} --clip={box} --apix={apix:.3f}`, and set spa.startingmodel to the result")
+    if model.shape != (box, box, box):
+        raise InputError(f"starting model box {model.shape} differs from particle box {box}", source="spa.startingmodel",
+                         fix=resample)
+    if abs(mapix - apix) > 0.01 * apix:
+        raise InputError(f"starting model pixel size {mapix:.3f} Å differs from the particles' {apix:.3f} Å",
+                         source="spa.startingmodel", fix=resample)
+    return np.asarray(lowpass_tophat(model, apix, 30.0) if kind == "truth_lowpass30" else model, np.float32)
