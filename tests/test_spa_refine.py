@@ -277,3 +277,15 @@ def test_startmodel_and_fsc_scripts(tmp_path, spa_data):
     run_script("spa_fsc.py", input={"threed": d / "truth.mrc", "previous": d / "start.mrc", "truth": []},
                output=out, params={"truth_sym": None}, wildcards={"it": "01"})
     assert json.loads(out["truth_eval"].read_text())["truth"] is None
+
+
+def test_particles_box_apix_before_the_run(tmp_path):
+    """spa check's cost estimate reads the box and pixel size of a user's stack (HDF or MRC) from its header."""
+    from emflow.io import write_hdf_stack, write_mrc
+    from emflow.spa.files import particles_box_apix
+
+    stack = np.zeros((3, 24, 24), np.float32)
+    write_hdf_stack(tmp_path / "p.hdf", stack, [{} for _ in range(3)], apix=2.5)
+    write_mrc(tmp_path / "p.mrcs", stack, 3.5)
+    assert particles_box_apix(str(tmp_path / "p.hdf"), None, None, None) == (24, pytest.approx(2.5))
+    assert particles_box_apix(str(tmp_path / "p.mrcs"), None, None, None) == (24, pytest.approx(3.5))
