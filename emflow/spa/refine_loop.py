@@ -313,15 +313,16 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
             "class_info": info, "make3d_R": R, "threed": vol, "threed_filt": filt, "make3d_info": m3d, "pairs": pairs}
 
 
-def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl: int = 32, n_proj: int = 16,
-                   seed: int = 0) -> dict:
+def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl: int = 64, n_proj: int = 24,
+                   seed: int = 0, repeats: int = 2) -> dict:
     """Measured cost of one iteration's stages per unit on this machine, from a tiny run (EMAN ``--check``
     cannot say this): ``{"simmx_pair", "classaverage_ptcl", "per_proj"}`` seconds per (particle ×
     projection) pair, per particle, and per projection (project3d + make3d).
 
     The run uses the ``spa`` options on ``n_ptcl`` noisy projections of a Gaussian ellipsoid (box
     ``box``, with CTFs when ``ctf``) against ``n_proj`` references; a first smaller pass compiles the
-    kernels so the timing excludes the JIT. Estimate an iteration with :func:`estimate_iteration_seconds`.
+    kernels so the timing excludes the JIT, and the ``repeats`` measured passes are averaged (a machine
+    shared with other jobs varies from second to second). Estimate an iteration with :func:`estimate_iteration_seconds`.
     """
     from emflow.ctf import CTF
 
@@ -330,8 +331,8 @@ def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl
     model = np.exp(-(xx**2 / 4 + yy**2 / 2 + zz**2)).astype(np.float32)
     opts = RefineOptions.from_config(spa, apix=apix, orientgen="eman:delta=15:inc_mirror=0:perturb=0", sym="c1")
     eulers = projection_orientations(opts)
-    stats: dict = {}
-    for npt, npr in ((8, 4), (n_ptcl, n_proj)):  # warm-up (numba compilation), then the measured pass
+    runs: list[dict] = []
+    for npt, npr in [(8, 4)] + [(n_ptcl, n_proj)] * repeats:  # warm-up (numba compilation), then measured passes
         ev = eulers[rng.choice(len(eulers), npr, replace=False)]
         t: dict = {}
         clock = _StageClock(t)
@@ -348,9 +349,9 @@ def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl
 
         stage_make3d(avgs, eman_to_matrix(ev[:, 0], ev[:, 1], ev[:, 2]), np.maximum(info["ptcl_repr"], 1), opts)
         clock("make3d")
-        stats = {"simmx_pair": t["simmx"] / (npt * npr), "classaverage_ptcl": t["classaverage"] / npt,
-                 "per_proj": (t["project3d"] + t["make3d"]) / npr}
-    return stats
+        runs.append({"simmx_pair": t["simmx"] / (npt * npr), "classaverage_ptcl": t["classaverage"] / npt,
+                     "per_proj": (t["project3d"] + t["make3d"]) / npr})
+    return {k: float(np.mean([r[k] for r in runs[1:]])) for k in runs[0]}
 
 
 def estimate_iteration_seconds(cost: dict, n_particles: int, n_projections: int) -> float:
