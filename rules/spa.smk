@@ -7,6 +7,10 @@
 #   fsc_XX.txt (vs the previous model), fsc_truth_XX.txt + truth_eval_XX.json (demo: resolution,
 #   hand and symmetry against the truth), convergence.png,
 #   classes_XX.png, summary.json.
+# spa.goldstandard: one job (spa_gold) refines the even/odd halves instead, writing gold/: the half maps,
+#   fsc_gold_XX.txt (masked, phase-randomisation corrected: the reported curve), fsc_unmasked_XX.txt,
+#   threed_gold.mrc (FSC-weighted), gold.json (0.143 resolutions; demo: vs the truth), gold_fsc.png.
+# Every script calls the stage functions of emflow.spa.refine_loop that run_iteration chains.
 
 # Each rule gets as params only the `spa:` keys its stage reads (STAGE_KEYS), so a changed
 # class-averaging key reruns class averaging onwards, not the projections or the simmx.
@@ -31,10 +35,24 @@ if SPA_ON:
         # and pixel size by spa_startmodel; nothing else runs
         import sys
 
+        from emflow.spa.refine_loop import calibrate_cost, estimate_iteration_seconds
+
+        from emflow.spa.files import particles_box_apix
+
+        if spa_demo_data():
+            SPA_BOX_APIX = config["demo"]["spa"]["box"], config["demo"]["spa"]["apix"]
+        else:
+            SPA_BOX_APIX = particles_box_apix(
+                str(spa_particles()), spa_particles_star() or None, spa_apix_expected(), spa_apix_override()
+            )
+        SPA_COST = calibrate_cost(SPA, *SPA_BOX_APIX, ctf=spa_demo_data() or bool(spa_particles_star()))
         print(
             f"spa check: {spa_n_particles()} particles; reference projections per iteration "
             f"{SPA_PROJECTIONS}; simmx pairs (particles × projections) per iteration "
-            f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}",
+            f"{[spa_n_particles() * n for n in SPA_PROJECTIONS]}; estimated seconds per iteration (one "
+            f"process on this machine, from a calibration run: simmx {SPA_COST['simmx_pair'] * 1e3:.2f} ms/pair, "
+            f"class averaging {SPA_COST['classaverage_ptcl'] * 1e3:.1f} ms/particle) "
+            f"{[round(estimate_iteration_seconds(SPA_COST, spa_n_particles(), n)) for n in SPA_PROJECTIONS]}",
             file=sys.stderr,
         )
         FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
@@ -294,12 +312,15 @@ rule spa_gold:
     input:
         particles=f"{SPA_DIR}/particles.hdf",
         model=f"{SPA_DIR}/threed_00.mrc",
+        truth=spa_truth_map(),
     output:
         even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
         odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
         fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
+        fsc_unmasked=expand(f"{SPA_DIR}/gold/fsc_unmasked_{{it}}.txt", it=SPA_ITERS),
         combined=f"{SPA_DIR}/gold/threed_gold.mrc",
         summary=f"{SPA_DIR}/gold/gold.json",
+        plot=f"{SPA_DIR}/gold/gold_fsc.png",
     log:
         f"results/logs/spa/spa_gold/{SPA['path']}.log",
     benchmark:
@@ -311,7 +332,8 @@ rule spa_gold:
         mem_mb=8000,
         runtime=600,
     params:
-        spa=spa_gold_params(),
+        spa={**spa_gold_params(), "gold_speed": SPA["gold_speed"]},
         iters=SPA_ITERS,
+        truth_sym=spa_truth_symmetry(),
     script:
         "../workflow/scripts/spa_gold.py"

@@ -60,12 +60,19 @@ def test_gold_halves_are_independent_and_gold_fsc_tracks_the_truth(c1_data):
     np.testing.assert_array_equal(r2["maps"]["even"], r["maps"]["even"])
     assert not np.allclose(r2["maps"]["odd"], r["maps"]["odd"])
     assert set(r["members"]["even"]).isdisjoint(r["members"]["odd"])
-    # the gold-standard 0.143 of the halves vs the FSC 0.5 of the combined map against the truth
+    # the gold-standard 0.143 of the halves (masked, corrected) vs the FSC 0.5 of the combined map against the truth
     # (the full map's FSC vs truth ≈ sqrt of the full-map FSC estimate; both measure the same resolution)
-    truth_05 = map_vs_truth(r["combined"], vol, apix)["fsc_truth_05_a"]
-    print(f"gold 0.143: {r['res_0143_a']:.1f} Å; combined vs truth 0.5: {truth_05:.1f} Å")
-    assert 0.7 < r["res_0143_a"] / truth_05 < 1.3, (r["res_0143_a"], truth_05)
-    assert r["res_0143_a"] == pytest.approx(resolution(fsc(r["maps"]["even"], r["maps"]["odd"]), apix, 0.143))
+    g = r["fsc_all"]
+    # the reported figure is masked: compare with the truth FSC under the same mask (unmasked: both unmasked)
+    truth_05 = resolution(fsc(r["combined"] * g["mask"], vol * g["mask"]), apix, 0.5)
+    truth_05_un = map_vs_truth(r["combined"], vol, apix)["fsc_truth_05_a"]
+    print(f"gold 0.143 masked {r['res_0143_a']:.1f} Å, unmasked {g['res_unmasked_a']:.1f} Å; combined vs truth 0.5: "
+          f"masked {truth_05:.1f} Å, unmasked {truth_05_un:.1f} Å")
+    assert 0.75 < r["res_0143_a"] / truth_05 < 1.3, (r["res_0143_a"], truth_05)
+    assert 0.75 < g["res_unmasked_a"] / truth_05_un < 1.3, (g["res_unmasked_a"], truth_05_un)
+    assert r["res_0143_a"] == pytest.approx(resolution(g["true"], apix, 0.143)) == pytest.approx(g["res_true_a"])
+    assert g["res_unmasked_a"] == pytest.approx(resolution(fsc(r["maps"]["even"], r["maps"]["odd"]), apix, 0.143))
+    assert g["res_unmasked_a"] >= g["res_true_a"]  # the mask removes solvent noise: the masked figure is better
 
 
 @pytest.mark.workflow
@@ -103,11 +110,81 @@ def test_spa_gold_rule_runs_the_halves(tmp_path):
     spa = yaml.safe_load((work / "config/config.yaml").read_text())["spa"]
     spa.update(sym="c1", orientgen="eman:delta=30:inc_mirror=0:perturb=0", classralign=None)
     out = {"even": [tmp_path / "gold/threed_even_01.mrc"], "odd": [tmp_path / "gold/threed_odd_01.mrc"],
-           "fsc": [tmp_path / "gold/fsc_gold_01.txt"], "combined": tmp_path / "gold/threed_gold.mrc",
-           "summary": tmp_path / "gold/gold.json"}
+           "fsc": [tmp_path / "gold/fsc_gold_01.txt"], "fsc_unmasked": [tmp_path / "gold/fsc_unmasked_01.txt"],
+           "combined": tmp_path / "gold/threed_gold.mrc", "summary": tmp_path / "gold/gold.json",
+           "plot": tmp_path / "gold/gold_fsc.png"}
     (tmp_path / "gold").mkdir()
-    run_script("spa_gold.py", input={"particles": tmp_path / "particles.hdf", "model": tmp_path / "threed_00.mrc"},
-               output=out, params={"spa": spa, "iters": ["01"]}, log=tmp_path / "gold.log")
+    run_script("spa_gold.py", input={"particles": tmp_path / "particles.hdf", "model": tmp_path / "threed_00.mrc",
+                                     "truth": [tmp_path / "threed_00.mrc"]},
+               output=out, params={"spa": spa, "iters": ["01"], "truth_sym": None}, log=tmp_path / "gold.log")
     g = json.loads((tmp_path / "gold/gold.json").read_text())
     assert g["halves"] == {"even": 60, "odd": 60} and g["gold_0143_a"] > 2 * apix - 1e-6
-    assert all(p.exists() for p in (out["even"][0], out["odd"][0], out["fsc"][0], out["combined"]))
+    assert g["iterations"][0]["truth"]["fsc_truth_05_a"] > 0 and g["iterations"][0]["unmasked_0143_a"] > 0
+    assert all(p.exists() for p in (out["even"][0], out["odd"][0], out["fsc"][0], out["fsc_unmasked"][0],
+                                    out["combined"], out["plot"]))
+
+
+def test_masked_fsc_is_corrected_for_the_mask_by_phase_randomisation():
+    """Two maps = one signal + independent noise: a tight mask's own correlation inflates the masked FSC at
+    high frequency; the phase-randomisation correction (Chen et al. 2013; RELION src/postprocessing.cpp
+    lines 564–591 at 3dem/relion 73f0a3c, calculateFSCtrue: true = masked below randomize_at + 2 shells,
+    else (FSC_t − FSC_n)/(1 − FSC_n)) brings it back to the unmasked-noise truth, while inside the mask the
+    signal's FSC is kept."""
+    from emflow.demo.data import structure_path
+    from emflow.demo.phantom import resample_map
+    from emflow.filters import lowpass_tophat
+    from emflow.io import read_mrc
+    from emflow.spa.gold import gold_fsc, gold_mask
+
+    ref, ap = read_mrc(str(structure_path("ribosome70S")))
+    apix = ap * ref.shape[0] / 48 * 1.3
+    sig = resample_map(ref, ap, apix, box=48)
+    sig = lowpass_tophat(sig, apix, 5 * apix)  # signal only to 0.2 cycles/px: beyond, the halves share nothing
+    rng = np.random.default_rng(4)
+    noise = 0.5 * sig.std()
+    a = (sig + rng.normal(0, noise, sig.shape)).astype(np.float32)
+    b = (sig + rng.normal(0, noise, sig.shape)).astype(np.float32)
+    mask = gold_mask(0.5 * (a + b), apix, 3 * apix)
+    assert 0.02 < mask.mean() < 0.5 and mask.max() == pytest.approx(1.0)
+    # a hard mask that cuts through the density: the cut signal shares high frequencies between the halves
+    hard = (sig > 0.3 * sig.max()).astype(np.float32)
+    g = gold_fsc(a, b, apix, mask=hard)
+    hi = g["unmasked"].freq > 0.3  # shells where the halves are independent noise
+    print("unmasked", g["unmasked"].fsc[hi].mean(), "masked", g["masked"].fsc[hi].mean(), "true",
+          g["true"].fsc[hi].mean(), "randomize_at", g["randomize_at"])
+    assert abs(g["unmasked"].fsc[hi].mean()) < 0.05
+    assert g["masked"].fsc[hi].mean() > 0.3  # the mask's own correlation (measured 0.68)
+    assert abs(g["true"].fsc[hi].mean()) < 0.15  # removed by the correction (measured −0.08: one noise realisation)
+    lo = g["unmasked"].shell < g["randomize_at"]
+    np.testing.assert_array_equal(g["true"].fsc[lo], g["masked"].fsc[lo])
+    assert g["res_true_a"] > g["res_masked_a"]  # the inflated masked figure is not reported
+
+
+def test_angular_step_follows_e2refine_easy_rule():
+    """programs/e2refine_easy.py (EMAN2 f9e8fc6) lines 526–530 / 552–553: 89.99/ceil(810/((speed+3)·sqrt(4300/effbox)))."""
+    import math
+
+    from emflow.spa.gold import eman_angular_step, orientgen_with_delta
+
+    # box 64 at 3.275 Å: 30 Å target → effbox = 64·3.275·2/30 = 13.97; speed 5 → 89.99/ceil(810/(8·17.54)) = 89.99/6
+    assert eman_angular_step(30.0, 64, 3.275, 5) == pytest.approx(89.99 / 6)
+    assert eman_angular_step(8.0, 64, 3.275, 5) == pytest.approx(89.99 / math.ceil(810 / (8 * math.sqrt(4300 / 64))))
+    steps = [eman_angular_step(r, 64, 3.275, 5) for r in (40, 25, 15, 10)]
+    assert all(s1 >= s2 for s1, s2 in zip(steps, steps[1:]))  # finer as the resolution improves
+    assert eman_angular_step(15, 64, 3.275, 1) < eman_angular_step(15, 64, 3.275, 7)
+    assert orientgen_with_delta("eman:delta=6:inc_mirror=0", 4.5) == "eman:delta=4.50000:inc_mirror=0"
+
+
+def test_run_gold_schedules_the_step_from_the_measured_resolution(c1_data):
+    from emflow.spa.gold import eman_angular_step, run_gold
+
+    parts, ctfs, vol, apix = c1_data
+    spa = {"sym": "c1", "orientgen": "eman:delta=20:inc_mirror=0:perturb=0", "classralign": None,
+           "classaverager": "ctf", "classkeep": 1.0, "m3dkeep": 1.0, "gold_startres": 60.0, "gold_speed": 3}
+    seen = []
+    r, rows = run_gold(vol, parts[:200], spa, ["01", "02"], apix, ctfs=ctfs[:200],
+                       on_iteration=lambda it, res, row: seen.append(it))
+    assert seen == ["01", "02"] and rows[0]["orientgen"] == spa["orientgen"]
+    step = eman_angular_step(rows[0]["gold_0143_a"], 32, apix, 3)
+    assert rows[1]["orientgen"].startswith(f"eman:delta={step:.5f}")
+    assert rows[1]["unmasked_0143_a"] > 0 and r["combined"].shape == vol.shape

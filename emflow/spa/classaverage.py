@@ -268,3 +268,22 @@ def _finish(avgs, projections, counts, opts):
             a = scale * da + p.mean()
         out[c] = a
     return out
+
+
+def class_ssnr(averages: np.ndarray, projections: np.ndarray, ptcl_repr: np.ndarray | None = None) -> np.ndarray:
+    """Per-class spectral SNR (EMAN header ``class_ssnr``, spec §4.4): the FRC of each class average
+    with its projection, smoothed over 3 rings and converted to ``SSNR = f / (1 − f)`` (f clipped to
+    [0, 0.999]).
+
+    Returns ``(n_class, b//2)`` float32 (ring 1 … b/2); empty classes (``ptcl_repr == 0``) get zeros.
+    """
+    from emflow.fsc import frc_per_image
+
+    f = np.asarray(frc_per_image(averages, projections), np.float64)[:, 1:]  # rings 1 … b/2
+    pad = np.pad(f, ((0, 0), (1, 1)), mode="edge")
+    smooth = (pad[:, :-2] + pad[:, 1:-1] + pad[:, 2:]) / 3.0
+    smooth = np.clip(smooth, 0.0, 0.999)
+    ssnr = smooth / (1.0 - smooth)
+    if ptcl_repr is not None:
+        ssnr[np.asarray(ptcl_repr) == 0] = 0.0
+    return ssnr.astype(np.float32)

@@ -223,3 +223,111 @@ def read_projections(path: str):
     stack, headers = read_hdf_stack(path)
     R = np.stack([np.asarray(transform_from_dict(h["xform.projection"])[0], float) for h in headers])
     return np.asarray(stack, np.float32), matrix_to_eman(R), R
+
+
+def write_projections(path: str, proj: np.ndarray, R: np.ndarray, apix: float) -> None:
+    """projections_XX.hdf: one image per orientation with ``xform.projection`` (e2project3d)."""
+    from emflow.io import transform_to_dict, write_hdf_stack
+
+    headers = [{"xform.projection": transform_to_dict(r), "ptcl_repr": 0, "model_id": 0} for r in R]
+    write_hdf_stack(path, proj, headers, apix=apix)
+
+
+def write_classes(path: str, result_path: str, avgs: np.ndarray, info: dict, R: np.ndarray, projections_path: str,
+                  particles_path: str, apix: float) -> None:
+    """classes_XX.hdf (e2classaverage headers, spec §4.4, with ``class_ssnr``) and cls_result_XX.hdf."""
+    from emflow.io import transform_to_dict, write_hdf_stack
+    from emflow.spa.classify import CLASSMX_PLANES
+
+    headers = [{"xform.projection": transform_to_dict(R[c]), "projection_image": str(projections_path),
+                "projection_image_idx": c, "ptcl_repr": int(info["ptcl_repr"][c]),
+                "class_ptcl_idxs": [int(i) for i in info["members"][c]],
+                "exc_class_ptcl_idxs": [int(i) for i in info["excluded"][c]], "class_ptcl_src": str(particles_path),
+                "class_qual": float(np.nan_to_num(info["quality"][c], nan=0.0)),
+                "class_ssnr": [round(float(v), 5) for v in info["class_ssnr"][c]]} for c in range(len(avgs))]
+    write_hdf_stack(path, avgs, headers, apix=apix)
+    write_hdf_stack(result_path, info["result"], [{"classmx_plane": p} for p in CLASSMX_PLANES])
+
+
+def read_classes(path: str):
+    """``(averages, rotations (n, 3, 3), ptcl_repr (n,), apix)`` from classes_XX.hdf."""
+    from emflow.io import read_hdf_stack, transform_from_dict
+    from emflow.pixel_size import check_pixel_size
+
+    avgs, headers = read_hdf_stack(path)
+    apix = check_pixel_size(headers[0].get("apix_x"), source=path, kind="hdf")
+    R = np.stack([np.asarray(transform_from_dict(h["xform.projection"])[0], float) for h in headers])
+    return np.asarray(avgs, np.float32), R, np.array([h.get("ptcl_repr", 0) for h in headers], float), apix
+
+
+def prepare_particles(path: str, star: str | None, contrast: str, apix_expected, apix_key: str, apix_override):
+    """spa_prepare: the particle stack (MRC/HDF, + RELION STAR CTFs) made protein white (declared
+    ``contrast``), phase-flipped, contrast-checked and edge-mean normalised.
+
+    The pixel size comes from the files' own metadata (STAR optics rlnImagePixelSize, else the stack
+    header); ``apix_expected`` (config ``apix_key``) is a check, ``apix_override`` the explicit fix for an
+    unset header. Returns ``(stack, headers, apix, contrast_z, phase_flipped)``.
+    """
+    from emflow.io import read_hdf_stack, read_mrc, read_star
+    from emflow.pixel_size import particles_pixel_size
+    from emflow.spa.classaverage import normalize_stack
+    from emflow.spa.refine_loop import phase_flip_particles
+
+    apix = particles_pixel_size(path, star, expected=apix_expected, key=apix_key, override=apix_override)
+    stack = read_hdf_stack(path)[0] if path.endswith(".hdf") else read_mrc(path, check_apix=False)[0]
+    stack = np.asarray(stack, np.float32)
+    if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[1] % 2:
+        raise InputError(f"particles must be a stack of square, even boxes, got {stack.shape}", source=path)
+    stack = to_protein_white(stack, contrast)
+    ctfs = ctfs_from_star(read_star(star), len(stack), star, stack_path=path) if star else None
+    if ctfs:
+        stack = phase_flip_particles(stack, ctfs, apix)
+    z = check_contrast(stack, contrast, source="config key 'input.spa_contrast'")
+    stack = normalize_stack(stack, "normalize.edgemean")
+    headers = [{"ctf": ctf_header(c, apix)} for c in ctfs] if ctfs else [{} for _ in range(len(stack))]
+    return stack, headers, apix, z, bool(ctfs)
+
+
+def write_gold_iteration(out, k: int, r: dict, apix: float) -> dict:
+    """Write iteration ``k``'s half maps and FSC curves of a :func:`emflow.spa.gold.gold_iteration` result
+    ``r`` to the spa_gold outputs ``out`` (``even``/``odd``/``fsc``/``fsc_unmasked`` lists); returns the
+    curves for the plot (``freq`` 1/Å, ``true``, ``unmasked``). FSC files: :func:`emflow.io.write_fsc_curve`."""
+    from emflow.io import write_fsc_curve, write_mrc
+
+    g = r["fsc_all"]
+    write_mrc(out.even[k], r["maps"]["even"], apix)
+    write_mrc(out.odd[k], r["maps"]["odd"], apix)
+    write_fsc_curve(out.fsc[k], g["true"], apix)
+    write_fsc_curve(out.fsc_unmasked[k], g["unmasked"], apix)
+    return {"freq": g["true"].freq / apix, "true": g["true"].fsc, "unmasked": g["unmasked"].fsc}
+
+
+def particles_box_apix(path: str, star: str | None, expected: float | None, override: float | None):
+    """``(box, Å/px)`` of a user's particle stack before the run (header, STAR optics; as spa_prepare)."""
+    from emflow.io import read_hdf_stack, read_mrc_header
+    from emflow.pixel_size import particles_pixel_size
+
+    box = read_hdf_stack(path, indices=[0])[0].shape[-1] if path.endswith(".hdf") else read_mrc_header(path)["shape"][-1]
+    return int(box), particles_pixel_size(path, star, expected=expected, override=override)
+
+
+def start_model(kind: str, box: int, apix: float, source: str | None, blob_radius_a: float | None) -> np.ndarray:
+    """threed_00 from ``spa.startingmodel``: ``blob`` (soft sphere of ``blob_radius_a``), ``truth_lowpass30``
+    (the map ``source`` tophat-filtered to 30 Å) or a map path (``source``) with the particles' box and
+    pixel size (else an :class:`InputError` with the e2proc3d command that resamples it). float32."""
+    from emflow.filters import lowpass_tophat
+    from emflow.io import read_mrc
+    from emflow.spa.initial_model import blob_model
+
+    if kind == "blob":
+        return np.asarray(blob_model(box, apix, radius_a=blob_radius_a), np.float32)
+    model, mapix = read_mrc(source)
+    resample = (f"resample the model to box {box} at {apix:.3f} Å/px, e.g. `e2proc3d.py {source} model_resampled.mrc "
+                f"--scale={mapix / apix:.4f} --clip={box} --apix={apix:.3f}`, and set spa.startingmodel to the result")
+    if model.shape != (box, box, box):
+        raise InputError(f"starting model box {model.shape} differs from particle box {box}", source="spa.startingmodel",
+                         fix=resample)
+    if abs(mapix - apix) > 0.01 * apix:
+        raise InputError(f"starting model pixel size {mapix:.3f} Å differs from the particles' {apix:.3f} Å",
+                         source="spa.startingmodel", fix=resample)
+    return np.asarray(lowpass_tophat(model, apix, 30.0) if kind == "truth_lowpass30" else model, np.float32)

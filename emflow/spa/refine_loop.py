@@ -41,6 +41,7 @@ class RefineOptions:
     maxshift: int | None = None  # largest 2D shift (full-size px) in simmx and class averaging; None: no limit
     prefilt: bool = False
     sep: int = 1
+    simvec: bool = False
     classiter: int = 1
     classcmp: str = "frc:snrweight=1"
     classalign: str = "rotate_translate_flip"
@@ -117,7 +118,7 @@ STAGE_KEYS = {
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
               "simmask", "prefilt", "maxshift"),
-    "classify": ("sep",),
+    "classify": ("sep", "simvec"),
     "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
                      "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask",
                      "maxshift"),
@@ -192,41 +193,172 @@ def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1, signal: np.ndarray 
             ctf_snr_rings(ctfs, box, apix, shrink, signal=signal))
 
 
+def stage_project(model: np.ndarray, opts: RefineOptions, rng: np.random.Generator | None = None):
+    """Stage 1 (e2project3d): ``(eulers (n, 3), projections (n, b, b), rotations (n, 3, 3))``."""
+    from emflow.geometry import eman_to_matrix
+
+    eulers = projection_orientations(opts, rng)
+    proj = project3d(model, eulers, opts.projector)
+    return eulers, proj, eman_to_matrix(eulers[:, 0], eulers[:, 1], eulers[:, 2])
+
+
+def stage_simmx(align_set: np.ndarray, proj: np.ndarray, opts: RefineOptions, *, ctfs=None,
+                progress: Callable[[float], None] | None = None):
+    """Stage 2 (e2simmx / e2simmx2stage) of the particles ``align_set`` (the raw or ``usefilt`` stack,
+    or one chunk of it, with their ``ctfs``) against ``proj``: ``(simmx (6, n, n_proj), pairs or None)``.
+
+    The comparison mask (``simmask``), the CTF SNR rings and the two-stage seeding are built here, so the
+    per-chunk rule and :func:`run_iteration` compute the same matrix.
+    """
+    box = align_set.shape[-1]
+    _, snr_full, snr_shrunk = ctf_arrays(ctfs, box, opts.apix, max(1, opts.shrink), signal=proj)
+    so = opts.simmx_options()
+    mask = None
+    if opts.simmask > 0:
+        from emflow.masks import soft_circle
+        mask = (soft_circle(box, opts.simmask, 0.0) > 0.5).astype(np.float32)
+    pairs = None
+    if opts.twostage > 0:
+        pairs = twostage_pairs(align_set, proj, so, opts.twostage, particle_snr=snr_full)
+    mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=progress)
+    return mx, pairs
+
+
+def simvec_scores(score: np.ndarray) -> np.ndarray:
+    """EMAN ``e2classify --simvec`` (spec §4.3): classify by the pattern of the whole score row.
+
+    Each particle's row (``(n_ptcl, n_proj)``, lower is better; non-finite entries take the row's
+    largest finite value) is centred and scaled to unit length; the reference vector of projection
+    ``N`` is the unit-length mean of the rows whose best column is ``N``; the new score of
+    (particle, ``N``) is the squared distance ``|row − ref_N|² = 2 − 2·row·ref_N``. Projections
+    that are no particle's best get ``+inf``. float32.
+    """
+    s = np.asarray(score, np.float64).copy()
+    finite = np.isfinite(s)
+    rowmax = np.where(finite, s, -np.inf).max(axis=1, keepdims=True)
+    s = np.where(finite, s, np.where(np.isfinite(rowmax), rowmax, 0.0))
+    s -= s.mean(axis=1, keepdims=True)
+    s /= np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-30)
+    best = np.argmin(np.where(finite, score, np.inf), axis=1)
+    n_proj = s.shape[1]
+    ref = np.zeros((n_proj, n_proj))
+    np.add.at(ref, best, s)
+    norm = np.linalg.norm(ref, axis=1)
+    used = norm > 0
+    ref[used] /= norm[used, None]
+    out = 2.0 - 2.0 * (s @ ref.T)
+    out[:, ~used] = np.inf
+    return out.astype(np.float32)
+
+
+def stage_classify(mx: np.ndarray, opts: RefineOptions) -> np.ndarray:
+    """Stage 3 (e2classify): the classmx ``(7, n_ptcl, sep)``; with ``simvec`` on the score-row patterns."""
+    if opts.simvec:
+        mx = np.array(mx, np.float32, copy=True)
+        mx[0] = simvec_scores(mx[0])
+    return classify(mx, opts.sep)
+
+
+def stage_classaverage(particles: np.ndarray, cls: np.ndarray, proj: np.ndarray, opts: RefineOptions, *, ctfs=None,
+                       usefilt: np.ndarray | None = None, progress: Callable[[float], None] | None = None):
+    """Stage 4 (e2classaverage): ``(averages (n_proj, b, b), info)``; ``info["class_ssnr"]`` holds each
+    class's SSNR curve (:func:`emflow.spa.classaverage.class_ssnr`)."""
+    from emflow.spa.classaverage import class_ssnr
+
+    ctf_abs, snr_full, _ = ctf_arrays(ctfs, particles.shape[-1], opts.apix, signal=proj)
+    avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), usefilt=usefilt, ctf_abs=ctf_abs,
+                               particle_snr=snr_full, progress=progress)
+    info["class_ssnr"] = class_ssnr(avgs, proj, info["ptcl_repr"])
+    return avgs, info
+
+
+def stage_make3d(avgs: np.ndarray, R: np.ndarray, ptcl_repr: np.ndarray, opts: RefineOptions):
+    """Stage 5 (e2make3d + mass/automask3d): ``(threed, threed_filt, info)``; ``threed_filt`` is the
+    next iteration's model (``normalize.bymass`` with ``mass``, times ``mask.auto3d`` with ``automask3d``)."""
+    vol, info = make3d(np.asarray(avgs, np.float32), R, ptcl_repr, opts.make3d_options())
+    filt = vol
+    if opts.mass > 0:
+        from emflow.filters import normalize_by_mass
+        filt = normalize_by_mass(filt, opts.apix, opts.mass)
+    if opts.automask3d:
+        from emflow.masks import auto_mask
+        thr, radius, nshells, nshellsgauss, nmaxseed = opts.automask3d
+        filt = filt * auto_mask(filt, opts.apix, threshold=thr, nshells=int(nshells), nshellsgauss=int(nshellsgauss),
+                                nmaxseed=int(nmaxseed), radius=radius)
+    return vol, np.asarray(filt, np.float32), info
+
+
 def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions, *, ctfs=None,
                   usefilt: np.ndarray | None = None, rng=None,
                   progress: Callable[[str, float], None] | None = None, timings: dict | None = None) -> dict:
     """One refinement iteration on phase-flipped particles; returns every intermediate.
 
-    ``timings``: optional dict that receives the wall seconds of each stage.
+    Chains the stage functions the Snakemake rules call one file at a time (:func:`stage_project`,
+    :func:`stage_simmx`, :func:`stage_classify`, :func:`stage_classaverage`, :func:`stage_make3d`), so
+    this path and the workflow's compute the same maps. ``timings``: optional dict that receives the
+    wall seconds of each stage.
     """
     clock = _StageClock(timings)
-    eulers = projection_orientations(opts, rng)
-    proj = project3d(model, eulers, opts.projector)
-    ctf_abs, snr_full, snr_shrunk = ctf_arrays(ctfs, particles.shape[-1], opts.apix, max(1, opts.shrink), signal=proj)
+    eulers, proj, R = stage_project(model, opts, rng)
     clock("project3d")
-    so = opts.simmx_options()
-    align_set = particles if usefilt is None else usefilt
-    mask = None
-    if opts.simmask > 0:
-        from emflow.masks import soft_circle
-        mask = (soft_circle(particles.shape[-1], opts.simmask, 0.0) > 0.5).astype(np.float32)
-    pairs = None
-    if opts.twostage > 0:
-        pairs = twostage_pairs(align_set, proj, so, opts.twostage, particle_snr=snr_full)
     cb = (lambda f: progress("simmx", f)) if progress else None
-    mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=cb)
+    mx, pairs = stage_simmx(particles if usefilt is None else usefilt, proj, opts, ctfs=ctfs, progress=cb)
     clock("simmx")
-    cls = classify(mx, opts.sep)
-    avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), usefilt=usefilt,
-                               ctf_abs=ctf_abs, particle_snr=snr_full)
+    cls = stage_classify(mx, opts)
+    avgs, info = stage_classaverage(particles, cls, proj, opts, ctfs=ctfs, usefilt=usefilt)
     clock("classaverage")
-    from emflow.geometry import eman_to_matrix
-
-    R = eman_to_matrix(eulers[:, 0], eulers[:, 1], eulers[:, 2])
-    vol, m3d = make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
+    vol, filt, m3d = stage_make3d(avgs, R, info["ptcl_repr"], opts)
     clock("make3d")
     return {"eulers": eulers, "projections": proj, "simmx": mx, "classify": cls, "classes": avgs,
-            "class_info": info, "threed": vol, "make3d_info": m3d, "pairs": pairs}
+            "class_info": info, "make3d_R": R, "threed": vol, "threed_filt": filt, "make3d_info": m3d, "pairs": pairs}
+
+
+def calibrate_cost(spa: dict, box: int, apix: float, *, ctf: bool = True, n_ptcl: int = 64, n_proj: int = 24,
+                   seed: int = 0, repeats: int = 2) -> dict:
+    """Measured cost of one iteration's stages per unit on this machine, from a tiny run (EMAN ``--check``
+    cannot say this): ``{"simmx_pair", "classaverage_ptcl", "per_proj"}`` seconds per (particle ×
+    projection) pair, per particle, and per projection (project3d + make3d).
+
+    The run uses the ``spa`` options on ``n_ptcl`` noisy projections of a Gaussian ellipsoid (box
+    ``box``, with CTFs when ``ctf``) against ``n_proj`` references; a first smaller pass compiles the
+    kernels so the timing excludes the JIT, and the ``repeats`` measured passes are averaged (a machine
+    shared with other jobs varies from second to second). Estimate an iteration with :func:`estimate_iteration_seconds`.
+    """
+    from emflow.ctf import CTF
+
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = (np.indices((box,) * 3) - box // 2) / max(box / 8, 1)
+    model = np.exp(-(xx**2 / 4 + yy**2 / 2 + zz**2)).astype(np.float32)
+    opts = RefineOptions.from_config(spa, apix=apix, orientgen="eman:delta=15:inc_mirror=0:perturb=0", sym="c1")
+    eulers = projection_orientations(opts)
+    runs: list[dict] = []
+    for npt, npr in [(8, 4)] + [(n_ptcl, n_proj)] * repeats:  # warm-up (numba compilation), then measured passes
+        ev = eulers[rng.choice(len(eulers), npr, replace=False)]
+        t: dict = {}
+        clock = _StageClock(t)
+        proj = project3d(model, ev, opts.projector)
+        parts = (proj[rng.integers(0, npr, npt)] + rng.normal(0, 2.0, (npt, box, box))).astype(np.float32)
+        ctfs = [CTF(defocus_um=1.0 + 1.5 * rng.random()) for _ in range(npt)] if ctf else None
+        clock("project3d")
+        mx, _ = stage_simmx(parts, proj, opts, ctfs=ctfs)
+        clock("simmx")
+        cls = stage_classify(mx, opts)
+        avgs, info = stage_classaverage(parts, cls, proj, opts, ctfs=ctfs)
+        clock("classaverage")
+        from emflow.geometry import eman_to_matrix
+
+        stage_make3d(avgs, eman_to_matrix(ev[:, 0], ev[:, 1], ev[:, 2]), np.maximum(info["ptcl_repr"], 1), opts)
+        clock("make3d")
+        runs.append({"simmx_pair": t["simmx"] / (npt * npr), "classaverage_ptcl": t["classaverage"] / npt,
+                     "per_proj": (t["project3d"] + t["make3d"]) / npr})
+    return {k: float(np.mean([r[k] for r in runs[1:]])) for k in runs[0]}
+
+
+def estimate_iteration_seconds(cost: dict, n_particles: int, n_projections: int) -> float:
+    """Seconds of one iteration from :func:`calibrate_cost`: simmx ∝ particles × projections, class
+    averaging ∝ particles, projection and reconstruction ∝ projections (one process, this machine)."""
+    return float(cost["simmx_pair"] * n_particles * n_projections + cost["classaverage_ptcl"] * n_particles
+                 + cost["per_proj"] * n_projections)
 
 
 class _StageClock:

@@ -11,22 +11,26 @@ from emflow.fsc import fsc, resolution  # noqa: E402
 from emflow.geometry import get_symmetry  # noqa: E402
 from emflow.io import atomic_write, read_mrc, write_fsc_curve  # noqa: E402
 
+
+def main(threed: str, previous: str, truth: list, out, it: str, truth_sym: str | None) -> None:
+    vol, apix = read_mrc(threed)
+    c = fsc(vol, read_mrc(previous)[0])
+    write_fsc_curve(out.fsc, c, apix)
+    log.info("iteration %s vs previous: FSC 0.5 at %.1f Å", it, resolution(c, apix, 0.5))
+    ev: dict = {"iter": it, "apix": apix, "truth": None}
+    if truth:
+        ref = read_mrc(truth[0])[0]
+        t = fsc(vol, ref)
+        write_fsc_curve(out.fsc_truth, t, apix)
+        sym = get_symmetry(truth_sym).matrices if truth_sym else None
+        ev = {"iter": it, "apix": apix} | scores.map_vs_truth(vol, ref, apix, sym)
+        log.info("iteration %s vs truth: %s", it, ev)
+    else:
+        with atomic_write(out.fsc_truth) as tmp, open(tmp, "w") as fh:
+            fh.write("# no ground truth for user data\n")
+    with atomic_write(out.truth_eval) as tmp, open(tmp, "w") as fh:
+        json.dump(ev, fh, indent=1)
+
+
 smk = snakemake  # noqa: F821
-vol, apix = read_mrc(smk.input.threed)
-prev, _ = read_mrc(smk.input.previous)
-c = fsc(vol, prev)
-write_fsc_curve(smk.output.fsc, c, apix)
-log.info("iteration %s vs previous: FSC 0.5 at %.1f Å", smk.wildcards.it, resolution(c, apix, 0.5))
-if smk.input.truth:
-    truth, _ = read_mrc(smk.input.truth[0])
-    t = fsc(vol, truth)
-    write_fsc_curve(smk.output.fsc_truth, t, apix)
-    sym = get_symmetry(smk.params.truth_sym).matrices if smk.params.truth_sym else None
-    ev = {"iter": smk.wildcards.it, "apix": apix} | scores.map_vs_truth(vol, truth, apix, sym)
-    log.info("iteration %s vs truth: %s", smk.wildcards.it, ev)
-else:
-    with atomic_write(smk.output.fsc_truth) as tmp, open(tmp, "w") as fh:
-        fh.write("# no ground truth for user data\n")
-    ev = {"iter": smk.wildcards.it, "apix": apix, "truth": None}
-with atomic_write(smk.output.truth_eval) as tmp, open(tmp, "w") as fh:
-    json.dump(ev, fh, indent=1)
+main(smk.input.threed, smk.input.previous, list(smk.input.truth), smk.output, smk.wildcards.it, smk.params.truth_sym)

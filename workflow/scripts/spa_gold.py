@@ -1,44 +1,44 @@
-"""spa_gold: gold-standard refinement (spa.goldstandard, the e2refine_easy scheme) in one job.
-
-Even/odd halves of particles.hdf refined independently from threed_00 phase-randomised beyond
-spa.gold_startres (a different realisation per half); per iteration the half maps
-(gold/threed_even_XX.mrc, gold/threed_odd_XX.mrc), their FSC (gold/fsc_gold_XX.txt) and its 0.143
-resolution; the FSC-weighted combined map of the last iteration (gold/threed_gold.mrc) and
-gold/gold.json. See emflow.spa.gold.
-"""
+"""spa_gold: gold-standard refinement (spa.goldstandard, the e2refine_easy scheme) in one job
+(emflow.spa.gold.run_gold): per iteration the half maps, the masked phase-randomisation-corrected FSC
+(gold/fsc_gold_XX.txt, the reported curve) and the unmasked one (gold/fsc_unmasked_XX.txt); the
+FSC-weighted combined map (gold/threed_gold.mrc), gold/gold.json (demo: the combined map of every
+iteration against the truth) and gold/gold_fsc.png."""
 from emflow.pipeline.log import setup_logging
 
 log = setup_logging(snakemake)  # noqa: F821
 
-import json
-import time
+import json  # noqa: E402
 
-from emflow.io import atomic_write, read_mrc, write_fsc_curve, write_mrc
-from emflow.spa.files import read_particles
-from emflow.spa.gold import gold_iteration, gold_start
-from emflow.spa.make3d import read_structure_factor
-from emflow.spa.refine_loop import RefineOptions, orientgen_for_iteration
+from emflow.demo.scores import map_vs_truth  # noqa: E402
+from emflow.geometry import get_symmetry  # noqa: E402
+from emflow.io import atomic_write, read_mrc, write_mrc  # noqa: E402
+from emflow.pipeline.spa_plots import gold_fsc_plot  # noqa: E402
+from emflow.spa.files import read_particles, write_gold_iteration  # noqa: E402
+from emflow.spa.gold import run_gold  # noqa: E402
+from emflow.spa.make3d import read_structure_factor  # noqa: E402
+
+
+def main(inp, out, spa: dict, iters: list[str], truth_sym: str | None) -> None:
+    particles, ctfs, apix = read_particles(inp.particles)
+    model, _ = read_mrc(inp.model, expect_apix=apix, apix_key="particles.hdf apix_x")
+    setsf = read_structure_factor(spa["m3dsetsf"], particles.shape[-1], apix) if spa["m3dsetsf"] else None
+    truth = read_mrc(inp.truth[0])[0] if inp.truth else None
+    sym = get_symmetry(truth_sym).matrices if truth_sym else None
+    curves = []
+
+    def write(it: str, r: dict, row: dict) -> None:
+        curves.append(write_gold_iteration(out, iters.index(it), r, apix))
+        if truth is not None:  # demo: the combined map against the truth, beside the gold-standard figure
+            row["truth"] = map_vs_truth(r["combined"], truth, apix, sym)
+        log.info("iteration %s: %s", it, row)
+
+    r, rows = run_gold(model, particles, spa, iters, apix, ctfs=ctfs, m3dsetsf=setsf, on_iteration=write)
+    write_mrc(out.combined, r["combined"], apix)
+    gold_fsc_plot(curves, rows, out.plot)
+    with atomic_write(out.summary) as tmp, open(tmp, "w") as fh:
+        json.dump({"iterations": rows, "gold_0143_a": rows[-1]["gold_0143_a"], "start_phase_random_beyond_a":
+                   spa["gold_startres"], "halves": {h: len(m) for h, m in r["members"].items()}}, fh, indent=1)
+
 
 smk = snakemake  # noqa: F821
-spa = smk.params.spa
-particles, ctfs, apix = read_particles(smk.input.particles)
-model, _ = read_mrc(smk.input.model, expect_apix=apix, apix_key="particles.hdf apix_x")
-setsf = read_structure_factor(spa["m3dsetsf"], particles.shape[-1], apix) if spa["m3dsetsf"] else None
-models = gold_start(model, apix, spa["gold_startres"], seed=0)
-rows = []
-for k, it in enumerate(smk.params.iters):
-    opts = RefineOptions.from_config(spa, apix=apix, m3dsetsf=setsf,
-                                     orientgen=orientgen_for_iteration(spa["orientgen"], int(it)))
-    t0 = time.perf_counter()
-    r = gold_iteration(models, particles, opts, ctfs=ctfs, seed=10 * int(it))
-    models = r["next"]
-    write_mrc(smk.output.even[k], r["maps"]["even"], apix)
-    write_mrc(smk.output.odd[k], r["maps"]["odd"], apix)
-    write_fsc_curve(smk.output.fsc[k], r["fsc"], apix)
-    rows.append({"iter": it, "gold_0143_a": r["res_0143_a"], "seconds": round(time.perf_counter() - t0, 1)})
-    log.info("iteration %s: gold-standard FSC 0.143 at %.1f Å (%.0f s)", it, r["res_0143_a"], rows[-1]["seconds"])
-write_mrc(smk.output.combined, r["combined"], apix)
-with atomic_write(smk.output.summary) as tmp, open(tmp, "w") as fh:
-    json.dump({"iterations": rows, "gold_0143_a": rows[-1]["gold_0143_a"], "start_phase_random_beyond_a":
-               spa["gold_startres"], "halves": {"even": len(r["members"]["even"]), "odd": len(r["members"]["odd"])}},
-              fh, indent=1)
+main(smk.input, smk.output, smk.params.spa, list(smk.params.iters), smk.params.truth_sym)
