@@ -51,11 +51,10 @@ MIRRORS = [
     (SPAInitParams, "spa_initial_model", "", {}, set()),
 ]
 
-# SPA dataclasses belong to the SPA helpers (issue #14 item 3): known disagreements, reported, not fixed here
-KNOWN_SPA = {
-    ("RefineOptions", "orientgen"), ("RefineOptions", "classralign"), ("RefineOptions", "apix"),
-    ("RefineOptions", "classaverager"), ("ClassAverageOptions", "ralign"), ("ClassAverageOptions", "averager"),
-}
+# The one known disagreement: RefineOptions.apix is 1.0 where spa.apix is null ("from the particles' header").
+# Every caller passes the header's value (spa_prepare / read_particles); the 1.0 is still a constant
+# fallback to remove (issue #14).
+KNOWN_SPA = {("RefineOptions", "apix")}
 
 
 def _defaults(obj) -> dict:
@@ -74,7 +73,7 @@ def _cases():
             key = renames.get(field) or (prefix + field if prefix + field in props else field)
             if key not in props or "default" not in props[key]:
                 continue
-            marks = [pytest.mark.xfail(reason="SPA default differs from the schema: helper C/D to fix", strict=False)] \
+            marks = [pytest.mark.xfail(reason="RefineOptions.apix: a constant pixel size left to remove (issue #14)", strict=False)] \
                 if (obj.__name__, field) in KNOWN_SPA else []
             yield pytest.param(obj.__name__, section, key, value, props[key]["default"],
                                id=f"{obj.__name__}.{field}={section}.{key}", marks=marks)

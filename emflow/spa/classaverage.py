@@ -33,9 +33,9 @@ class ClassAverageOptions:
     iter: int = 1
     align: str = "rotate_translate_flip"
     aligncmp: str = "ccc"
-    ralign: str | None = None
+    ralign: str | None = "refine"
     raligncmp: str = "ccc"
-    averager: str = "mean"
+    averager: str = "ctf"
     cmp: str = "frc:snrweight=1"
     keep: float = 0.8
     keepsig: bool = False

@@ -26,7 +26,7 @@ class RefineOptions:
     """The e2refine options of the ``spa:`` config section (names as in the spec)."""
 
     sym: str = "c1"
-    orientgen: str = "eman:delta=5:inc_mirror=0:perturb=0"
+    orientgen: str = "eman:delta=6:inc_mirror=0:perturb=0"
     projector: str = "standard"
     apix: float = 1.0
     mass: float = 0.0
@@ -46,9 +46,9 @@ class RefineOptions:
     classcmp: str = "frc:snrweight=1"
     classalign: str = "rotate_translate_flip"
     classaligncmp: str = "ccc"
-    classralign: str | None = None
+    classralign: str | None = "refine"
     classraligncmp: str = "ccc"
-    classaverager: str = "mean"
+    classaverager: str = "ctf"
     classkeep: float = 0.8
     classkeepsig: bool = False
     classnormproc: str | None = "normalize.edgemean"
