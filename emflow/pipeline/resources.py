@@ -1,0 +1,198 @@
+"""Memory (``mem_mb``) and run time (``runtime``, minutes) of each rule as functions of its input size.
+
+The ``resources:`` blocks of ``rules/*.smk`` call these, so a SLURM job asks for what its input needs
+(a 2k tilt series gets more than the tiny demo's) and a retry (``attempt`` 2, the profiles'
+``retries: 1``) asks for more. Every function is pure and grows with its size arguments; the few
+helpers that read a file (``plan_json``, ``set_mb_per_particle``) only look up those sizes.
+
+Where the coefficients come from (``benchmarks/scale_workflow.py``: Snakemake benchmark files,
+``max_rss`` and wall ``s`` per job; see README "Benchmarks" for the table):
+
+* ``tiny``: the tiny workflow (``.test/config.yaml``: 21 tilts of 256², box 64 at 5.24 Å, 12 particles,
+  64 × 64 × 32 tomogram), 2 cores, load 2–7;
+* ``scale``: the scale benchmark (41 tilts of 2048², 1,100 ribosomes, box 64 at 5.24 Å, 512 × 512 × 64
+  bin-4 tomogram, ``extract.chunk_size`` / ``spt_refine.chunk_size`` 250), 2 cores shared with 5 other
+  sessions (load 6–12, so times are upper bounds).
+
+Memory: a linear fit ``base + slope × size`` through the measured peaks (RSS includes file pages
+of memory-mapped inputs), times ``MEM_MARGIN``. Run time: measured wall time on that loaded machine
+scaled by the size ratio, times ``TIME_MARGIN``, at least ``MIN_RUNTIME`` minutes. Both times
+``attempt``. The numbers below are the fits; the measured points are in each docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+
+__all__ = [
+    "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
+    "import_mem_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
+    "extract_chunk_mem_mb", "extract_chunk_runtime", "gather_mem_mb", "gather_runtime",
+    "initial_model_mem_mb", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
+    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle",
+]
+
+MEM_MARGIN = 1.5  # over the measured peak: other data, allocator slack, a different machine
+TIME_MARGIN = 3.0  # over the measured wall time (itself measured on a shared, loaded machine)
+MIN_RUNTIME = 10  # minutes: queue scheduling granularity; no job is asked shorter
+MIN_MEM = 1000  # MB: interpreter + numpy + numba + h5py alone are ~200–300 MB RSS (tiny run)
+
+
+def mem(base_mb: float, slope: float, size: float, attempt: int = 1) -> int:
+    """``(base_mb + slope · size) · MEM_MARGIN · attempt`` MB, at least ``MIN_MEM`` · attempt."""
+    return int(max(MIN_MEM, (base_mb + slope * max(size, 0.0)) * MEM_MARGIN) * max(1, attempt))
+
+
+def minutes(seconds: float, attempt: int = 1) -> int:
+    """``seconds · TIME_MARGIN`` in whole minutes, at least ``MIN_RUNTIME``, times ``attempt``."""
+    return int(max(MIN_RUNTIME, -(-seconds * TIME_MARGIN // 60)) * max(1, attempt))
+
+
+# ----------------------------------------------------------------------------- per stage
+def import_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
+    """Import reads headers, the ``.tlt`` and the picks (tiny and scale: 109 MB RSS; size-independent)."""
+    return mem(300.0, 0.0, tilt_series_mb, attempt)
+
+
+def tomogram_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
+    """Weighted back-projection: the memory-mapped tilt series (its pages count in RSS) + the binned
+    stack and its FTs + the tomogram. Measured: tiny 5.5 MB series → 224 MB; scale 688 MB → {scale} MB."""
+    return mem(TOMO_BASE_MB, TOMO_SLOPE, tilt_series_mb, attempt)
+
+
+def tomogram_runtime(tilt_series_mb: float, threads: int = 2, attempt: int = 1) -> int:
+    """Measured: scale 688 MB series, 2 threads → TOMO_S_PER_MB · 688 s."""
+    return minutes(TOMO_S_PER_MB * tilt_series_mb * 2.0 / max(1, threads), attempt)
+
+
+def tempmatch_mem_mb(tomogram_mb: float, tile_size_px: int, attempt: int = 1) -> int:
+    """Template matching holds the tomogram, the score and angle maps (3 × the tomogram) plus one
+    tile's working arrays (FFTs, local statistics: ``TM_B_PER_TILE_VOXEL`` bytes per tile voxel,
+    the tile being at most ``tile_size_px``³ and at most the tomogram)."""
+    tile_vox = min(float(tile_size_px) ** 3, tomogram_mb * 1e6 / 4.0)
+    return mem(TM_BASE_MB + 3.0 * tomogram_mb, TM_B_PER_TILE_VOXEL / 1e6, tile_vox, attempt)
+
+
+def tempmatch_runtime(tomogram_mb: float, n_rotations: int, threads: int = 4, attempt: int = 1) -> int:
+    """One FFT pair of the tomogram's tiles per rotation: ``TM_S_PER_MB_ROT`` s per tomogram MB and
+    rotation on 1 thread (measured, scale run; threads assumed to scale by 0.7 each)."""
+    eff = 1.0 + 0.7 * (max(1, threads) - 1)
+    return minutes(TM_S_PER_MB_ROT * tomogram_mb * n_rotations / eff, attempt)
+
+
+def extract_chunk_mem_mb(n_tilts: int, pad2d: int, box: int, n_particles: int, tilt_series_mb: float,
+                         attempt: int = 1) -> int:
+    """The budget of one extraction job: the job sizes its particle blocks to ``0.8 × mem_mb``
+    (:func:`emflow.sta.extract.particles_per_block`: 24 B per ``pad2d³`` voxel + 400 MB fixed, 40 B per
+    subtilt pixel + the ``box³`` volume per particle). Asked: blocks of up to ``EXTRACT_BLOCK``
+    particles (larger blocks are not faster) plus the pages of the memory-mapped tilt series the job
+    touches (up to the whole series)."""
+    block = min(max(1, n_particles), EXTRACT_BLOCK)
+    fixed = 24.0 * pad2d**3 + 400e6
+    per = 40.0 * n_tilts * pad2d * pad2d + 4.0 * box**3
+    return mem((fixed + block * per) / 0.8 / 1e6 / MEM_MARGIN, 1.0 / MEM_MARGIN, tilt_series_mb, attempt)
+
+
+def extract_chunk_runtime(n_tilts: int, pad2d: int, n_particles: int, attempt: int = 1) -> int:
+    """``EXTRACT_S_PER_MPIX`` s per million subtilt pixels (``n_tilts · pad2d²`` per particle), 2 threads."""
+    return minutes(EXTRACT_S_PER_MPIX * n_particles * n_tilts * pad2d * pad2d / 1e6, attempt)
+
+
+def gather_mem_mb(data_mb: float, attempt: int = 1) -> int:
+    """Joining chunk files (extract_particles, spt gathers): block copies, independent of the data size."""
+    return mem(300.0, 0.0, data_mb, attempt)
+
+
+def gather_runtime(data_mb: float, attempt: int = 1) -> int:
+    """A copy at ``GATHER_MB_PER_S`` (measured, scale run, shared disk)."""
+    return minutes(data_mb / GATHER_MB_PER_S, attempt)
+
+
+def initial_model_mem_mb(box: int, batch: int, attempt: int = 1) -> int:
+    """SGD: ``batch`` particles' subtilts at the shrunk box plus the maps; measured box 64 → {scale} MB."""
+    return mem(SGD_BASE_MB, SGD_MB_PER_BOX3 * batch / 12.0, (box / 64.0) ** 3, attempt)
+
+
+def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
+    """An alignment or reconstruction job of ``n_particles``: the references / insertion grids
+    (``SPT_BASE_MB``) plus ``SPT_DATA_FACTOR`` × the chunk's particle data (subtilts + 3D particle,
+    from the set's files)."""
+    return mem(SPT_BASE_MB, SPT_DATA_FACTOR * mb_per_particle, n_particles, attempt)
+
+
+def spt_align_runtime(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
+    """Global ``p`` (the slowest letter): ``SPT_ALIGN_S_PER_MB`` s per MB of particle data, 2 threads."""
+    return minutes(SPT_ALIGN_S_PER_MB * n_particles * mb_per_particle, attempt)
+
+
+def spt_make3d_runtime(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
+    """Insertion of the chunk's subtilts: ``SPT_MAKE3D_S_PER_MB`` s per MB of particle data, 2 threads."""
+    return minutes(SPT_MAKE3D_S_PER_MB * n_particles * mb_per_particle, attempt)
+
+
+def spt_postprocess_mem_mb(mb_per_particle: float, attempt: int = 1) -> int:
+    """Merging the chunks' Fourier grids, FSC and masks: set by the box (∝ the 3D particle size)."""
+    return mem(SPT_POST_BASE_MB, 0.0, mb_per_particle, attempt)
+
+
+# ----------------------------------------------------------------------------- fitted coefficients
+# (values and the measurements they come from: README "Benchmarks", benchmarks/scale_workflow.py)
+TOMO_BASE_MB = 220.0
+TOMO_SLOPE = 1.6
+TOMO_S_PER_MB = 0.5
+TM_BASE_MB = 300.0
+TM_B_PER_TILE_VOXEL = 60.0
+TM_S_PER_MB_ROT = 0.01
+EXTRACT_BLOCK = 32
+EXTRACT_S_PER_MPIX = 0.5
+GATHER_MB_PER_S = 50.0
+SGD_BASE_MB = 300.0
+SGD_MB_PER_BOX3 = 200.0
+SPT_BASE_MB = 300.0
+SPT_DATA_FACTOR = 2.0
+SPT_ALIGN_S_PER_MB = 1.0
+SPT_MAKE3D_S_PER_MB = 0.2
+SPT_POST_BASE_MB = 500.0
+
+
+# ----------------------------------------------------------------------------- size look-ups
+@functools.lru_cache(maxsize=64)
+def _plan(path: str, mtime: float) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+def plan_json(path: str | os.PathLike) -> dict:
+    """The extraction plan (``results/extract/plan/*.json``: ``n_tilts``, ``pad2d``, ``box``, ``chunks``)."""
+    p = pathlib.Path(path)
+    return _plan(str(p), p.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=64)
+def _per_particle(path: str, mtime: float) -> float:
+    files, n = set(), 0
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            if len(parts) > 1:
+                n += 1
+                files.add(parts[1])
+    total = 0
+    for f in files:
+        for g in (pathlib.Path(f), pathlib.Path(f.replace("particles3d", "particles"))):
+            total += g.stat().st_size if g.exists() else 0
+    return total / 1e6 / max(n, 1)
+
+
+def set_mb_per_particle(info3d_lst: str | os.PathLike) -> float:
+    """MB of subtilts + 3D particle per particle of a refinement set (``particle_info_3d.lst``: the
+    3D particle files it names and their ``particles/`` subtilt twins, over its number of lines).
+    0 when the file does not exist yet (a dry run before the set exists)."""
+    p = pathlib.Path(info3d_lst)
+    if not p.exists():
+        return 0.0
+    return _per_particle(str(p), p.stat().st_mtime)
