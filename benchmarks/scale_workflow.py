@@ -36,6 +36,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,15 @@ def _float(v: str) -> float:
         return float("nan")
 
 
+def _log_peak_mb(log: pathlib.Path) -> float:
+    """The largest peak RSS a job logged (``job peak RSS (VmHWM) N MB``, emflow.pipeline.log; extraction's
+    ``peak RSS N MB``): Snakemake's ``max_rss`` is sampled and can miss a short peak."""
+    if not log.exists():
+        return float("nan")
+    found = re.findall(r"peak RSS(?: \(VmHWM\))? (\d+) MB", log.read_text(errors="replace"))
+    return max((float(v) for v in found), default=float("nan"))
+
+
 def collect(work: pathlib.Path) -> dict:
     """Every job's benchmark table under results/benchmarks -> per-rule sums and maxima."""
     jobs = []
@@ -168,8 +178,11 @@ def collect(work: pathlib.Path) -> dict:
             continue
         r = rows[-1]
         rule = tsv.parent.name
+        log = work / "results" / "logs" / tsv.relative_to(work / "results" / "benchmarks").with_suffix(".log")
+        hwm = _log_peak_mb(log)
         jobs.append({"rule": rule, "file": str(tsv.relative_to(work)), "s": _float(r["s"]),
-                     "max_rss_mb": _float(r["max_rss"]), "io_in_mb": _float(r.get("io_in", "nan")),
+                     "benchmark_max_rss_mb": _float(r["max_rss"]), "log_peak_rss_mb": hwm,
+                     "max_rss_mb": np.nanmax([_float(r["max_rss"]), hwm]), "io_in_mb": _float(r.get("io_in", "nan")),
                      "io_out_mb": _float(r.get("io_out", "nan")), "cpu_time_s": _float(r.get("cpu_time", "nan")),
                      "mean_load": _float(r.get("mean_load", "nan"))})
     rules: dict[str, dict] = {}

@@ -31,8 +31,9 @@ __all__ = [
     "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
     "import_mem_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
     "extract_chunk_mem_mb", "extract_chunk_runtime", "gather_mem_mb", "gather_runtime",
-    "initial_model_mem_mb", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
-    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle",
+    "initial_model_mem_mb", "initial_model_runtime", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
+    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "file_mb", "n_rotations",
+    "tomogram_mem", "tomogram_time", "extract_chunk_mem", "extract_chunk_time",
 ]
 
 MEM_MARGIN = 1.5  # over the measured peak: other data, allocator slack, a different machine
@@ -111,9 +112,15 @@ def gather_runtime(data_mb: float, attempt: int = 1) -> int:
     return minutes(data_mb / GATHER_MB_PER_S, attempt)
 
 
-def initial_model_mem_mb(box: int, batch: int, attempt: int = 1) -> int:
-    """SGD: ``batch`` particles' subtilts at the shrunk box plus the maps; measured box 64 → {scale} MB."""
-    return mem(SGD_BASE_MB, SGD_MB_PER_BOX3 * batch / 12.0, (box / 64.0) ** 3, attempt)
+def initial_model_mem_mb(mb_per_particle: float, batch: int, attempt: int = 1) -> int:
+    """SGD: the particles aligned per iteration (``batch / keep``, subtilts at the shrunk box) and the
+    maps: ``SGD_BASE_MB`` + ``SGD_DATA_FACTOR`` × their data (``mb_per_particle`` of the set)."""
+    return mem(SGD_BASE_MB, SGD_DATA_FACTOR * mb_per_particle, 2.0 * batch, attempt)
+
+
+def initial_model_runtime(mb_per_particle: float, batch: int, niter: int, attempt: int = 1) -> int:
+    """``SGD_S_PER_MB`` s per MB of particle data aligned (``2 · batch`` particles per iteration)."""
+    return minutes(SGD_S_PER_MB * mb_per_particle * 2.0 * batch * niter, attempt)
 
 
 def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
@@ -133,9 +140,10 @@ def spt_make3d_runtime(n_particles: int, mb_per_particle: float, attempt: int = 
     return minutes(SPT_MAKE3D_S_PER_MB * n_particles * mb_per_particle, attempt)
 
 
-def spt_postprocess_mem_mb(mb_per_particle: float, attempt: int = 1) -> int:
-    """Merging the chunks' Fourier grids, FSC and masks: set by the box (∝ the 3D particle size)."""
-    return mem(SPT_POST_BASE_MB, 0.0, mb_per_particle, attempt)
+def spt_postprocess_mem_mb(rec_chunk_mb: float, attempt: int = 1) -> int:
+    """Merging the chunks' Fourier grids (one chunk file at a time), FSC and masks: a few copies of one
+    chunk's grids (``rec_chunk_mb``, ∝ box³)."""
+    return mem(SPT_POST_BASE_MB, SPT_POST_SLOPE, rec_chunk_mb, attempt)
 
 
 # ----------------------------------------------------------------------------- fitted coefficients
@@ -150,12 +158,18 @@ EXTRACT_BLOCK = 32
 EXTRACT_S_PER_MPIX = 0.5
 GATHER_MB_PER_S = 50.0
 SGD_BASE_MB = 300.0
-SGD_MB_PER_BOX3 = 200.0
+SGD_DATA_FACTOR = 2.0
+SGD_S_PER_MB = 0.1
 SPT_BASE_MB = 300.0
 SPT_DATA_FACTOR = 2.0
 SPT_ALIGN_S_PER_MB = 1.0
 SPT_MAKE3D_S_PER_MB = 0.2
 SPT_POST_BASE_MB = 500.0
+SPT_POST_SLOPE = 4.0
+SLICES_BASE_MB = 300.0  # tomogram_slices: the tomogram + its picture
+SLICES_SLOPE = 2.0
+TM_EXTRACT_BASE_MB = 300.0  # tempmatch_extract, picks_filter: score/angle maps (+ tomogram) and labels
+TM_EXTRACT_SLOPE = 3.0
 
 
 # ----------------------------------------------------------------------------- size look-ups
@@ -196,3 +210,48 @@ def set_mb_per_particle(info3d_lst: str | os.PathLike) -> float:
     if not p.exists():
         return 0.0
     return _per_particle(str(p), p.stat().st_mtime)
+
+
+def file_mb(path: str | os.PathLike) -> float:
+    """Size of ``path`` in MB (0 if it does not exist yet: a dry run)."""
+    try:
+        return os.path.getsize(path) / 1e6
+    except OSError:
+        return 0.0
+
+
+def n_rotations(delta_deg, sym_order: int = 1) -> int:
+    """Rotations of the even SO(3) grid at step ``delta_deg`` (8π²/δ³: 552 at 30°, 4416 at 15°, 14832 at
+    10° measured, README "Benchmarks"); ``auto`` or null counts as 10°."""
+    import math
+
+    d = math.radians(float(delta_deg)) if isinstance(delta_deg, (int, float)) else math.radians(10.0)
+    return int(8.0 * math.pi**2 / d**3 / max(1, sym_order))
+
+
+# ----------------------------------------------------------------------------- rule adapters
+# Snakemake calls these with the job's ``wildcards``, ``input``, ``threads`` and ``attempt`` (named
+# arguments); they look up sizes and call the functions above.
+def tomogram_mem(wildcards, input, attempt):
+    """``tomogram_reconstruct``'s mem_mb from its tilt series' size."""
+    return tomogram_mem_mb(file_mb(input.tilt_series), attempt)
+
+
+def tomogram_time(wildcards, input, threads, attempt):
+    """``tomogram_reconstruct``'s runtime from its tilt series' size and threads."""
+    return tomogram_runtime(file_mb(input.tilt_series), threads, attempt)
+
+
+def extract_chunk_mem(wildcards, input, attempt):
+    """``extract_chunk``'s mem_mb (its block budget) from the plan (tilts, box, chunk) and the tilt series."""
+    plan = plan_json(input.plan)
+    a, b = plan["chunks"][int(wildcards.chunk)]
+    return extract_chunk_mem_mb(plan["n_tilts"], plan["pad2d"], plan["box"], b - a, file_mb(input.tilt_series), attempt)
+
+
+def extract_chunk_time(wildcards, input, attempt):
+    """``extract_chunk``'s runtime from the plan (tilts, subtilt size, particles in the chunk)."""
+    plan = plan_json(input.plan)
+    a, b = plan["chunks"][int(wildcards.chunk)]
+    return extract_chunk_runtime(plan["n_tilts"], plan["pad2d"], b - a, attempt)
+
