@@ -29,7 +29,7 @@ import pathlib
 
 __all__ = [
     "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
-    "import_mem_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
+    "import_mem_mb", "tomogram_peak_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
     "extract_chunk_mem_mb", "extract_chunk_runtime", "gather_mem_mb", "gather_runtime",
     "initial_model_mem_mb", "initial_model_runtime", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
     "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "file_mb", "n_rotations",
@@ -58,14 +58,19 @@ def import_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
     return mem(300.0, 0.0, tilt_series_mb, attempt)
 
 
+def tomogram_peak_mb(tilt_series_mb: float) -> float:
+    """Expected peak RSS of weighted back-projection (the fit, no margin): ``TOMO_SLOPE`` (4.77) × the
+    tilt series' MB + ``TOMO_BASE_MB``; measured 954 MB at a 172 MB series, 3414 MB at 688 MB."""
+    return TOMO_BASE_MB + TOMO_SLOPE * tilt_series_mb
+
+
 def tomogram_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
-    """Weighted back-projection: the memory-mapped tilt series (its pages count in RSS) + the binned
-    stack and its FTs + the tomogram. Measured: tiny 5.5 MB series → 224 MB; scale 688 MB → {scale} MB."""
+    """``tomogram_reconstruct``: :func:`tomogram_peak_mb` with the margin."""
     return mem(TOMO_BASE_MB, TOMO_SLOPE, tilt_series_mb, attempt)
 
 
 def tomogram_runtime(tilt_series_mb: float, threads: int = 2, attempt: int = 1) -> int:
-    """Measured: scale 688 MB series, 2 threads → TOMO_S_PER_MB · 688 s."""
+    """``TOMO_S_PER_MB`` s per tilt-series MB on 2 threads (measured 14.5 s at 172 MB, 39.4 s at 688 MB)."""
     return minutes(TOMO_S_PER_MB * tilt_series_mb * 2.0 / max(1, threads), attempt)
 
 
@@ -148,14 +153,17 @@ def spt_postprocess_mem_mb(rec_chunk_mb: float, attempt: int = 1) -> int:
 
 # ----------------------------------------------------------------------------- fitted coefficients
 # (values and the measurements they come from: README "Benchmarks", benchmarks/scale_workflow.py)
-TOMO_BASE_MB = 220.0
-TOMO_SLOPE = 1.6
-TOMO_S_PER_MB = 0.5
+# tomogram_reconstruct, peak RSS 954 MB at a 172 MB series (41 × 1024²), 3414 MB at 688 MB (41 × 2048²):
+# the line through both; wall 14.5 s / 39.4 s on 2 threads (load 10-11) -> 0.085 s per series MB
+TOMO_BASE_MB = 134.0
+TOMO_SLOPE = 4.77
+TOMO_S_PER_MB = 0.085
 TM_BASE_MB = 300.0
 TM_B_PER_TILE_VOXEL = 60.0
 TM_S_PER_MB_ROT = 0.01
 EXTRACT_BLOCK = 32
 EXTRACT_S_PER_MPIX = 0.5
+# extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
 GATHER_MB_PER_S = 50.0
 SGD_BASE_MB = 300.0
 SGD_DATA_FACTOR = 2.0
@@ -166,8 +174,9 @@ SPT_ALIGN_S_PER_MB = 1.0
 SPT_MAKE3D_S_PER_MB = 0.2
 SPT_POST_BASE_MB = 500.0
 SPT_POST_SLOPE = 4.0
-SLICES_BASE_MB = 300.0  # tomogram_slices: the tomogram + its picture
-SLICES_SLOPE = 2.0
+# tomogram_slices: 192 MB at a 17 MB tomogram, 251 MB at 67 MB (the line through both)
+SLICES_BASE_MB = 172.0
+SLICES_SLOPE = 1.2
 TM_EXTRACT_BASE_MB = 300.0  # tempmatch_extract, picks_filter: score/angle maps (+ tomogram) and labels
 TM_EXTRACT_SLOPE = 3.0
 
