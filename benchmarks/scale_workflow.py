@@ -217,6 +217,57 @@ def print_table(res: dict, n_particles: int) -> None:
         print(f"disk {k:23s} {v:10.0f} MB  ({v * per:.0f} MB per 1000 particles)")
 
 
+# How each rule's work scales for the projection: per tomogram (size of its tilt series, fixed here),
+# per particle (chunk jobs: jobs ∝ particles, each the same size), or once per run (or per iteration).
+PER_TOMOGRAM = ("import_tomogram", "tomogram_reconstruct", "tomogram_slices", "tempmatch_search",
+                "tempmatch_extract", "picks_filter", "extract_plan")
+PER_PARTICLE = ("extract_chunk", "extract_particles", "spt_refine_align", "spt_refine_make3d")
+# the stages in dependency order (a stage starts when the one before it has finished)
+STAGES = [("import + tomogram", ("import_tomogram", "tomogram_reconstruct", "tomogram_slices")),
+          ("extract (picks)", ("extract_plan", "extract_chunk", "extract_particles", "extract_buildset")),
+          ("initial model", ("initial_model_sgd",)),
+          ("template matching", ("tempmatch_search", "tempmatch_extract", "picks_filter")),
+          ("spt_refine", ("spt_refine_setup", "spt_refine_align", "spt_refine_gather", "spt_refine_make3d",
+                          "spt_refine_postprocess", "spt_refine_export"))]
+
+
+def project(res: dict, measured_tomos: int, measured_particles: int, tomos: int, particles: int,
+            node_cores: int, threads: dict[str, int]) -> dict:
+    """Projection to ``tomos`` × ``particles`` from the measured job times (explicit arithmetic).
+
+    Job-seconds of a rule scale with the tomogram count (PER_TOMOGRAM), with the particle count
+    (PER_PARTICLE: more chunk jobs of the same size; extraction runs twice, manual + template
+    matching picks, as measured) or not at all. On one ``node_cores`` node a stage takes
+    ``max(its longest job, Σ job-s × threads / node_cores)``; on SLURM (enough nodes) each stage
+    takes its longest job, and the jobs of a rule are counted the same way.
+    """
+    f_tomo = tomos / max(measured_tomos, 1)
+    f_ptcl = tomos * particles / max(measured_particles, 1)
+    rules = res["rules"]
+    out: dict = {"tomograms": tomos, "particles_per_tomogram": particles, "node_cores": node_cores, "stages": []}
+    node_s = slurm_s = 0.0
+    for stage, names in STAGES:
+        job_s = cpu_job_s = longest = 0.0
+        jobs = 0.0
+        for r in names:
+            if r not in rules:
+                continue
+            d = rules[r]
+            f = f_ptcl if r in PER_PARTICLE else f_tomo if r in PER_TOMOGRAM else 1.0
+            job_s += d["total_s"] * f
+            cpu_job_s += d["total_s"] * f * threads.get(r, 1)
+            jobs += d["jobs"] * f
+            longest = max(longest, d["total_s"] / d["jobs"])
+        node = max(longest, cpu_job_s / node_cores)
+        out["stages"].append({"stage": stage, "jobs": round(jobs), "job_hours": job_s / 3600,
+                              "node_hours": node / 3600, "slurm_hours": longest / 3600})
+        node_s += node
+        slurm_s += longest
+    out["node_hours"] = node_s / 3600
+    out["slurm_hours"] = slurm_s / 3600
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("scale_run"))
@@ -259,8 +310,19 @@ def main(argv=None) -> int:
     if out.exists() and args.collect_only:
         info = {**json.loads(out.read_text()).get("dataset", {}), **info}
     res["dataset"] = info
+    threads = {"tempmatch_search": 4, "extract_chunk": 2, "initial_model_sgd": 2, "spt_refine_align": 2,
+               "spt_refine_make3d": 2, "spt_refine_postprocess": 2, "tomogram_reconstruct": 2}
+    res["projection"] = project(res, args.tomograms, args.particles * args.tomograms, 10, 3000, 64, threads)
     out.write_text(json.dumps(res, indent=1))
     print_table(res, args.particles * args.tomograms)
+    pr = res["projection"]
+    print(f"\nprojection to {pr['tomograms']} tomograms x {pr['particles_per_tomogram']} particles "
+          f"(arithmetic in project()):")
+    print(f"{'stage':20s} {'jobs':>6s} {'job h':>8s} {'64-core node h':>15s} {'SLURM h':>8s}")
+    for st in pr["stages"]:
+        print(f"{st['stage']:20s} {st['jobs']:6d} {st['job_hours']:8.2f} {st['node_hours']:15.2f} "
+              f"{st['slurm_hours']:8.2f}")
+    print(f"{'total':20s} {'':6s} {'':8s} {pr['node_hours']:15.2f} {pr['slurm_hours']:8.2f}")
     print(f"JSON: {out}")
     return 0
 

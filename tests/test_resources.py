@@ -133,6 +133,7 @@ def test_tomogram_job_fits_its_declared_memory(tilt_series):
     declared = R.tomogram_mem_mb(size_mb)
     got = _run("tomogram", tilt_series, declared)
     assert got["shape"] == [64, SIZE // 4, SIZE // 4]
+    print(f"tomogram ({size_mb:.0f} MB series): peak {got['peak_mb']:.0f} MB, declared {declared} MB")
     assert got["peak_mb"] <= declared, (got, declared)
     fit = R.tomogram_peak_mb(size_mb)  # the fitted line itself, no margin: it predicts this size
     assert 0.5 <= fit / got["peak_mb"] <= 2.0, (fit, got)
@@ -143,4 +144,5 @@ def test_extraction_chunk_fits_its_declared_memory(tilt_series):
     declared = R.extract_chunk_mem_mb(N_TILTS, PAD2D, BOX, N_PTCL, size_mb)
     got = _run("extract", tilt_series, declared)
     assert got["block"] >= 1
+    print(f"extraction ({N_PTCL} particles, blocks of {got['block']}): peak {got['peak_mb']:.0f} MB, declared {declared} MB")
     assert got["peak_mb"] <= declared, (got, declared)

@@ -165,9 +165,10 @@ EXTRACT_BLOCK = 32
 EXTRACT_S_PER_MPIX = 0.5
 # extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
 GATHER_MB_PER_S = 50.0
-SGD_BASE_MB = 300.0
-SGD_DATA_FACTOR = 2.0
-SGD_S_PER_MB = 0.1
+# initial_model_sgd (box 64, batch 12, 10 iterations, 3.9 MB per particle): peak 350 MB, 240 s at load 25
+SGD_BASE_MB = 250.0
+SGD_DATA_FACTOR = 1.0
+SGD_S_PER_MB = 0.26
 SPT_BASE_MB = 300.0
 SPT_DATA_FACTOR = 2.0
 SPT_ALIGN_S_PER_MB = 1.0
