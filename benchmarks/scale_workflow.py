@@ -268,6 +268,28 @@ def project(res: dict, measured_tomos: int, measured_particles: int, tomos: int,
     return out
 
 
+def set_counts(work: pathlib.Path) -> dict[str, int]:
+    """Particles per extracted set (``results/sets/<label>.lst``: lines after the 3-line header)."""
+    out = {}
+    for lst in sorted((work / "results" / "sets").glob("*.lst")):
+        out[lst.stem] = max(0, len(lst.read_text().splitlines()) - 3)
+    return out
+
+
+def markdown(res: dict) -> str:
+    """README table rows: per rule, jobs, wall s (sum), per 1,000 particles processed (chunked rules:
+    extraction over both sets, refinement over its set) or per tomogram / run, peak RSS of its largest job."""
+    counts = res.get("set_counts", {})
+    n_extract = sum(counts.values())
+    n_spt = counts.get("tm", n_extract)
+    rows = ["| rule | jobs | wall s (sum of jobs) | per | peak RSS (largest job) |", "|---|---|---|---|---|"]
+    for rule, d in sorted(res["rules"].items(), key=lambda kv: -kv[1]["total_s"]):
+        n = n_extract if rule.startswith("extract_") else n_spt if rule in PER_PARTICLE else 0
+        per = f"{d['total_s'] * 1000.0 / n:.0f} s per 1,000 particles" if n else "tomogram / run"
+        rows.append(f"| `{rule}` | {d['jobs']} | {d['total_s']:.0f} | {per} | {d['max_rss_mb']:.0f} MB |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("scale_run"))
@@ -282,6 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="snakemake --cores")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="also print the README table")
     ap.add_argument("--out", type=pathlib.Path, default=None, help="JSON (default <workdir>/scale_benchmark.json)")
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
@@ -307,6 +330,7 @@ def main(argv=None) -> int:
                        ("results/tempmatch", "results/tempmatch"), ("results/spt", "results/spt"),
                        ("results (all)", "results")]}
     res["load_avg_at_collect"] = os.getloadavg()
+    res["set_counts"] = set_counts(work)
     if out.exists() and args.collect_only:
         info = {**json.loads(out.read_text()).get("dataset", {}), **info}
     res["dataset"] = info
@@ -323,6 +347,8 @@ def main(argv=None) -> int:
         print(f"{st['stage']:20s} {st['jobs']:6d} {st['job_hours']:8.2f} {st['node_hours']:15.2f} "
               f"{st['slurm_hours']:8.2f}")
     print(f"{'total':20s} {'':6s} {'':8s} {pr['node_hours']:15.2f} {pr['slurm_hours']:8.2f}")
+    if args.markdown:
+        print(markdown(res))
     print(f"JSON: {out}")
     return 0
 
