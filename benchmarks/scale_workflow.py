@@ -284,7 +284,7 @@ def markdown(res: dict) -> str:
     n_spt = counts.get("tm", n_extract)
     rows = ["| rule | jobs | wall s (sum of jobs) | per | peak RSS (largest job) |", "|---|---|---|---|---|"]
     for rule, d in sorted(res["rules"].items(), key=lambda kv: -kv[1]["total_s"]):
-        n = n_extract if rule.startswith("extract_") else n_spt if rule in PER_PARTICLE else 0
+        n = (n_extract if rule.startswith("extract_") else n_spt) if rule in PER_PARTICLE else 0
         per = f"{d['total_s'] * 1000.0 / n:.0f} s per 1,000 particles" if n else "tomogram / run"
         rows.append(f"| `{rule}` | {d['jobs']} | {d['total_s']:.0f} | {per} | {d['max_rss_mb']:.0f} MB |")
     return "\n".join(rows)
