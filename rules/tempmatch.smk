@@ -33,7 +33,10 @@ rule tempmatch_search:
     threads: 4
     resources:
         mem_mb=lambda wildcards, input, attempt: RSC.tempmatch_mem_mb(
-            RSC.file_mb(input.tomogram), config["tempmatch"]["tile_size_px"], attempt
+            RSC.file_mb(input.tomogram),
+            config["tempmatch"]["tile_size_px"],
+            config["tomogram"]["thickness_px"],
+            attempt,
         ),
         runtime=lambda wildcards, input, threads, attempt: RSC.tempmatch_runtime(
             RSC.file_mb(input.tomogram), RSC.n_rotations(config["tempmatch"]["delta_deg"]), threads, attempt

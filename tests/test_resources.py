@@ -30,7 +30,7 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
     [
         lambda s: R.tomogram_mem_mb(s),
         lambda s: R.tomogram_runtime(s),
-        lambda s: R.tempmatch_mem_mb(s, 256),
+        lambda s: R.tempmatch_mem_mb(s, 256, 64),
         lambda s: R.tempmatch_runtime(s, 4416),
         lambda s: R.extract_chunk_mem_mb(41, 128, 64, 250, s),
         lambda s: R.extract_chunk_runtime(41, 128, int(s)),
@@ -55,7 +55,7 @@ def test_retry_asks_for_more():
 
 
 def test_tempmatch_grows_with_tile_and_rotations():
-    assert R.tempmatch_mem_mb(670, 384) > R.tempmatch_mem_mb(670, 256) > R.tempmatch_mem_mb(670, 128)
+    assert R.tempmatch_mem_mb(670, 384, 400) > R.tempmatch_mem_mb(670, 256, 400) > R.tempmatch_mem_mb(670, 128, 400)
     assert R.tempmatch_runtime(67, 14832) > R.tempmatch_runtime(67, 552)
 
 

@@ -74,17 +74,21 @@ def tomogram_runtime(tilt_series_mb: float, threads: int = 2, attempt: int = 1) 
     return minutes(TOMO_S_PER_MB * tilt_series_mb * 2.0 / max(1, threads), attempt)
 
 
-def tempmatch_mem_mb(tomogram_mb: float, tile_size_px: int, attempt: int = 1) -> int:
-    """Template matching holds the tomogram, the score and angle maps (3 × the tomogram) plus one
-    tile's working arrays (FFTs, local statistics: ``TM_B_PER_TILE_VOXEL`` bytes per tile voxel,
-    the tile being at most ``tile_size_px``³ and at most the tomogram)."""
-    tile_vox = min(float(tile_size_px) ** 3, tomogram_mb * 1e6 / 4.0)
-    return mem(TM_BASE_MB + 3.0 * tomogram_mb, TM_B_PER_TILE_VOXEL / 1e6, tile_vox, attempt)
+def tempmatch_mem_mb(tomogram_mb: float, tile_size_px: int, thickness_px: int, attempt: int = 1) -> int:
+    """Template matching holds the tomogram with its score, angle and statistics maps
+    (``TM_SLOPE`` × the tomogram's MB) plus one tile's working arrays (FFTs, local statistics:
+    ``TM_B_PER_TILE_VOXEL`` bytes per tile voxel; a tile is at most ``tile_size_px`` on each axis, so
+    ``min(tile, thickness) × tile²``, and at most the tomogram). Measured: 545 MB at a 16.8 MB
+    tomogram (256² × 64, one tile), 944 MB at 67.1 MB (512² × 64, 9 tiles of 256² × 64)."""
+    vox = tomogram_mb * 1e6 / 4.0
+    tile_vox = min(float(min(tile_size_px, thickness_px)) * tile_size_px**2, vox)
+    return mem(TM_BASE_MB + TM_SLOPE * tomogram_mb, TM_B_PER_TILE_VOXEL / 1e6, tile_vox, attempt)
 
 
 def tempmatch_runtime(tomogram_mb: float, n_rotations: int, threads: int = 4, attempt: int = 1) -> int:
-    """One FFT pair of the tomogram's tiles per rotation: ``TM_S_PER_MB_ROT`` s per tomogram MB and
-    rotation on 1 thread (measured, scale run; threads assumed to scale by 0.7 each)."""
+    """One FFT pair of every tile per rotation: ``TM_S_PER_MB_ROT`` s per tomogram MB and rotation on
+    1 thread (threads assumed to add 0.7 each). Measured on 2 threads at load 25: 173 s for 16.8 MB ×
+    552 rotations (one tile), 1254 s for 67.1 MB × 552 (9 overlapping tiles: the larger rate is used)."""
     eff = 1.0 + 0.7 * (max(1, threads) - 1)
     return minutes(TM_S_PER_MB_ROT * tomogram_mb * n_rotations / eff, attempt)
 
@@ -158,9 +162,12 @@ def spt_postprocess_mem_mb(rec_chunk_mb: float, attempt: int = 1) -> int:
 TOMO_BASE_MB = 134.0
 TOMO_SLOPE = 4.77
 TOMO_S_PER_MB = 0.085
+# tempmatch_search: the two measurements above; slope through both (tile fixed at 256² × 64 = 4.19 M
+# voxels), the rest of the 1024² peak above a 300 MB interpreter+numba base put on the tile (27 B/voxel)
 TM_BASE_MB = 300.0
-TM_B_PER_TILE_VOXEL = 60.0
-TM_S_PER_MB_ROT = 0.01
+TM_SLOPE = 7.9
+TM_B_PER_TILE_VOXEL = 27.0
+TM_S_PER_MB_ROT = 0.058
 EXTRACT_BLOCK = 32
 EXTRACT_S_PER_MPIX = 0.5
 # extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
