@@ -135,7 +135,7 @@ def initial_model_runtime(mb_per_particle: float, batch: int, niter: int, attemp
 def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
     """An alignment or reconstruction job: references / insertion grids and one particle's subtilts at a
     time, so set by the box (∝ ``mb_per_particle``: its subtilts + 3D particle), not by ``n_particles``.
-    Measured (box 64, 3.9 MB per particle, 210 particles): align 237 MB, make3d 272 MB peak."""
+    Measured (box 64, 3.9 MB per particle, 210 particles): align 237 MB (p) / 372 MB (t), make3d 272 MB."""
     return mem(SPT_BASE_MB, SPT_DATA_FACTOR, mb_per_particle, attempt)
 
 
@@ -177,9 +177,10 @@ SGD_BASE_MB = 250.0
 SGD_DATA_FACTOR = 1.0
 SGD_S_PER_MB = 0.26
 # spt_refine_align / make3d, 1024² run (box 64, 3.9 MB per particle, one chunk of 210 particles, load 12-26):
-# peak 237 / 272 MB; global p 594 s (0.73 s per particle MB), make3d 35.8 s (0.044 s per MB)
+# peak 237 MB (p) / 372 MB (t) / 272 MB (make3d); global p 594 s (0.73 s per particle MB), t 121 s,
+# make3d 35.8 s (0.044 s per MB). One box size measured: base 200 MB, the rest (172 MB) ∝ the particle size.
 SPT_BASE_MB = 200.0
-SPT_DATA_FACTOR = 20.0
+SPT_DATA_FACTOR = 45.0
 SPT_ALIGN_S_PER_MB = 0.75
 SPT_MAKE3D_S_PER_MB = 0.05
 SPT_POST_BASE_MB = 500.0
