@@ -183,7 +183,8 @@ SPT_BASE_MB = 200.0
 SPT_DATA_FACTOR = 45.0
 SPT_ALIGN_S_PER_MB = 0.75
 SPT_MAKE3D_S_PER_MB = 0.05
-SPT_POST_BASE_MB = 500.0
+# spt_refine_postprocess: 255-271 MB peak for 25.6 MB reconstruction chunks (box 64, pad 2), one size measured
+SPT_POST_BASE_MB = 170.0
 SPT_POST_SLOPE = 4.0
 # tomogram_slices: 192 MB at a 17 MB tomogram, 251 MB at 67 MB (the line through both)
 SLICES_BASE_MB = 172.0
