@@ -232,37 +232,39 @@ STAGES = [("import + tomogram", ("import_tomogram", "tomogram_reconstruct", "tom
 
 
 def project(res: dict, measured_tomos: int, measured_particles: int, tomos: int, particles: int,
-            node_cores: int, threads: dict[str, int]) -> dict:
-    """Projection to ``tomos`` × ``particles`` from the measured job times (explicit arithmetic).
+            node_cores: int, threads: dict[str, int], slurm_jobs: int = 100) -> dict:
+    """Projection to ``tomos`` × ``particles`` from the measured jobs (explicit arithmetic, in waves).
 
-    Job-seconds of a rule scale with the tomogram count (PER_TOMOGRAM), with the particle count
-    (PER_PARTICLE: more chunk jobs of the same size; extraction runs twice, manual + template
-    matching picks, as measured) or not at all. On one ``node_cores`` node a stage takes
-    ``max(its longest job, Σ job-s × threads / node_cores)``; on SLURM (enough nodes) each stage
-    takes its longest job, and the jobs of a rule are counted the same way.
+    A rule's job count scales with the tomogram count (PER_TOMOGRAM), with the particle count
+    (PER_PARTICLE: more chunk jobs of the measured size) or not at all; each job takes its measured
+    mean time. On one ``node_cores`` node a rule runs ``node_cores // threads`` jobs at once, so it
+    takes ``ceil(jobs / that) × mean job s``; on SLURM ``slurm_jobs`` at once (the profile's
+    ``jobs: 100``), ``ceil(jobs / 100) × mean job s``. Stages run one after the other (STAGES).
     """
+    import math
+
     f_tomo = tomos / max(measured_tomos, 1)
     f_ptcl = tomos * particles / max(measured_particles, 1)
     rules = res["rules"]
     out: dict = {"tomograms": tomos, "particles_per_tomogram": particles, "node_cores": node_cores, "stages": []}
     node_s = slurm_s = 0.0
     for stage, names in STAGES:
-        job_s = cpu_job_s = longest = 0.0
-        jobs = 0.0
+        job_s = node = slurm = 0.0
+        jobs = 0
         for r in names:
             if r not in rules:
                 continue
             d = rules[r]
             f = f_ptcl if r in PER_PARTICLE else f_tomo if r in PER_TOMOGRAM else 1.0
-            job_s += d["total_s"] * f
-            cpu_job_s += d["total_s"] * f * threads.get(r, 1)
-            jobs += d["jobs"] * f
-            longest = max(longest, d["total_s"] / d["jobs"])
-        node = max(longest, cpu_job_s / node_cores)
-        out["stages"].append({"stage": stage, "jobs": round(jobs), "job_hours": job_s / 3600,
-                              "node_hours": node / 3600, "slurm_hours": longest / 3600})
+            n = max(1, math.ceil(d["jobs"] * f))
+            jobs += n
+            job_s += n * d["mean_s"]
+            node += math.ceil(n / max(1, node_cores // threads.get(r, 1))) * d["mean_s"]
+            slurm += math.ceil(n / slurm_jobs) * d["mean_s"]
+        out["stages"].append({"stage": stage, "jobs": jobs, "job_hours": job_s / 3600,
+                              "node_hours": node / 3600, "slurm_hours": slurm / 3600})
         node_s += node
-        slurm_s += longest
+        slurm_s += slurm
     out["node_hours"] = node_s / 3600
     out["slurm_hours"] = slurm_s / 3600
     return out
