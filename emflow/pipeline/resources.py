@@ -189,8 +189,10 @@ SPT_POST_SLOPE = 4.0
 # tomogram_slices: 192 MB at a 17 MB tomogram, 251 MB at 67 MB (the line through both)
 SLICES_BASE_MB = 172.0
 SLICES_SLOPE = 1.2
-TM_EXTRACT_BASE_MB = 300.0  # tempmatch_extract, picks_filter: score/angle maps (+ tomogram) and labels
-TM_EXTRACT_SLOPE = 3.0
+# tempmatch_extract (score + angle maps): 299 MB at 34 MB of input, 643 MB at 134 MB (the line through
+# both); picks_filter (scores + tomogram) 239 / 402 MB at the same sizes, under the same line
+TM_EXTRACT_BASE_MB = 182.0
+TM_EXTRACT_SLOPE = 3.44
 
 
 # ----------------------------------------------------------------------------- size look-ups
