@@ -333,8 +333,8 @@ def main(argv=None) -> int:
                        ("results (all)", "results")]}
     res["load_avg_at_collect"] = os.getloadavg()
     res["set_counts"] = set_counts(work)
-    if out.exists() and args.collect_only:
-        info = {**json.loads(out.read_text()).get("dataset", {}), **info}
+    if out.exists() and args.collect_only:  # the run's own record wins over this call's defaults
+        info = {**info, **json.loads(out.read_text()).get("dataset", {})}
     res["dataset"] = info
     threads = {"tempmatch_search": 4, "extract_chunk": 2, "initial_model_sgd": 2, "spt_refine_align": 2,
                "spt_refine_make3d": 2, "spt_refine_postprocess": 2, "tomogram_reconstruct": 2}
