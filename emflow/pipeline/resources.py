@@ -5,19 +5,22 @@ The ``resources:`` blocks of ``rules/*.smk`` call these, so a SLURM job asks for
 ``retries: 1``) asks for more. Every function is pure and grows with its size arguments; the few
 helpers that read a file (``plan_json``, ``set_mb_per_particle``) only look up those sizes.
 
-Where the coefficients come from (``benchmarks/scale_workflow.py``: Snakemake benchmark files,
-``max_rss`` and wall ``s`` per job; see README "Benchmarks" for the table):
+Where the coefficients come from (``benchmarks/scale_workflow.py``: each job's Snakemake benchmark
+file and the peak RSS (``VmHWM``) it logs at exit; README "Scale benchmark"; the JSONs in
+``benchmarks/scale/``): two runs of the tomography workflow on simulated IMOD-style data, 41 tilts,
+5.24 Å/px, 70S ribosomes at box 64 (128² subtilts), bin-4 tomograms 64 voxels thick, chunks of 250:
 
-* ``tiny``: the tiny workflow (``.test/config.yaml``: 21 tilts of 256², box 64 at 5.24 Å, 12 particles,
-  64 × 64 × 32 tomogram), 2 cores, load 2–7;
-* ``scale``: the scale benchmark (41 tilts of 2048², 1,100 ribosomes, box 64 at 5.24 Å, 512 × 512 × 64
-  bin-4 tomogram, ``extract.chunk_size`` / ``spt_refine.chunk_size`` 250), 2 cores shared with 5 other
-  sessions (load 6–12, so times are upper bounds).
+* run A: 2048² tilt series (688 MB), 1,100 particles, tomogram 512² × 64 (67 MB);
+* run B: 1024² tilt series (172 MB), 250 particles, tomogram 256² × 64 (17 MB);
 
-Memory: a linear fit ``base + slope × size`` through the measured peaks (RSS includes file pages
-of memory-mapped inputs), times ``MEM_MARGIN``. Run time: measured wall time on that loaded machine
-scaled by the size ratio, times ``TIME_MARGIN``, at least ``MIN_RUNTIME`` minutes. Both times
-``attempt``. The numbers below are the fits; the measured points are in each docstring.
+both on 2 cores shared with five other sessions (load average 10–25), so times are upper bounds.
+Where a rule was measured at both sizes, memory is the line through both points; where at one
+size, the docstring says so.
+
+Memory: the fitted peak (RSS includes file pages of memory-mapped inputs) × ``MEM_MARGIN``, at least
+``MIN_MEM``. Run time: measured wall time per unit of input × ``TIME_MARGIN``, at least
+``MIN_RUNTIME`` minutes. Both × ``attempt``. The coefficients are at the end of the module, each
+with the measurements it comes from.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ __all__ = [
 MEM_MARGIN = 1.5  # over the measured peak: other data, allocator slack, a different machine
 TIME_MARGIN = 3.0  # over the measured wall time (itself measured on a shared, loaded machine)
 MIN_RUNTIME = 10  # minutes: queue scheduling granularity; no job is asked shorter
-MIN_MEM = 1000  # MB: interpreter + numpy + numba + h5py alone are ~200–300 MB RSS (tiny run)
+MIN_MEM = 1000  # MB: interpreter + numpy + numba + h5py alone are 107–250 MB RSS (runs A and B)
 
 
 def mem(base_mb: float, slope: float, size: float, attempt: int = 1) -> int:
@@ -54,7 +57,7 @@ def minutes(seconds: float, attempt: int = 1) -> int:
 
 # ----------------------------------------------------------------------------- per stage
 def import_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
-    """Import reads headers, the ``.tlt`` and the picks (tiny and scale: 109 MB RSS; size-independent)."""
+    """Import reads headers, the ``.tlt`` and the picks: 109 MB peak in runs A and B (size-independent)."""
     return mem(300.0, 0.0, tilt_series_mb, attempt)
 
 
@@ -168,8 +171,11 @@ TM_BASE_MB = 300.0
 TM_SLOPE = 7.9
 TM_B_PER_TILE_VOXEL = 27.0
 TM_S_PER_MB_ROT = 0.058
+# extract_chunk: run A, 250 particles × 41 × 128² = 168 M subtilt pixels in 75–110 s (0.45–0.65 s per M
+# pixel, load 10–25), peak 1,634–1,650 MB with blocks of 98 (mem_mb 4000); run B with this function's
+# budget (1,851 MB, blocks of 36): 244 particles in 117 s, peak 833 MB. 32 particles per block asked.
 EXTRACT_BLOCK = 32
-EXTRACT_S_PER_MPIX = 0.5
+EXTRACT_S_PER_MPIX = 0.65
 # extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
 GATHER_MB_PER_S = 50.0
 # initial_model_sgd (box 64, batch 12, 10 iterations, 3.9 MB per particle): peak 350 MB, 240 s at load 25
