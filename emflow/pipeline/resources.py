@@ -173,9 +173,9 @@ TM_B_PER_TILE_VOXEL = 27.0
 TM_S_PER_MB_ROT = 0.058
 # extract_chunk: run A, 250 particles × 41 × 128² = 168 M subtilt pixels in 75–110 s (0.45–0.65 s per M
 # pixel, load 10–25), peak 1,634–1,650 MB with blocks of 98 (mem_mb 4000); run B with this function's
-# budget (1,851 MB, blocks of 36): 244 particles in 117 s, peak 833 MB. 32 particles per block asked.
+# budget (1,851 MB, blocks of 36): 244 particles in 117 s (0.71 s per M pixel), peak 833 MB. 32 particles per block asked.
 EXTRACT_BLOCK = 32
-EXTRACT_S_PER_MPIX = 0.65
+EXTRACT_S_PER_MPIX = 0.72
 # extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
 GATHER_MB_PER_S = 50.0
 # initial_model_sgd (box 64, batch 12, 10 iterations, 3.9 MB per particle): peak 350 MB, 240 s at load 25
