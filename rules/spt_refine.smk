@@ -87,7 +87,7 @@ rule spt_refine_align:
     threads: 2
     resources:
         mem_mb=lambda wildcards, input, attempt: RSC.spt_chunk_mem_mb(
-            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt
+            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), RSC.set_size(input.info3d), attempt
         ),
         runtime=lambda wildcards, input, attempt: RSC.spt_align_runtime(
             SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt
@@ -140,7 +140,7 @@ rule spt_refine_make3d:
     threads: 2
     resources:
         mem_mb=lambda wildcards, input, attempt: RSC.spt_chunk_mem_mb(
-            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt
+            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), 0, attempt
         ),
         runtime=lambda wildcards, input, attempt: RSC.spt_make3d_runtime(
             SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt

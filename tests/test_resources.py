@@ -36,7 +36,9 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
         lambda s: R.extract_chunk_runtime(41, 128, int(s)),
         lambda s: R.gather_runtime(s),
         lambda s: R.initial_model_mem_mb(s / 100, 12),
-        lambda s: R.spt_chunk_mem_mb(250, s / 100),  # by the box (MB per particle), not the chunk
+        lambda s: R.spt_chunk_mem_mb(250, s / 100),  # by the box (MB per particle)
+        lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 800),  # by the chunk
+        lambda s: R.spt_chunk_mem_mb(250, 3.9, int(s)),  # by the set (t/r neighbours)
         lambda s: R.spt_align_runtime(int(s), 3.8),
         lambda s: R.spt_postprocess_mem_mb(s),
     ],

@@ -35,7 +35,7 @@ __all__ = [
     "import_mem_mb", "tomogram_peak_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
     "extract_chunk_mem_mb", "extract_chunk_runtime", "gather_mem_mb", "gather_runtime",
     "initial_model_mem_mb", "initial_model_runtime", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
-    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "file_mb", "n_rotations",
+    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "set_size", "file_mb", "n_rotations",
     "tomogram_mem", "tomogram_time", "extract_chunk_mem", "extract_chunk_time",
 ]
 
@@ -135,11 +135,29 @@ def initial_model_runtime(mb_per_particle: float, batch: int, niter: int, attemp
     return minutes(SGD_S_PER_MB * mb_per_particle * 2.0 * batch * niter, attempt)
 
 
-def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
-    """An alignment or reconstruction job: references / insertion grids and one particle's subtilts at a
-    time, so set by the box (∝ ``mb_per_particle``: its subtilts + 3D particle), not by ``n_particles``.
-    Measured (box 64, 3.9 MB per particle, 210 particles): align 237 MB (p) / 372 MB (t), make3d 272 MB."""
-    return mem(SPT_BASE_MB, SPT_DATA_FACTOR, mb_per_particle, attempt)
+def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, n_set: int = 0, attempt: int = 1) -> int:
+    """An alignment or reconstruction job of ``n_particles`` (the chunk) of a set of ``n_set``: the
+    references / insertion grids (by the box: ``SPT_DATA_FACTOR`` × ``mb_per_particle``, its subtilts +
+    3D particle) plus, for alignment, ``SPT_CHUNK_FACTOR`` × the chunk's data and ``SPT_MB_PER_SET_PARTICLE``
+    per particle of the whole set (``t``/``r`` smooth over neighbours). Measured peaks: box 64, 3.9 MB
+    per particle: ``p`` 237–311 MB (chunks 77–250); ``t`` 372 MB (chunk 210 of 210), 681 MB (77 of 827),
+    985 MB (250 of 827); make3d 272–323 MB."""
+    return mem(SPT_BASE_MB + SPT_DATA_FACTOR * mb_per_particle + SPT_MB_PER_SET_PARTICLE * n_set,
+               SPT_CHUNK_FACTOR * mb_per_particle, n_particles, attempt)
+
+
+def set_size(info3d_lst: str | os.PathLike) -> int:
+    """Particles in a refinement set (lines of ``particle_info_3d.lst``); 0 before it exists."""
+    p = pathlib.Path(info3d_lst)
+    if not p.exists():
+        return 0
+    return _count(str(p), p.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=64)
+def _count(path: str, mtime: float) -> int:
+    with open(path) as fh:
+        return sum(1 for line in fh if not line.startswith("#") and "\t" in line)
 
 
 def spt_align_runtime(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
@@ -185,8 +203,12 @@ SGD_S_PER_MB = 0.26
 # spt_refine_align / make3d, 1024² run (box 64, 3.9 MB per particle, one chunk of 210 particles, load 12-26):
 # peak 237 MB (p) / 372 MB (t) / 272 MB (make3d); global p 594 s (0.73 s per particle MB), t 121 s,
 # make3d 35.8 s (0.044 s per MB). One box size measured: base 200 MB, the rest (172 MB) ∝ the particle size.
+# run A (2048², chunks of 250 of 827): t 955-985 MB, 681 MB for the 77-particle chunk -> 1.76 MB per chunk
+# particle (0.45 x its data); with run B (372 MB, 210 of 210) -> about 0.9 MB per particle of the set
 SPT_BASE_MB = 200.0
 SPT_DATA_FACTOR = 45.0
+SPT_CHUNK_FACTOR = 0.45
+SPT_MB_PER_SET_PARTICLE = 0.9
 SPT_ALIGN_S_PER_MB = 0.75
 SPT_MAKE3D_S_PER_MB = 0.05
 # spt_refine_postprocess: 255-271 MB peak for 25.6 MB reconstruction chunks (box 64, pad 2), one size measured
