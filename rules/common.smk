@@ -4,6 +4,7 @@
 
 from emflow.pipeline.config import tomogram_table, validate_config
 from emflow.pipeline.params import reject_runtime_keys, rule_params
+from emflow.pipeline import resources as RSC  # mem_mb/runtime of every rule from its input size
 
 reject_runtime_keys(config)  # thread counts are rule resources (profiles, --set-threads), not config
 validate_config(config, workflow.source_path("../config/schema.yaml"))

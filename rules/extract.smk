@@ -40,8 +40,8 @@ checkpoint extract_plan:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.import_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     params:
         extract={k: EXTRACT[k] for k in EXTRACT_PLAN_KEYS},
         thickness_unbin_px=config["tomogram"]["thickness_px"] * config["tomogram"]["bin"],
@@ -69,8 +69,8 @@ rule extract_chunk:
     threads: 2
     resources:
         # the job sizes its particle blocks to this (emflow.sta.extract.particles_per_block)
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=RSC.extract_chunk_mem,
+        runtime=RSC.extract_chunk_time,
     params:
         extract={k: EXTRACT[k] for k in EXTRACT_CHUNK_KEYS},
         microscope=config["microscope"],
@@ -100,8 +100,8 @@ rule extract_particles:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=60,
+        mem_mb=lambda wildcards, input, attempt: RSC.gather_mem_mb(input.size_mb, attempt),
+        runtime=lambda wildcards, input, attempt: RSC.gather_runtime(input.size_mb, attempt),
     script:
         "../workflow/scripts/extract_particles.py"
 
@@ -121,8 +121,8 @@ rule extract_buildset:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.gather_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     params:
         spliteo=EXTRACT["spliteo"],
     script:

@@ -20,8 +20,8 @@ rule import_tomogram:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.import_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     params:
         entry=tomogram_entry,
         apix=config["microscope"]["apix"],

@@ -43,8 +43,12 @@ rule initial_model_sgd:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=lambda wildcards, input, attempt: RSC.initial_model_mem_mb(
+            RSC.set_mb_per_particle(input.lst), INITIAL_MODEL["batch"], attempt
+        ),
+        runtime=lambda wildcards, input, attempt: RSC.initial_model_runtime(
+            RSC.set_mb_per_particle(input.lst), INITIAL_MODEL["batch"], INITIAL_MODEL["niter"], attempt
+        ),
     params:
         cfg=rule_params(config, "initial_model_sgd", "initial_model"),
     script:

@@ -60,8 +60,8 @@ checkpoint spt_refine_setup:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wildcards, input, attempt: RSC.gather_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     params:
         spt=spt_stage_params("setup"),
         shrink=config["extract"]["shrink"],
@@ -86,8 +86,16 @@ rule spt_refine_align:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        # t/r smooth over neighbours: their memory also grows with the whole set (emflow/pipeline/resources.py)
+        mem_mb=lambda wildcards, input, attempt: RSC.spt_chunk_mem_mb(
+            SPT["chunk_size"],
+            RSC.set_mb_per_particle(input.info3d),
+            RSC.set_size(input.info3d) if SPT_ITERS[int(wildcards.it) - 1] in "tr" else 0,
+            attempt,
+        ),
+        runtime=lambda wildcards, input, attempt: RSC.spt_align_runtime(
+            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt
+        ),
     params:
         spt=spt_align_params,
         microscope=SPT_MICROSCOPE,
@@ -112,8 +120,8 @@ rule spt_refine_gather:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.gather_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     script:
         "../workflow/scripts/spt_refine_gather.py"
 
@@ -135,8 +143,12 @@ rule spt_refine_make3d:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=lambda wildcards, input, attempt: RSC.spt_chunk_mem_mb(
+            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), 0, attempt
+        ),
+        runtime=lambda wildcards, input, attempt: RSC.spt_make3d_runtime(
+            SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt
+        ),
     params:
         spt=spt_stage_params("make3d"),
         microscope=SPT_MICROSCOPE,
@@ -173,8 +185,10 @@ rule spt_refine_postprocess:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=lambda wildcards, input, attempt: RSC.spt_postprocess_mem_mb(
+            input.size_mb / max(1, len(input.recs)), attempt
+        ),
+        runtime=RSC.MIN_RUNTIME,
     params:
         spt=spt_postprocess_params,
     script:
@@ -198,8 +212,8 @@ rule spt_refine_export:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.gather_mem_mb(input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     params:
         microscope=config["microscope"],
         shrink=config["extract"]["shrink"],

@@ -32,8 +32,15 @@ rule tempmatch_search:
         "../envs/emflow.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=lambda wildcards, input, attempt: RSC.tempmatch_mem_mb(
+            RSC.file_mb(input.tomogram),
+            config["tempmatch"]["tile_size_px"],
+            config["tomogram"]["thickness_px"],
+            attempt,
+        ),
+        runtime=lambda wildcards, input, threads, attempt: RSC.tempmatch_runtime(
+            RSC.file_mb(input.tomogram), RSC.n_rotations(config["tempmatch"]["delta_deg"]), threads, attempt
+        ),
     params:
         tm=rule_params(config, "tempmatch_search", "tempmatch"),
         microscope=rule_params(config, "tempmatch_search", "microscope"),
@@ -59,8 +66,11 @@ rule tempmatch_extract:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        # the score and angle maps in memory
+        mem_mb=lambda wildcards, input, attempt: RSC.mem(
+            RSC.TM_EXTRACT_BASE_MB, RSC.TM_EXTRACT_SLOPE, input.size_mb, attempt
+        ),
+        runtime=RSC.MIN_RUNTIME,
     params:
         picks=rule_params(config, "tempmatch_extract", "picks"),
         microscope=rule_params(config, "tempmatch_extract", "microscope"),
@@ -94,8 +104,10 @@ rule picks_filter:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=lambda wildcards, input, attempt: RSC.mem(
+            RSC.TM_EXTRACT_BASE_MB, RSC.TM_EXTRACT_SLOPE, input.size_mb, attempt
+        ),
+        runtime=RSC.MIN_RUNTIME,
     params:
         picks=rule_params(config, "picks_filter", "picks"),
     script:

@@ -31,8 +31,8 @@ rule tomogram_reconstruct:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=RSC.tomogram_mem,
+        runtime=RSC.tomogram_time,
     params:
         thickness_px=config["tomogram"]["thickness_px"],
         radial_filter=config["tomogram"]["radial_filter"],
@@ -87,7 +87,7 @@ rule tomogram_slices:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.mem(RSC.SLICES_BASE_MB, RSC.SLICES_SLOPE, input.size_mb, attempt),
+        runtime=RSC.MIN_RUNTIME,
     script:
         "../workflow/scripts/tomogram_slices.py"

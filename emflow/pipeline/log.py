@@ -101,7 +101,19 @@ def setup_logging(smk=None, level: int = logging.INFO) -> logging.Logger:
         os.environ.setdefault("OMP_NUM_THREADS", str(smk.threads))
         log.info("rule %s, wildcards %s, %d thread(s)", smk.rule, dict(smk.wildcards), smk.threads)
         _log_uncaught_exceptions(log)
+        atexit.register(_log_peak_rss, log)
     return log
+
+
+def _log_peak_rss(log: logging.Logger) -> None:
+    """Log this job's peak resident memory (``VmHWM``): Snakemake's benchmark ``max_rss`` is sampled
+    and misses short peaks; ``emflow.pipeline.resources`` is fitted to this line."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                log.info("job peak RSS (VmHWM) %.0f MB", int(line.split()[1]) / 1024.0)
+    except OSError:
+        pass
 
 
 def _log_uncaught_exceptions(log: logging.Logger) -> None:

@@ -1,0 +1,308 @@
+"""Memory (``mem_mb``) and run time (``runtime``, minutes) of each rule as functions of its input size.
+
+The ``resources:`` blocks of ``rules/*.smk`` call these, so a SLURM job asks for what its input needs
+(a 2k tilt series gets more than the tiny demo's) and a retry (``attempt`` 2, the profiles'
+``retries: 1``) asks for more. Every function is pure and grows with its size arguments; the few
+helpers that read a file (``plan_json``, ``set_mb_per_particle``) only look up those sizes.
+
+Where the coefficients come from (``benchmarks/scale_workflow.py``: each job's Snakemake benchmark
+file and the peak RSS (``VmHWM``) it logs at exit; README "Scale benchmark"; the JSONs in
+``benchmarks/scale/``): two runs of the tomography workflow on simulated IMOD-style data, 41 tilts,
+5.24 Å/px, 70S ribosomes at box 64 (128² subtilts), bin-4 tomograms 64 voxels thick, chunks of 250:
+
+* run A: 2048² tilt series (688 MB), 1,100 particles, tomogram 512² × 64 (67 MB);
+* run B: 1024² tilt series (172 MB), 250 particles, tomogram 256² × 64 (17 MB);
+
+both on 2 cores shared with five other sessions (load average 10–25), so times are upper bounds.
+Where a rule was measured at both sizes, memory is the line through both points; where at one
+size, the docstring says so.
+
+Memory: the fitted peak (RSS includes file pages of memory-mapped inputs) × ``MEM_MARGIN``, at least
+``MIN_MEM``. Run time: measured wall time per unit of input × ``TIME_MARGIN``, at least
+``MIN_RUNTIME`` minutes. Both × ``attempt``. The coefficients are at the end of the module, each
+with the measurements it comes from.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+
+__all__ = [
+    "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
+    "import_mem_mb", "tomogram_peak_mb", "tomogram_mem_mb", "tomogram_runtime", "tempmatch_mem_mb", "tempmatch_runtime",
+    "extract_chunk_mem_mb", "extract_chunk_runtime", "gather_mem_mb", "gather_runtime",
+    "initial_model_mem_mb", "initial_model_runtime", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
+    "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "set_size", "file_mb", "n_rotations",
+    "tomogram_mem", "tomogram_time", "extract_chunk_mem", "extract_chunk_time",
+]
+
+MEM_MARGIN = 1.5  # over the measured peak: other data, allocator slack, a different machine
+TIME_MARGIN = 3.0  # over the measured wall time (itself measured on a shared, loaded machine)
+MIN_RUNTIME = 10  # minutes: queue scheduling granularity; no job is asked shorter
+MIN_MEM = 1000  # MB: interpreter + numpy + numba + h5py alone are 107–250 MB RSS (runs A and B)
+
+
+def mem(base_mb: float, slope: float, size: float, attempt: int = 1) -> int:
+    """``(base_mb + slope · size) · MEM_MARGIN · attempt`` MB, at least ``MIN_MEM`` · attempt."""
+    return int(max(MIN_MEM, (base_mb + slope * max(size, 0.0)) * MEM_MARGIN) * max(1, attempt))
+
+
+def minutes(seconds: float, attempt: int = 1) -> int:
+    """``seconds · TIME_MARGIN`` in whole minutes, at least ``MIN_RUNTIME``, times ``attempt``."""
+    return int(max(MIN_RUNTIME, -(-seconds * TIME_MARGIN // 60)) * max(1, attempt))
+
+
+# ----------------------------------------------------------------------------- per stage
+def import_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
+    """Import reads headers, the ``.tlt`` and the picks: 109 MB peak in runs A and B (size-independent)."""
+    return mem(300.0, 0.0, tilt_series_mb, attempt)
+
+
+def tomogram_peak_mb(tilt_series_mb: float) -> float:
+    """Expected peak RSS of weighted back-projection (the fit, no margin): ``TOMO_SLOPE`` (4.77) × the
+    tilt series' MB + ``TOMO_BASE_MB``; measured 954 MB at a 172 MB series, 3414 MB at 688 MB."""
+    return TOMO_BASE_MB + TOMO_SLOPE * tilt_series_mb
+
+
+def tomogram_mem_mb(tilt_series_mb: float, attempt: int = 1) -> int:
+    """``tomogram_reconstruct``: :func:`tomogram_peak_mb` with the margin."""
+    return mem(TOMO_BASE_MB, TOMO_SLOPE, tilt_series_mb, attempt)
+
+
+def tomogram_runtime(tilt_series_mb: float, threads: int = 2, attempt: int = 1) -> int:
+    """``TOMO_S_PER_MB`` s per tilt-series MB on 2 threads (measured 14.5 s at 172 MB, 39.4 s at 688 MB)."""
+    return minutes(TOMO_S_PER_MB * tilt_series_mb * 2.0 / max(1, threads), attempt)
+
+
+def tempmatch_mem_mb(tomogram_mb: float, tile_size_px: int, thickness_px: int, attempt: int = 1) -> int:
+    """Template matching holds the tomogram with its score, angle and statistics maps
+    (``TM_SLOPE`` × the tomogram's MB) plus one tile's working arrays (FFTs, local statistics:
+    ``TM_B_PER_TILE_VOXEL`` bytes per tile voxel; a tile is at most ``tile_size_px`` on each axis, so
+    ``min(tile, thickness) × tile²``, and at most the tomogram). Measured: 545 MB at a 16.8 MB
+    tomogram (256² × 64, one tile), 944 MB at 67.1 MB (512² × 64, 9 tiles of 256² × 64)."""
+    vox = tomogram_mb * 1e6 / 4.0
+    tile_vox = min(float(min(tile_size_px, thickness_px)) * tile_size_px**2, vox)
+    return mem(TM_BASE_MB + TM_SLOPE * tomogram_mb, TM_B_PER_TILE_VOXEL / 1e6, tile_vox, attempt)
+
+
+def tempmatch_runtime(tomogram_mb: float, n_rotations: int, threads: int = 4, attempt: int = 1) -> int:
+    """One FFT pair of every tile per rotation: ``TM_S_PER_MB_ROT`` s per tomogram MB and rotation on
+    1 thread (threads assumed to add 0.7 each). Measured on 2 threads at load 25: 173 s for 16.8 MB ×
+    552 rotations (one tile), 1254 s for 67.1 MB × 552 (9 overlapping tiles: the larger rate is used)."""
+    eff = 1.0 + 0.7 * (max(1, threads) - 1)
+    return minutes(TM_S_PER_MB_ROT * tomogram_mb * n_rotations / eff, attempt)
+
+
+def extract_chunk_mem_mb(n_tilts: int, pad2d: int, box: int, n_particles: int, tilt_series_mb: float,
+                         attempt: int = 1) -> int:
+    """The budget of one extraction job: the job sizes its particle blocks to ``0.8 × mem_mb``
+    (:func:`emflow.sta.extract.particles_per_block`: 24 B per ``pad2d³`` voxel + 400 MB fixed, 40 B per
+    subtilt pixel + the ``box³`` volume per particle). Asked: blocks of up to ``EXTRACT_BLOCK``
+    particles (larger blocks are not faster) plus the pages of the memory-mapped tilt series the job
+    touches (up to the whole series)."""
+    block = min(max(1, n_particles), EXTRACT_BLOCK)
+    fixed = 24.0 * pad2d**3 + 400e6
+    per = 40.0 * n_tilts * pad2d * pad2d + 4.0 * box**3
+    return mem((fixed + block * per) / 0.8 / 1e6 / MEM_MARGIN, 1.0 / MEM_MARGIN, tilt_series_mb, attempt)
+
+
+def extract_chunk_runtime(n_tilts: int, pad2d: int, n_particles: int, attempt: int = 1) -> int:
+    """``EXTRACT_S_PER_MPIX`` s per million subtilt pixels (``n_tilts · pad2d²`` per particle), 2 threads."""
+    return minutes(EXTRACT_S_PER_MPIX * n_particles * n_tilts * pad2d * pad2d / 1e6, attempt)
+
+
+def gather_mem_mb(data_mb: float, attempt: int = 1) -> int:
+    """Joining chunk files (extract_particles, spt gathers): block copies, independent of the data size."""
+    return mem(300.0, 0.0, data_mb, attempt)
+
+
+def gather_runtime(data_mb: float, attempt: int = 1) -> int:
+    """A copy at ``GATHER_MB_PER_S`` (measured, scale run, shared disk)."""
+    return minutes(data_mb / GATHER_MB_PER_S, attempt)
+
+
+def initial_model_mem_mb(mb_per_particle: float, batch: int, attempt: int = 1) -> int:
+    """SGD: the particles aligned per iteration (``batch / keep``, subtilts at the shrunk box) and the
+    maps: ``SGD_BASE_MB`` + ``SGD_DATA_FACTOR`` × their data (``mb_per_particle`` of the set)."""
+    return mem(SGD_BASE_MB, SGD_DATA_FACTOR * mb_per_particle, 2.0 * batch, attempt)
+
+
+def initial_model_runtime(mb_per_particle: float, batch: int, niter: int, attempt: int = 1) -> int:
+    """``SGD_S_PER_MB`` s per MB of particle data aligned (``2 · batch`` particles per iteration)."""
+    return minutes(SGD_S_PER_MB * mb_per_particle * 2.0 * batch * niter, attempt)
+
+
+def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, n_set: int = 0, attempt: int = 1) -> int:
+    """An alignment or reconstruction job of ``n_particles`` (the chunk) of a set of ``n_set``: the
+    references / insertion grids (by the box: ``SPT_DATA_FACTOR`` × ``mb_per_particle``, its subtilts +
+    3D particle) plus, for alignment, ``SPT_CHUNK_FACTOR`` × the chunk's data and ``SPT_MB_PER_SET_PARTICLE``
+    per particle of the whole set (``t``/``r`` smooth over neighbours). Measured peaks: box 64, 3.9 MB
+    per particle: ``p`` 237–311 MB (chunks 77–250); ``t`` 372 MB (chunk 210 of 210), 681 MB (77 of 827),
+    985 MB (250 of 827); make3d 272–323 MB."""
+    return mem(SPT_BASE_MB + SPT_DATA_FACTOR * mb_per_particle + SPT_MB_PER_SET_PARTICLE * n_set,
+               SPT_CHUNK_FACTOR * mb_per_particle, n_particles, attempt)
+
+
+def set_size(info3d_lst: str | os.PathLike) -> int:
+    """Particles in a refinement set (lines of ``particle_info_3d.lst``); 0 before it exists."""
+    p = pathlib.Path(info3d_lst)
+    if not p.exists():
+        return 0
+    return _count(str(p), p.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=64)
+def _count(path: str, mtime: float) -> int:
+    with open(path) as fh:
+        return sum(1 for line in fh if not line.startswith("#") and "\t" in line)
+
+
+def spt_align_runtime(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
+    """Global ``p`` (the slowest letter): ``SPT_ALIGN_S_PER_MB`` s per MB of particle data, 2 threads."""
+    return minutes(SPT_ALIGN_S_PER_MB * n_particles * mb_per_particle, attempt)
+
+
+def spt_make3d_runtime(n_particles: int, mb_per_particle: float, attempt: int = 1) -> int:
+    """Insertion of the chunk's subtilts: ``SPT_MAKE3D_S_PER_MB`` s per MB of particle data, 2 threads."""
+    return minutes(SPT_MAKE3D_S_PER_MB * n_particles * mb_per_particle, attempt)
+
+
+def spt_postprocess_mem_mb(rec_chunk_mb: float, attempt: int = 1) -> int:
+    """Merging the chunks' Fourier grids (one chunk file at a time), FSC and masks: a few copies of one
+    chunk's grids (``rec_chunk_mb``, ∝ box³)."""
+    return mem(SPT_POST_BASE_MB, SPT_POST_SLOPE, rec_chunk_mb, attempt)
+
+
+# ----------------------------------------------------------------------------- fitted coefficients
+# (values and the measurements they come from: README "Benchmarks", benchmarks/scale_workflow.py)
+# tomogram_reconstruct, peak RSS 954 MB at a 172 MB series (41 × 1024²), 3414 MB at 688 MB (41 × 2048²):
+# the line through both; wall 14.5 s / 39.4 s on 2 threads (load 10-11) -> 0.085 s per series MB
+TOMO_BASE_MB = 134.0
+TOMO_SLOPE = 4.77
+TOMO_S_PER_MB = 0.085
+# tempmatch_search: the two measurements above; slope through both (tile fixed at 256² × 64 = 4.19 M
+# voxels), the rest of the 1024² peak above a 300 MB interpreter+numba base put on the tile (27 B/voxel)
+TM_BASE_MB = 300.0
+TM_SLOPE = 7.9
+TM_B_PER_TILE_VOXEL = 27.0
+TM_S_PER_MB_ROT = 0.058
+# extract_chunk: run A, 250 particles × 41 × 128² = 168 M subtilt pixels in 75–110 s (0.45–0.65 s per M
+# pixel, load 10–25), peak 1,634–1,650 MB with blocks of 98 (mem_mb 4000); run B with this function's
+# budget (1,851 MB, blocks of 36): 244 particles in 117 s (0.71 s per M pixel), peak 833 MB. 32 particles per block asked.
+EXTRACT_BLOCK = 32
+EXTRACT_S_PER_MPIX = 0.72
+# extract_particles joined 4.2 GB of chunk files in 49 s (86 MB/s, peak 360 MB); asked at 50 MB/s
+GATHER_MB_PER_S = 50.0
+# initial_model_sgd (box 64, batch 12, 10 iterations, 3.9 MB per particle): peak 350 MB, 240 s at load 25
+SGD_BASE_MB = 250.0
+SGD_DATA_FACTOR = 1.0
+SGD_S_PER_MB = 0.26
+# spt_refine_align / make3d, 1024² run (box 64, 3.9 MB per particle, one chunk of 210 particles, load 12-26):
+# peak 237 MB (p) / 372 MB (t) / 272 MB (make3d); global p 594 s (0.73 s per particle MB), t 121 s,
+# make3d 35.8 s (0.044 s per MB). One box size measured: base 200 MB, the rest (172 MB) ∝ the particle size.
+# run A (2048², chunks of 250 of 827): t 955-985 MB, 681 MB for the 77-particle chunk -> 1.76 MB per chunk
+# particle (0.45 x its data); with run B (372 MB, 210 of 210) -> about 0.9 MB per particle of the set
+SPT_BASE_MB = 200.0
+SPT_DATA_FACTOR = 45.0
+SPT_CHUNK_FACTOR = 0.45
+SPT_MB_PER_SET_PARTICLE = 0.9
+SPT_ALIGN_S_PER_MB = 0.75
+SPT_MAKE3D_S_PER_MB = 0.05
+# spt_refine_postprocess: 255-271 MB peak for 25.6 MB reconstruction chunks (box 64, pad 2), one size measured
+SPT_POST_BASE_MB = 170.0
+SPT_POST_SLOPE = 4.0
+# tomogram_slices: 192 MB at a 17 MB tomogram, 251 MB at 67 MB (the line through both)
+SLICES_BASE_MB = 172.0
+SLICES_SLOPE = 1.2
+# tempmatch_extract (score + angle maps): 299 MB at 34 MB of input, 643 MB at 134 MB (the line through
+# both); picks_filter (scores + tomogram) 239 / 402 MB at the same sizes, under the same line
+TM_EXTRACT_BASE_MB = 182.0
+TM_EXTRACT_SLOPE = 3.44
+
+
+# ----------------------------------------------------------------------------- size look-ups
+@functools.lru_cache(maxsize=64)
+def _plan(path: str, mtime: float) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+def plan_json(path: str | os.PathLike) -> dict:
+    """The extraction plan (``results/extract/plan/*.json``: ``n_tilts``, ``pad2d``, ``box``, ``chunks``)."""
+    p = pathlib.Path(path)
+    return _plan(str(p), p.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=64)
+def _per_particle(path: str, mtime: float) -> float:
+    files, n = set(), 0
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            if len(parts) > 1:
+                n += 1
+                files.add(parts[1])
+    total = 0
+    for f in files:
+        for g in (pathlib.Path(f), pathlib.Path(f.replace("particles3d", "particles"))):
+            total += g.stat().st_size if g.exists() else 0
+    return total / 1e6 / max(n, 1)
+
+
+def set_mb_per_particle(info3d_lst: str | os.PathLike) -> float:
+    """MB of subtilts + 3D particle per particle of a refinement set (``particle_info_3d.lst``: the
+    3D particle files it names and their ``particles/`` subtilt twins, over its number of lines).
+    0 when the file does not exist yet (a dry run before the set exists)."""
+    p = pathlib.Path(info3d_lst)
+    if not p.exists():
+        return 0.0
+    return _per_particle(str(p), p.stat().st_mtime)
+
+
+def file_mb(path: str | os.PathLike) -> float:
+    """Size of ``path`` in MB (0 if it does not exist yet: a dry run)."""
+    try:
+        return os.path.getsize(path) / 1e6
+    except OSError:
+        return 0.0
+
+
+def n_rotations(delta_deg, sym_order: int = 1) -> int:
+    """Rotations of the even SO(3) grid at step ``delta_deg`` (8π²/δ³: 552 at 30°, 4416 at 15°, 14832 at
+    10° measured, README "Benchmarks"); ``auto`` or null counts as 10°."""
+    import math
+
+    d = math.radians(float(delta_deg)) if isinstance(delta_deg, (int, float)) else math.radians(10.0)
+    return int(8.0 * math.pi**2 / d**3 / max(1, sym_order))
+
+
+# ----------------------------------------------------------------------------- rule adapters
+# Snakemake calls these with the job's ``wildcards``, ``input``, ``threads`` and ``attempt`` (named
+# arguments); they look up sizes and call the functions above.
+def tomogram_mem(wildcards, input, attempt):
+    """``tomogram_reconstruct``'s mem_mb from its tilt series' size."""
+    return tomogram_mem_mb(file_mb(input.tilt_series), attempt)
+
+
+def tomogram_time(wildcards, input, threads, attempt):
+    """``tomogram_reconstruct``'s runtime from its tilt series' size and threads."""
+    return tomogram_runtime(file_mb(input.tilt_series), threads, attempt)
+
+
+def extract_chunk_mem(wildcards, input, attempt):
+    """``extract_chunk``'s mem_mb (its block budget) from the plan (tilts, box, chunk) and the tilt series."""
+    plan = plan_json(input.plan)
+    a, b = plan["chunks"][int(wildcards.chunk)]
+    return extract_chunk_mem_mb(plan["n_tilts"], plan["pad2d"], plan["box"], b - a, file_mb(input.tilt_series), attempt)
+
+
+def extract_chunk_time(wildcards, input, attempt):
+    """``extract_chunk``'s runtime from the plan (tilts, subtilt size, particles in the chunk)."""
+    plan = plan_json(input.plan)
+    a, b = plan["chunks"][int(wildcards.chunk)]
+    return extract_chunk_runtime(plan["n_tilts"], plan["pad2d"], b - a, attempt)
+

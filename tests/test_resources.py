@@ -1,0 +1,150 @@
+"""Rule resources (emflow.pipeline.resources): they grow with the input, and real jobs fit in them.
+
+The coefficients were fitted to the scale benchmark (benchmarks/scale_workflow.py, README
+"Benchmarks"); here two real jobs at a size the fit never saw (41 tilts of 768², 97 MB) are run in
+fresh processes and their peak RSS (VmHWM) is compared with what the rule would declare:
+
+* tomogram reconstruction (``reconstruct_wbp`` on the memory-mapped series, bin 4): declared mem_mb ≥
+  measured, and the fitted peak (no margin) within 0.5–2× the measured one;
+* an extraction chunk (``extract_to_files``, box 64, 128² subtilts, 60 particles) whose blocks are
+  sized from the declared mem_mb, as ``workflow/scripts/extract_chunk.py`` does: measured ≤ declared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from emflow.pipeline import resources as R
+
+N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s: R.tomogram_mem_mb(s),
+        lambda s: R.tomogram_runtime(s),
+        lambda s: R.tempmatch_mem_mb(s, 256, 64),
+        lambda s: R.tempmatch_runtime(s, 4416),
+        lambda s: R.extract_chunk_mem_mb(41, 128, 64, 250, s),
+        lambda s: R.extract_chunk_runtime(41, 128, int(s)),
+        lambda s: R.gather_runtime(s),
+        lambda s: R.initial_model_mem_mb(s / 100, 12),
+        lambda s: R.spt_chunk_mem_mb(250, s / 100),  # by the box (MB per particle)
+        lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 800),  # by the chunk
+        lambda s: R.spt_chunk_mem_mb(250, 3.9, int(s)),  # by the set (t/r neighbours)
+        lambda s: R.spt_align_runtime(int(s), 3.8),
+        lambda s: R.spt_postprocess_mem_mb(s),
+    ],
+)
+def test_resources_grow_with_input_size(fn):
+    sizes = [1, 10, 100, 1000, 10000, 100000]
+    vals = [fn(float(s)) for s in sizes]
+    assert all(b >= a for a, b in zip(vals, vals[1:])), vals
+    assert vals[-1] > vals[0], vals  # not a constant
+    assert all(isinstance(v, int) and v > 0 for v in vals)
+
+
+def test_retry_asks_for_more():
+    for fn in (lambda a: R.tomogram_mem_mb(688, attempt=a), lambda a: R.extract_chunk_runtime(41, 128, 250, attempt=a)):
+        assert 2 * fn(1) - 1 <= fn(2) <= 2 * fn(1) + 1  # whole MB / minutes
+
+
+def test_tempmatch_grows_with_tile_and_rotations():
+    assert R.tempmatch_mem_mb(670, 384, 400) > R.tempmatch_mem_mb(670, 256, 400) > R.tempmatch_mem_mb(670, 128, 400)
+    assert R.tempmatch_runtime(67, 14832) > R.tempmatch_runtime(67, 552)
+
+
+def test_rotation_count_matches_the_measured_grid():
+    # even SO(3) grid (README "Benchmarks"): 552 / 1908 / 4416 / 14832 rotations at 30 / 20 / 15 / 10°
+    for delta, n in [(30, 552), (20, 1908), (15, 4416), (10, 14832)]:
+        assert abs(R.n_rotations(delta) - n) / n < 0.03, (delta, R.n_rotations(delta), n)
+    assert R.n_rotations("auto") == R.n_rotations(10.0)
+
+
+def test_extract_chunk_budget_follows_the_plan():
+    # bigger boxes / subtilts / more tilts need more; the chunk's block is capped (EXTRACT_BLOCK)
+    assert R.extract_chunk_mem_mb(41, 256, 128, 250, 688) > R.extract_chunk_mem_mb(41, 128, 64, 250, 688)
+    assert R.extract_chunk_mem_mb(61, 128, 64, 250, 688) > R.extract_chunk_mem_mb(41, 128, 64, 250, 688)
+    assert R.extract_chunk_mem_mb(41, 128, 64, 10_000, 688) == R.extract_chunk_mem_mb(41, 128, 64, R.EXTRACT_BLOCK, 688)
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    kind, path, out, mem_mb = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    from emflow._numba import set_threads
+    set_threads(2)
+    tilts = np.linspace(-60.0, 60.0, %(n)d)
+    if kind == "tomogram":
+        from emflow.io.tiltseries import read_tilt_series
+        from emflow.sta.tomo import reconstruct_wbp
+        stack, _ = read_tilt_series(path, mmap=True, override=5.24)
+        vol = reconstruct_wbp(stack, tilts, bin=4, thickness_px=64, threads=2)
+        info = {"shape": list(vol.shape)}
+    else:
+        from emflow.sta.extract import (ExtractParams, TiltGeometry, TiltSource, extract_to_files,
+                                        open_tilt_series, particles_per_block)
+        params = np.zeros((tilts.size, 5)); params[:, 3] = tilts
+        geom = TiltGeometry(params=params, apix_unbin=5.24, defocus_um=np.full(tilts.size, 3.0),
+                            phase_deg=np.zeros(tilts.size))
+        rng = np.random.default_rng(0)
+        half = %(size)d / 2 - %(pad)d
+        coords = np.column_stack([rng.uniform(-half / 2, half / 2, %(np)d), rng.uniform(-half, half, %(np)d),
+                                  rng.uniform(-100, 100, %(np)d)])
+        block = particles_per_block(mem_mb, tilts.size, %(pad)d, %(box)d)
+        extract_to_files(TiltSource(open_tilt_series(path, apix=5.24)), geom, coords,
+                         ExtractParams(box=%(box)d, pad2d=%(pad)d), particles_path=out + "_2d.hdf",
+                         particles3d_path=out + "_3d.hdf", block=block, workers=2)
+        info = {"block": block}
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            info["peak_mb"] = int(line.split()[1]) / 1024
+    print(json.dumps(info))
+    """
+    % {"n": N_TILTS, "size": SIZE, "pad": PAD2D, "box": BOX, "np": N_PTCL}
+)
+
+
+@pytest.fixture(scope="module")
+def tilt_series(tmp_path_factory):
+    from emflow.io import write_mrc
+
+    path = tmp_path_factory.mktemp("res") / "ts.mrc"
+    rng = np.random.default_rng(1)
+    write_mrc(path, rng.normal(0.0, 1.0, (N_TILTS, SIZE, SIZE)).astype(np.float32), 5.24)
+    return path
+
+
+def _run(kind: str, path, mem_mb: int) -> dict:
+    res = subprocess.run([sys.executable, "-c", WORKER, kind, str(path), str(path.with_suffix("")), str(mem_mb)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_tomogram_job_fits_its_declared_memory(tilt_series):
+    size_mb = tilt_series.stat().st_size / 1e6
+    declared = R.tomogram_mem_mb(size_mb)
+    got = _run("tomogram", tilt_series, declared)
+    assert got["shape"] == [64, SIZE // 4, SIZE // 4]
+    print(f"tomogram ({size_mb:.0f} MB series): peak {got['peak_mb']:.0f} MB, declared {declared} MB")
+    assert got["peak_mb"] <= declared, (got, declared)
+    fit = R.tomogram_peak_mb(size_mb)  # the fitted line itself, no margin: it predicts this size
+    assert 0.5 <= fit / got["peak_mb"] <= 2.0, (fit, got)
+
+
+def test_extraction_chunk_fits_its_declared_memory(tilt_series):
+    size_mb = tilt_series.stat().st_size / 1e6
+    declared = R.extract_chunk_mem_mb(N_TILTS, PAD2D, BOX, N_PTCL, size_mb)
+    got = _run("extract", tilt_series, declared)
+    assert got["block"] >= 1
+    print(f"extraction ({N_PTCL} particles, blocks of {got['block']}): peak {got['peak_mb']:.0f} MB, declared {declared} MB")
+    assert got["peak_mb"] <= declared, (got, declared)
