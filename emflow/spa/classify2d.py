@@ -78,6 +78,15 @@ class Classify2DParams:
         Soft circular mask radius (Å) of the references; None: ``0.4·b·apix``.
     maxshift_px : float or None
         Largest shift (px of the particles' box) of the alignment; None: a fifth of the box.
+    cmp : str
+        Particle–reference score that picks the class: ``frc`` (EMAN's, rings weighted by their
+        pixel count over ``minres_a … res_a``) or ``ccc`` (rings weighted by power: a matched filter).
+    ntop : int
+        Soft assignment of the iterations: each particle joins the averages of its ``ntop`` best
+        classes with weights ``exp(−(s_j − s_1)/(softness·σ))`` (``σ``: the spread of its scores over
+        the classes); 1: hard (EMAN). The final classes are always hard.
+    softness : float
+        Width of the soft assignment in units of ``σ``.
     """
 
     ncls: int = 48
@@ -89,6 +98,9 @@ class Classify2DParams:
     n_pca: int = 10
     mask_radius_a: float | None = None
     maxshift_px: float | None = None
+    cmp: str = "frc"
+    ntop: int = 1
+    softness: float = 1.0
 
     def check(self) -> None:
         """Raise :class:`InputError` (source ``spa_initial_model.classify2d.<key>``) on a bad value."""
@@ -96,7 +108,8 @@ class Classify2DParams:
             ("ncls", self.ncls, self.ncls >= 1), ("niter", self.niter, self.niter >= 0),
             ("res_a", self.res_a, self.res_a > 0), ("minres_a", self.minres_a, self.minres_a > self.res_a),
             ("keep", self.keep, 0 < self.keep <= 1), ("minsize", self.minsize, self.minsize >= 1),
-            ("n_pca", self.n_pca, self.n_pca >= 1),
+            ("n_pca", self.n_pca, self.n_pca >= 1), ("ntop", self.ntop, self.ntop >= 1),
+            ("softness", self.softness, self.softness > 0), ("cmp", self.cmp, self.cmp in ("frc", "ccc")),
             ("mask_radius_a", self.mask_radius_a, self.mask_radius_a is None or self.mask_radius_a > 0),
             ("maxshift_px", self.maxshift_px, self.maxshift_px is None or self.maxshift_px >= 0)) if not ok]
         if bad:
@@ -160,17 +173,23 @@ def _kmeans_on_invariants(images, k, n_pca, rng):
     return lab.astype(np.int64)
 
 
-def class_sums(aligned: np.ndarray, classes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def class_sums(aligned: np.ndarray, classes: np.ndarray, k: int,
+               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sums ``(k, b, b)`` float32 and counts ``(k,)`` of ``aligned`` images by class (``−1`` ignored):
-    one ``np.add.reduceat`` over the class-sorted stack."""
+    one ``np.add.reduceat`` over the class-sorted stack. With ``weights`` ``(n,)`` the images are
+    weighted and the counts are sums of weights (float)."""
     use = np.nonzero(classes >= 0)[0]
     order = use[np.argsort(classes[use], kind="stable")]
-    counts = np.bincount(classes[use], minlength=k)
+    n_in = np.bincount(classes[use], minlength=k)
+    counts = n_in if weights is None else np.bincount(classes[use], weights=weights[use], minlength=k)
     sums = np.zeros((k,) + aligned.shape[1:], np.float64)
     if len(order):
-        present = np.nonzero(counts)[0]
-        starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
-        sums[present] = np.add.reduceat(aligned[order].astype(np.float64), starts, axis=0)
+        present = np.nonzero(n_in)[0]
+        starts = np.concatenate([[0], np.cumsum(n_in[present])[:-1]])
+        x = aligned[order].astype(np.float64)
+        if weights is not None:
+            x *= weights[order][:, None, None]
+        sums[present] = np.add.reduceat(x, starts, axis=0)
     return sums.astype(np.float32), counts
 
 
@@ -198,13 +217,32 @@ def _mask(b: int, apix: float, radius_a: float | None) -> np.ndarray:
     return masks.soft_circle(b, r, 0.06 * b).astype(np.float32)
 
 
+def _soft_sums(pp, mx, k, keep_cls, ntop, softness):
+    """Soft class sums: every kept particle joins its ``ntop`` best classes, each in that class's
+    frame, with weights ``exp(−(s_j − s_1)/(softness·σ))`` summing to 1 (``σ``: spread of its scores
+    over the classes). Returns ``(sums, weight totals)``."""
+    sc = mx[0].astype(np.float64)
+    m = min(ntop, k)
+    top = np.argsort(sc, axis=1, kind="stable")[:, :m]
+    rows = np.arange(len(sc))[:, None]
+    s = sc[rows, top]
+    w = np.exp(-(s - s[:, :1]) / np.maximum(softness * sc.std(axis=1, keepdims=True), 1e-12))
+    w /= w.sum(axis=1, keepdims=True)
+    w[keep_cls < 0] = 0.0
+    r, c = np.nonzero(w > 0.01)
+    j = top[r, c]
+    aligned = align2d.transform_images(pp, mx[3][r, j], mx[1][r, j], mx[2][r, j], mx[4][r, j], index=r)
+    return class_sums(aligned, j, k, weights=w[r, c])
+
+
 def _align(pp, refs, opts):
-    """Best class of every particle and the transform onto it: simmx (particles × references)."""
+    """Best class of every particle and the transform onto it: simmx (particles × references); and
+    the whole matrix."""
     mx = simmx(pp, refs, opts)
     best = np.argmin(mx[0], axis=1)
     rows = np.arange(len(pp))
     return best, mx[0][rows, best].astype(np.float64), mx[3][rows, best], mx[1][rows, best], mx[2][rows, best], \
-        mx[4][rows, best]
+        mx[4][rows, best], mx
 
 
 def _keep(classes, score, keep, k):
@@ -259,7 +297,7 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
     pp = preprocess_particles(particles, bw, apix_w, p.res_a)
     mask_w = _mask(bw, apix_w, p.mask_radius_a)
     ms = math.ceil((b / 5.0 if p.maxshift_px is None else p.maxshift_px) * bw / b)
-    opts = SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=f"frc:minres={p.minres_a:g}:maxres={p.res_a:g}",
+    opts = SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=f"frc:minres={p.minres_a:g}:maxres={p.res_a:g}" if p.cmp == "frc" else "ccc",
                         apix=apix_w, maxshift=ms)
     total = p.niter + 2
     history = []
@@ -286,12 +324,16 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
     # 3. iterations: multi-reference alignment, best class, averages of the best `keep`
     for it in range(1, p.niter + 1):
         t0 = time.perf_counter()
-        new, score, alpha, tx, ty, mirror = _align(pp, refs, opts)
+        new, score, alpha, tx, ty, mirror, mx = _align(pp, refs, opts)
         new = _reseed(new, score, k, p.minsize)
         changed = float((new != cls).mean())
         cls = new
         t1 = time.perf_counter()
-        sums, counts = class_sums(align2d.transform_images(pp, alpha, tx, ty, mirror), _keep(cls, score, p.keep, k), k)
+        if p.ntop > 1:
+            sums, counts = _soft_sums(pp, mx, k, _keep(cls, score, p.keep, k), p.ntop, p.softness)
+        else:
+            sums, counts = class_sums(align2d.transform_images(pp, alpha, tx, ty, mirror), _keep(cls, score, p.keep, k),
+                                      k)
         refs = _normalise(_centre(sums / np.maximum(counts, 1)[:, None, None], mask_w), mask_w)
         history.append({"iteration": it, "changed": changed, "score": float(score.mean()), "align_s": t1 - t0,
                         "average_s": time.perf_counter() - t1})
@@ -300,7 +342,7 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
 
     # final assignment against the last references, averages of the unfiltered particles at box b
     t0 = time.perf_counter()
-    cls, score, alpha, tx, ty, mirror = _align(pp, refs, opts)
+    cls, score, alpha, tx, ty, mirror, _ = _align(pp, refs, opts)
     t1 = time.perf_counter()
     tx, ty = tx * (b / bw), ty * (b / bw)
     kept = _keep(cls, score, p.keep, k)
