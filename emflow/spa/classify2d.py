@@ -297,8 +297,8 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
     pp = preprocess_particles(particles, bw, apix_w, p.res_a)
     mask_w = _mask(bw, apix_w, p.mask_radius_a)
     ms = math.ceil((b / 5.0 if p.maxshift_px is None else p.maxshift_px) * bw / b)
-    opts = SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=f"frc:minres={p.minres_a:g}:maxres={p.res_a:g}" if p.cmp == "frc" else "ccc",
-                        apix=apix_w, maxshift=ms)
+    cmp = f"frc:minres={p.minres_a:g}:maxres={p.res_a:g}" if p.cmp == "frc" else "ccc"
+    opts = SimmxOptions(align="rotate_translate_flip", aligncmp="ccc", cmp=cmp, apix=apix_w, maxshift=ms)
     total = p.niter + 2
     history = []
 
