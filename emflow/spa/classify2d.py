@@ -87,6 +87,9 @@ class Classify2DParams:
         the classes); 1: hard (EMAN). The final classes are always hard.
     softness : float
         Width of the soft assignment in units of ``σ``.
+    ref_free_iter : int
+        Iterations of the reference-free alignment of all particles to their total average that
+        precedes the first MSA + k-means.
     """
 
     ncls: int = 48
@@ -101,6 +104,7 @@ class Classify2DParams:
     cmp: str = "frc"
     ntop: int = 1
     softness: float = 1.0
+    ref_free_iter: int = 3
 
     def check(self) -> None:
         """Raise :class:`InputError` (source ``spa_initial_model.classify2d.<key>``) on a bad value."""
@@ -109,7 +113,8 @@ class Classify2DParams:
             ("res_a", self.res_a, self.res_a > 0), ("minres_a", self.minres_a, self.minres_a > self.res_a),
             ("keep", self.keep, 0 < self.keep <= 1), ("minsize", self.minsize, self.minsize >= 1),
             ("n_pca", self.n_pca, self.n_pca >= 1), ("ntop", self.ntop, self.ntop >= 1),
-            ("softness", self.softness, self.softness > 0), ("cmp", self.cmp, self.cmp in ("frc", "ccc")),
+            ("softness", self.softness, self.softness > 0),
+            ("ref_free_iter", self.ref_free_iter, self.ref_free_iter >= 1), ("cmp", self.cmp, self.cmp in ("frc", "ccc")),
             ("mask_radius_a", self.mask_radius_a, self.mask_radius_a is None or self.mask_radius_a > 0),
             ("maxshift_px", self.maxshift_px, self.maxshift_px is None or self.maxshift_px >= 0)) if not ok]
         if bad:
@@ -259,6 +264,34 @@ def _keep(classes, score, keep, k):
     return out
 
 
+def _reference_free_alignment(pp, mask, opts, n_iter):
+    """Align every particle to the evolving total average (Penczek et al. 1992): the average of the
+    centred particles is nearly round; its noise breaks the symmetry and, iterated, every particle
+    is brought into one common frame. Returns ``(alpha, tx, ty, mirror)`` each ``(n,)``."""
+    n = len(pp)
+    ref = _normalise(_centre(pp.mean(axis=0, keepdims=True), mask), mask)
+    zero = np.zeros(n)
+    par = (zero, zero, zero, zero)
+    for _ in range(n_iter):
+        mx = simmx(pp, ref, opts)
+        par = (mx[3][:, 0], mx[1][:, 0], mx[2][:, 0], mx[4][:, 0])
+        ref = _normalise(_centre(align2d.transform_images(pp, *par).mean(axis=0, keepdims=True), mask), mask)
+    return par
+
+
+def _msa_kmeans(aligned, mask, k, n_pca, rng):
+    """k-means (``k`` classes) on the first ``n_pca`` principal components of the masked aligned
+    images (EMAN ``e2msa`` + ``e2classifykmeans``): the projection on a few eigenimages averages the
+    noise of every pixel away."""
+    x = (aligned * mask).reshape(len(aligned), -1).astype(np.float64)
+    x -= x.mean(axis=0)
+    sub = x[rng.choice(len(x), min(len(x), 3000), replace=False)]
+    _, _, vt = np.linalg.svd(sub, full_matrices=False)
+    z = x @ vt[: min(n_pca, len(vt))].T
+    _, lab = scipy.cluster.vq.kmeans2(z, k, minit="++", seed=rng)
+    return lab.astype(np.int64)
+
+
 def _reseed(classes, score, k, minsize):
     """Give each class under ``minsize`` the worse-scoring half of the then-largest class."""
     classes = classes.copy()
@@ -302,19 +335,15 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
     total = p.niter + 2
     history = []
 
-    # 2. first classes: k-means on invariants, each aligned to a random member (its seed)
-    cls = _kmeans_on_invariants(pp, k, p.n_pca, rng) if k > 1 else np.zeros(n, np.int64)
-    cls = _reseed(cls, rng.random(n), k, p.minsize)
-    counts = np.bincount(cls, minlength=k)
-    seeds = np.array([rng.choice(np.nonzero(cls == c)[0]) if counts[c] else rng.integers(n) for c in range(k)])
-    refs = _normalise(pp[seeds], mask_w)
+    # 2. first classes: reference-free alignment to the total average, MSA + k-means of the aligned images
     t0 = time.perf_counter()
-    mx = simmx(pp, refs, opts, pairs=cls[:, None] == np.arange(k)[None, :])
-    rows = np.arange(n)
-    alpha, tx, ty, mirror = mx[3][rows, cls], mx[1][rows, cls], mx[2][rows, cls], mx[4][rows, cls]
-    score = mx[0][rows, cls].astype(np.float64)
+    alpha, tx, ty, mirror = _reference_free_alignment(pp, mask_w, opts, p.ref_free_iter)
+    aligned = align2d.transform_images(pp, alpha, tx, ty, mirror)
+    cls = _msa_kmeans(aligned, mask_w, k, p.n_pca, rng) if k > 1 else np.zeros(n, np.int64)
+    cls = _reseed(cls, rng.random(n), k, p.minsize)
+    score = np.zeros(n)
     t1 = time.perf_counter()
-    sums, counts = class_sums(align2d.transform_images(pp, alpha, tx, ty, mirror), _keep(cls, score, p.keep, k), k)
+    sums, counts = class_sums(aligned, cls, k)
     refs = _normalise(_centre(sums / np.maximum(counts, 1)[:, None, None], mask_w), mask_w)
     history.append({"iteration": 0, "changed": 1.0, "score": float(score.mean()), "align_s": t1 - t0,
                     "average_s": time.perf_counter() - t1})
