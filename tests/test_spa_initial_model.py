@@ -192,3 +192,27 @@ def test_blob_radius_is_in_angstrom():
     assert blob_model(64, 2.0).sum() > blob.sum()  # default 0.3 · 64 = 19.2 px
     with pytest.raises(InputError, match="blob radius"):
         blob_model(64, 2.0, radius_a=80.0)
+
+
+def test_image_weights_and_the_rule_summary():
+    """Class averages enter with their counts: weights must be one non-negative number per image;
+    a zero-weight image does not change the map. initial_model_run returns the classification in its
+    summary (or None when classify2d is disabled)."""
+    rng = np.random.default_rng(5)
+    parts = rng.normal(size=(30, 24, 24)).astype(np.float32)
+    p = im.SPAInitParams(res_a=30.0, res_start_a=None, ntry=1, niter=2, batch=30, n_score=10, ninit=4)
+    with pytest.raises(InputError, match="weights"):
+        im.spa_initial_model(parts, 10.0, p, weights=np.ones(29))
+    with pytest.raises(InputError, match="weights"):
+        im.spa_initial_model(parts, 10.0, p, weights=-np.ones(30))
+    w = np.ones(30)
+    a = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=w)
+    b = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=2 * w)
+    np.testing.assert_allclose(a.map, b.map, atol=1e-5)  # only relative weights matter
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": False}, np.random.default_rng(1))
+    assert cls is None and summary["classify2d"] is None and summary["scores"] == res.scores.tolist()
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": True, "ncls": 4, "niter": 1, "minsize": 2,
+                                                              "res_a": 30.0}, np.random.default_rng(1))
+    assert cls is not None and summary["classify2d"]["n_classes"] == len(cls.averages) >= 2
+    assert cls.counts.sum() + summary["classify2d"]["excluded"] == 30
+    assert res.map.shape == (24, 24, 24)
