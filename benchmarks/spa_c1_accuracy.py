@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--shrink", type=int, default=2, help="simmx shrink (e2refine --shrink)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ntry", type=int, default=None)
+    ap.add_argument("--no-classes", action="store_true", help="SGD on the particles (classify2d.enabled false)")
     ap.add_argument("--bench-n", type=int, default=500, help="particles of the bench_simmx row (0: skip)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -121,6 +122,7 @@ def main(argv=None) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["spa_initial_model"]
     if a.ntry:
         cfg["ntry"] = a.ntry
+    cfg["classify2d"]["enabled"] = not a.no_classes
     params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d")})
     t = time.perf_counter()
     res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]), np.random.default_rng(a.seed + 1))
