@@ -36,12 +36,13 @@ iterations of alignment to the class averages, classification and averaging):
 Measured limits (simulated 70S ribosome, c1, CTF 1–2.5 µm phase-flipped; *view coherence*: the
 mean fraction of a class's members within 20° of the class's principal view axis, random classes
 ≈ 0.1; tests/test_spa_classify2d.py): box 32 (10.5 Å/px), 1,000 images, 24 classes, 4 iterations:
-SNR 1 → 0.61, SNR 0.3 → 0.13 (random 0.10). At SNR 0.08 the classes are at chance (box 32 at 25 Å
-and box 64 at 15 Å, with invariant-based first classes), although assigning the same images to the
-*true* projections (15° grid) puts 43 % within 20° of their true view at box 64 / 15 Å (12 % at box
-32 / 25 Å; chance 6 %): the information is there, this hard multi-reference scheme cannot bootstrap
-from it. A likelihood-weighted (soft over classes *and* poses) scheme with many more iterations,
-as RELION/cryoSPARC, is the next step.
+SNR 1 → 0.61, SNR 0.3 → 0.13, SNR 0.08 → 0.098 (random 0.098). With k-means on invariants as the
+first classes, SNR 0.08 was at chance too (box 32 at 25 Å; box 64 at 15 Å with soft assignment,
+2,000 images). Yet assigning 300 such images (SNR 0.08) to the *true* projections (15° grid) puts
+43 % within 20° of their true view at box 64 / 15 Å (12 % at box 32 / 25 Å; chance 6 %): the
+information is there at box 64, and this multi-reference scheme does not bootstrap from it. A
+likelihood-weighted scheme (soft over classes *and* poses, many iterations, as RELION/cryoSPARC)
+is the next step.
 
 Conventions: particles ``(n, b, b)`` ``[y, x]``, protein white, phase-flipped (or CTF-free),
 centred on ``b//2``; transforms as :mod:`emflow.spa.align2d`. Cost per iteration: one simmx of
