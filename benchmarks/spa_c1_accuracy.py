@@ -21,6 +21,17 @@ Printed, each beside its bound measured in the same run:
 * class averaging seconds per iteration beside the ``bench_simmx.py`` row measured in this run
   (``--bench-n`` particles, scaled linearly to this run's particle count).
 
+Measured 2026-12-04 (defaults: 4,000 particles, box 64, SNR 0.08, classify2d enabled with 48
+classes; 2 cores shared by 6 sessions, load average 13–25, so times are several × a quiet machine's):
+
+* start: 1,602 s — 2D classification 1,327 s (8 passes: 305, 216, 159, 126, 122, 146, 156, 97 s),
+  SGD 275 s (4 starts × 30 iterations on the 48 averages); FSC at 40 Å vs truth 0.15, vs its mirror
+  0.07 (the old SGD on particles: 0.13); FSC 0.5 vs truth at 103.7 Å (19.8 px): **not a start**.
+  The classes are at chance at this SNR (emflow/spa/classify2d.py gives the measurements).
+* bench_simmx row in the same run (300 particles × 477 projections, box 64, load 13.6):
+  classaverage 4.96 s, 66.1 s scaled linearly to 4,000 particles; simmx 755 µs/pair.
+* refinement: see the report of session 5 (iteration 1 was running at the deadline).
+
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--json out.json]
 """
