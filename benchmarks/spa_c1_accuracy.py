@@ -30,7 +30,14 @@ classes; 2 cores shared by 6 sessions, load average 13–25, so times are severa
   The classes are at chance at this SNR (emflow/spa/classify2d.py gives the measurements).
 * bench_simmx row in the same run (300 particles × 477 projections, box 64, load 13.6):
   classaverage 4.96 s, 66.1 s scaled linearly to 4,000 particles; simmx 755 µs/pair.
-* refinement: see the report of session 5 (iteration 1 was running at the deadline).
+* gold-standard refinement from that start (shrink 2, ctf averager; truth aligned once onto the
+  start): iteration 1 (δ 9°): FSC vs truth 0.5 at 103.1 Å (19.7 px; bar ≤ 3 px), 0.143 at 43.9 Å;
+  gold-standard 0.143 38.0 Å; 309 s (simmx 268, classaverage 32.4, make3d 3.9, project3d 4.5;
+  load 14). Iteration 2 (δ 7.5°): 102.1 Å (19.5 px), 0.143 at 45.9 Å; gold 38.0 Å; 344 s (simmx
+  301, classaverage 32.3; load 8.9). The halves agree on a map that is not the structure: from a
+  wrong start the gold-standard FSC (38 Å) does not reveal it (both halves share the start below
+  40 Å, where the start is wrong). Class averaging 32.4 s per iteration (both halves) against the
+  scaled bench row 66.1 s: ratio 0.49 (bar ≤ 2).
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--json out.json]
