@@ -35,10 +35,12 @@ classes; 2 cores shared by 6 sessions, load average 13–25, so times are severa
   gold-standard 0.143 38.0 Å; 309 s (simmx 268, classaverage 32.4, make3d 3.9, project3d 4.5;
   load 14). Iteration 2 (δ 7.5°): 102.1 Å (19.5 px), 0.143 at 45.9 Å; gold 38.0 Å; 344 s (simmx
   301, classaverage 32.3; load 8.9). Iteration 3 (δ 6°): 102.8 Å (19.6 px), 0.143 at 47.7 Å; gold
-  38.3 Å; 479 s (simmx 437, classaverage 29.8; load 7.2). The halves agree on a map that is not the structure: from a
+  38.3 Å; 479 s (simmx 437, classaverage 29.8; load 7.2). Iteration 4 (δ 6°): 100.8 Å (19.2 px),
+  0.143 at 50.6 Å; gold 38.3 Å (24 % finer than the truth's 0.143); 329 s (simmx 293, classaverage
+  24.7, make3d 5.0, project3d 6.3; load 5.9). The halves agree on a map that is not the structure: from a
   wrong start the gold-standard FSC (38 Å) does not reveal it (both halves share the start below
-  40 Å, where the start is wrong). Class averaging 32.4 s per iteration (both halves) against the
-  scaled bench row 66.1 s: ratio 0.49 (bar ≤ 2).
+  40 Å, where the start is wrong). Class averaging 24.7–32.4 s per iteration (both halves) against
+  the scaled bench row 66.1 s: ratio 0.37–0.49 (bar ≤ 2).
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--json out.json]
