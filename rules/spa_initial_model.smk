@@ -1,17 +1,21 @@
-# Single-particle initial model from the data (issue #15 item 3; EMAN e2initialmodel_sgd):
-# stochastic gradient descent from random starts on the prepared particles, several starts kept
-# and scored by the agreement of their re-projections with the particles. Writes under
+# Single-particle initial model from the data (issue #15 item 3; EMAN e2refine2d + e2initialmodel_sgd):
+# reference-free 2D classes of the prepared particles (spa_initial_model.classify2d), then stochastic
+# gradient descent from random starts on the class averages weighted by their counts (or on the
+# particles with classify2d.enabled false), several starts kept and scored by the agreement of their
+# re-projections with the images. Writes under
 # results/spa/<spa.path>/initial_model/:
 #
 #   model.mrc       the best start's map at the particles' box and pixel size: the starting model
 #                   (threed_00.mrc, rules/spa.smk) when spa.startingmodel is from_data
 #   models.hdf      every start's map, best first (header: sgd_score, sgd_start)
-#   scores.json     per start: re-projection score, batch scores per iteration, map change; timing
+#   classes2d.hdf   the 2D class averages, largest first (header ptcl_repr: particle count); empty
+#                   when classify2d.enabled is false
+#   scores.json     per start: re-projection score, batch scores per iteration, map change; timing;
+#                   2D classification: counts, per-iteration changes, scores and seconds
 #
 # Included before rules/spa.smk: its rule spa_startmodel takes spa_start_source / spa_startmodel_params
 # (spa_initial_model_inputs.smk) as input and params.
 
-SPA_INIT = config["spa_initial_model"]
 SPA_INIT_DIR = f"results/spa/{config['spa']['path']}/initial_model"
 
 
@@ -21,6 +25,7 @@ rule spa_initial_model:
     output:
         model=f"{SPA_INIT_DIR}/model.mrc",
         models=f"{SPA_INIT_DIR}/models.hdf",
+        classes=f"{SPA_INIT_DIR}/classes2d.hdf",
         scores=f"{SPA_INIT_DIR}/scores.json",
     log:
         f"results/logs/spa/spa_initial_model/{config['spa']['path']}.log",
@@ -33,7 +38,7 @@ rule spa_initial_model:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=SPA_INIT,
+        cfg=rule_params(config, "spa_initial_model", "spa_initial_model"),
         sym=config["spa"]["sym"],
     script:
         "../workflow/scripts/spa_initial_model.py"

@@ -192,3 +192,55 @@ def test_blob_radius_is_in_angstrom():
     assert blob_model(64, 2.0).sum() > blob.sum()  # default 0.3 · 64 = 19.2 px
     with pytest.raises(InputError, match="blob radius"):
         blob_model(64, 2.0, radius_a=80.0)
+
+
+def test_image_weights_and_the_rule_summary():
+    """Class averages enter with their counts: weights must be one non-negative number per image;
+    a zero-weight image does not change the map. initial_model_run returns the classification in its
+    summary (or None when classify2d is disabled)."""
+    rng = np.random.default_rng(5)
+    parts = rng.normal(size=(30, 24, 24)).astype(np.float32)
+    p = im.SPAInitParams(res_a=30.0, res_start_a=None, ntry=1, niter=2, batch=30, n_score=10, ninit=4)
+    with pytest.raises(InputError, match="weights"):
+        im.spa_initial_model(parts, 10.0, p, weights=np.ones(29))
+    with pytest.raises(InputError, match="weights"):
+        im.spa_initial_model(parts, 10.0, p, weights=-np.ones(30))
+    w = np.ones(30)
+    a = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=w)
+    b = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=2 * w)
+    np.testing.assert_allclose(a.map, b.map, atol=1e-5)  # only relative weights matter
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": False}, np.random.default_rng(1))
+    assert cls is None and summary["classify2d"] is None and summary["scores"] == res.scores.tolist()
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": True, "ncls": 4, "niter": 1, "minsize": 2,
+                                                              "res_a": 30.0}, np.random.default_rng(1))
+    assert cls is not None and summary["classify2d"]["n_classes"] == len(cls.averages) >= 2
+    assert cls.counts.sum() + summary["classify2d"]["excluded"] == 30
+    assert res.map.shape == (24, 24, 24)
+
+
+@pytest.mark.slow
+def test_sgd_on_2d_class_averages_reaches_ribosome_fold_up_to_hand():
+    """``from_data`` with 2D classes first: 1,000 CTF-modulated, phase-flipped ribosome images (box 32,
+    10.5 Å/px, SNR 1, c1) → 40 reference-free classes (3 iterations) → SGD on the averages weighted
+    by their counts, 2 starts × 30 iterations: the best map has the true fold up to hand. Measured
+    2026-12-04 (same seeds): FSC at 40 Å 0.83 against one hand, 0.34 against the other (second
+    start 0.61 / 0.22); bar 0.6, and 0.2 between the hands.
+
+    At SNR 0.08 the classes are at chance (emflow.spa.classify2d) and so is this start: no test
+    claims it there."""
+    from emflow.demo.simulate import simulate_spa
+    from emflow.spa.classify2d import Classify2DParams
+    from emflow.spa.refine_loop import phase_flip_particles
+
+    ref, ap, apix, truth = _ribosome(32)
+    stack, sim = simulate_spa(ref, ap, apix=apix, box=32, n=1000, rng=np.random.default_rng(1), snr=1.0)
+    parts = phase_flip_particles(stack, sim.ctfs(), apix)
+    res, cls = im.spa_initial_model_from_classes(parts, apix, im.SPAInitParams(ntry=2, niter=30),
+                                                 Classify2DParams(ncls=40, niter=3), np.random.default_rng(2))
+    assert cls.averages.shape[1:] == (32, 32) and len(cls.averages) == len(cls.counts) >= 20
+    assert res.map.shape == (32, 32, 32)
+    good, mirror = fold_and_hand(res.map, truth, apix)
+    print(f"\nSGD on {len(cls.counts)} class averages: FSC@40Å vs truth {good:.2f}, vs mirror {mirror:.2f}")
+    best, other = max(good, mirror), min(good, mirror)
+    assert best >= 0.6, (good, mirror)
+    assert best - other >= 0.2, (good, mirror)

@@ -38,6 +38,12 @@ RULE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "initial_model": ("res_a", "shrink", "batch", "keep", "niter", "lr", "ncls", "classify", "sym", "delta_deg",
                           "npos", "fine_deg", "maxshift_px", "seed"),
     },
+    # helper D (session 5): the single-particle initial model (rules/spa_initial_model.smk)
+    "spa_initial_model": {
+        "spa_initial_model": ("res_a", "res_start_a", "minres_a", "cmp", "ntry", "niter", "batch", "keep", "ntop",
+                              "softness", "lr", "lrdecay", "delta_deg", "ninit", "mask_radius_a", "maxshift_px",
+                              "n_score", "seed", "classify2d"),
+    },
     # demo.tomo minus structure (an input file), n_tomograms (adding a tomogram must not redo the
     # others) and the tilt range (passed as the list of tilts)
     "simulate_tiltseries": {

@@ -39,6 +39,14 @@ of its ``--ntry``):
    (lower is better; EMAN sorts its ``ntry`` models by the mean score of the last batch). The
    best map, Fourier-padded back to the particle box, is the result; all maps are returned.
 
+**2D classes first** (:func:`spa_initial_model_from_classes`, config
+``spa_initial_model.classify2d.enabled``): the images given to the SGD are then the reference-free
+class averages of :mod:`emflow.spa.classify2d` (EMAN runs ``e2initialmodel`` on ``e2refine2d``'s
+averages), each weighted in the update and in the ranking by its particle count (``weights``).
+Measured (70S ribosome, c1, box 32, SNR 1, 1,000 images, 40 classes, 2 starts × 30 iterations):
+FSC at 40 Å 0.83 against one hand, 0.34 against the other. It does not rescue SNR 0.08 yet: the
+classes are at chance there.
+
 Conventions
 -----------
 * Particles ``(n, b, b)`` ``[y, x]`` are **protein white** (EMAN/RELION particle convention,
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -72,6 +81,7 @@ from emflow.geometry import eman_to_matrix, get_symmetry, orientations, random_r
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
 from emflow.spa import align2d
+from emflow.spa.classify2d import Classify2DParams, Classify2DResult, classify2d
 from emflow.spa.simmx import SimmxOptions, simmx
 
 __all__ = [
@@ -82,6 +92,8 @@ __all__ = [
     "reprojection_score",
     "resolution_schedule",
     "spa_initial_model",
+    "spa_initial_model_from_classes",
+    "initial_model_run",
     "working_box",
 ]
 
@@ -322,15 +334,17 @@ def _assign(particles: np.ndarray, proj: np.ndarray, opts: SimmxOptions, ntop: i
 
 
 def reprojection_score(vol: np.ndarray, particles: np.ndarray, apix: float, res_a: float, minres_a: float,
-                       sym: str = "c1", delta_deg: float = 9.0, maxshift_px: float | None = None) -> float:
+                       sym: str = "c1", delta_deg: float = 9.0, maxshift_px: float | None = None,
+                       weights: np.ndarray | None = None) -> float:
     """Mean best ``frc`` score (lower is better) of preprocessed ``particles`` ``(n, b, b)`` against the
-    projections of ``vol`` ``(b, b, b)`` at an unperturbed ``delta_deg`` grid of the asymmetric unit.
+    projections of ``vol`` ``(b, b, b)`` at an unperturbed ``delta_deg`` grid of the asymmetric unit
+    (weighted by ``weights`` ``(n,)`` when given, e.g. the particle counts of class averages).
 
     Both must be at the same sampling ``apix`` (Å/px). This is how the starts are ranked.
     """
     opts = _simmx_options(vol.shape[0], apix, res_a, minres_a, maxshift_px)
     _, score, _, _ = _assign(particles, _projections(vol, _orientation_set(sym, delta_deg, None)), opts)
-    return float(score[:, 0].mean())
+    return float(np.average(score[:, 0], weights=weights))
 
 
 def _simmx_options(bw, apix_w, res_a, minres_a, maxshift_px, cmp="frc"):
@@ -370,8 +384,9 @@ def _cc(a, b) -> float:
     return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum() + 1e-30))
 
 
-def _one_start(pp, bw, apix_w, p: SPAInitParams, rng, mask, free, tick, monitor=None):
-    """One SGD start on preprocessed particles ``pp``; returns ``(map, batch_scores, map_change)``."""
+def _one_start(pp, bw, apix_w, p: SPAInitParams, rng, mask, free, tick, monitor=None, weights=None):
+    """One SGD start on preprocessed particles ``pp`` (image weights ``weights`` ``(n,)``, mean 1, or
+    None); returns ``(map, batch_scores, map_change)``."""
     n = len(pp)
     sched = resolution_schedule(p)
     rec = _new_reconstructor(bw, p.sym)
@@ -402,15 +417,18 @@ def _one_start(pp, bw, apix_w, p: SPAInitParams, rng, mask, free, tick, monitor=
         aligned = align2d.transform_images(pp, alpha[sel][r, c], tx[sel][r, c], ty[sel][r, c], mirror[sel][r, c],
                                            index=ids[sel][r])
         new = _new_reconstructor(bw, p.sym)
-        # each particle's weights sum to 1 over its projections
-        new.insert(aligned, R[best[sel][r, c]], weights=(w / w.sum(axis=1, keepdims=True))[r, c])
+        # each particle's weights sum to 1 over its projections (times its image weight: class counts)
+        w = w / w.sum(axis=1, keepdims=True)
+        if weights is not None:
+            w = w * weights[ids[sel]][:, None]
+        new.insert(aligned, R[best[sel][r, c]], weights=w[r, c])
         F *= np.float32(1 - lr)
         F += np.complex64(lr) * new.F
         W *= np.float32(1 - lr)
         W += np.float32(lr) * new.W
         lr *= p.lrdecay
         prev, vol = vol, _map_from(F, W, bw, p.sym, apix_w, sched[min(it + 1, len(sched) - 1)], mask, free)
-        scores.append(float(score[:, 0].mean()))
+        scores.append(float(np.average(score[:, 0], weights=None if weights is None else weights[ids])))
         change.append(1.0 - _cc(prev, vol))
         tick()
         if monitor is not None:  # diagnostics (tests, benchmarks): monitor(iteration, map, batch score)
@@ -420,7 +438,8 @@ def _one_start(pp, bw, apix_w, p: SPAInitParams, rng, mask, free, tick, monitor=
 
 def spa_initial_model(particles: np.ndarray, apix: float, params: SPAInitParams | None = None,
                       rng: np.random.Generator | None = None,
-                      progress: Callable[[float], None] | None = None) -> SPAInitResult:
+                      progress: Callable[[float], None] | None = None,
+                      weights: np.ndarray | None = None) -> SPAInitResult:
     """Initial 3D map from single-particle images by SGD with several scored starts (module docstring).
 
     Parameters
@@ -436,6 +455,9 @@ def spa_initial_model(particles: np.ndarray, apix: float, params: SPAInitParams 
         ``default_rng(0)``.
     progress : callable, optional
         Called with the fraction done after every iteration.
+    weights : ndarray, (n,), optional
+        Weight of each image in the updates and the start ranking (class averages: their particle
+        counts, :func:`spa_initial_model_from_classes`); None: all equal.
 
     Returns
     -------
@@ -453,6 +475,11 @@ def spa_initial_model(particles: np.ndarray, apix: float, params: SPAInitParams 
     n, b = len(particles), particles.shape[-1]
     if n < 2:
         raise InputError(f"an initial model needs at least 2 particles, got {n}", source="spa particles")
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (n,) or not np.all(weights >= 0) or weights.sum() <= 0:
+            raise InputError(f"image weights must be {n} non-negative numbers, not all 0", source="spa particles")
+        weights = weights / weights.mean()
     if p.res_a < 2 * apix:
         raise InputError(f"res_a = {p.res_a} Å is finer than Nyquist ({2 * apix:.2f} Å)",
                          source="spa_initial_model.res_a", fix=f"set res_a ≥ {2 * apix:.1f} (typically 20–40 Å)")
@@ -470,12 +497,12 @@ def spa_initial_model(particles: np.ndarray, apix: float, params: SPAInitParams 
 
     maps, scores, batch_scores, change = [], [], [], []
     for _ in range(p.ntry):
-        vol, bs, ch = _one_start(pp, bw, apix_w, p, rng, mask, free, tick)
+        vol, bs, ch = _one_start(pp, bw, apix_w, p, rng, mask, free, tick, weights=weights)
         maps.append(vol)
         batch_scores.append(bs)
         change.append(ch)
         scores.append(reprojection_score(vol, pp[score_ids], apix_w, p.res_a, p.minres_a, p.sym, p.delta_deg,
-                                         p.maxshift_px))
+                                         p.maxshift_px, None if weights is None else weights[score_ids]))
     order = np.argsort(scores, kind="stable")
     full = np.stack([_to_box(maps[i], b, apix, p) for i in order])
     return SPAInitResult(map=full[0], maps=full, scores=np.asarray(scores, np.float64)[order],
@@ -488,3 +515,52 @@ def _to_box(vol: np.ndarray, b: int, apix: float, p: SPAInitParams) -> np.ndarra
     v = fourier.fourier_crop(vol, b) if vol.shape[0] != b else vol
     v = filters.normalize_edgemean(v)
     return (v * _mask(b, apix, p.mask_radius_a)).astype(np.float32)
+
+
+def spa_initial_model_from_classes(particles: np.ndarray, apix: float, params: SPAInitParams | None = None,
+                                   classify: Classify2DParams | None = None,
+                                   rng: np.random.Generator | None = None,
+                                   progress: Callable[[float], None] | None = None
+                                   ) -> tuple[SPAInitResult, Classify2DResult]:
+    """Reference-free 2D classes first (:func:`emflow.spa.classify2d.classify2d`, EMAN ``e2refine2d``),
+    then the SGD on the class averages weighted by their particle counts (EMAN runs
+    ``e2initialmodel`` on class averages). Same inputs as :func:`spa_initial_model`; returns the SGD
+    result (maps at the particles' box) and the classification.
+
+    At low SNR (≈ 0.1) single particles carry too little signal each for the SGD's view
+    assignment; averages of ~100 aligned particles do."""
+    rng = np.random.default_rng(0) if rng is None else rng
+
+    def part(lo, hi):
+        return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
+
+    cls = classify2d(particles, apix, classify, rng, progress=part(0.0, 0.5))
+    if len(cls.averages) < 2:
+        raise InputError(f"2D classification left {len(cls.averages)} class(es); the SGD needs at least 2",
+                         source="spa_initial_model.classify2d.ncls", fix="use more particles or more classes")
+    res = spa_initial_model(cls.averages, apix, params, rng, progress=part(0.5, 1.0), weights=cls.counts)
+    return res, cls
+
+
+def initial_model_run(particles: np.ndarray, apix: float, params: SPAInitParams, classify: dict,
+                      rng: np.random.Generator, progress: Callable[[float], None] | None = None
+                      ) -> tuple[SPAInitResult, Classify2DResult | None, dict]:
+    """The ``spa_initial_model`` rule's work: with ``classify["enabled"]`` the 2D classes and the SGD on
+    their averages (:func:`spa_initial_model_from_classes`), else the SGD on the particles. Returns the
+    SGD result, the classification (or None) and a JSON-ready summary (scores, timings, classes)."""
+    cfg = dict(classify)
+    enabled = bool(cfg.pop("enabled", False))
+    t0 = time.perf_counter()
+    if enabled:
+        res, cls = spa_initial_model_from_classes(particles, apix, params, Classify2DParams(**cfg), rng, progress)
+    else:
+        res, cls = spa_initial_model(particles, apix, params, rng, progress), None
+    summary = {"seconds": time.perf_counter() - t0, "working_box": res.working_box, "working_apix": res.working_apix,
+               "scores": res.scores.tolist(), "start_index": res.start_index.tolist(),
+               "batch_scores": res.batch_scores.tolist(), "map_change": res.map_change.tolist(),
+               "hand": "undetermined: projections of a map and of its mirror image are identical",
+               "classify2d": None if cls is None else {
+                   "n_classes": len(cls.counts), "counts": cls.counts.tolist(), "history": cls.history,
+                   "working_box": cls.working_box, "working_apix": cls.working_apix,
+                   "excluded": int((cls.classes < 0).sum())}}
+    return res, cls, summary

@@ -1,4 +1,4 @@
-"""Snakemake adapter: particles.hdf → SGD initial model (e2initialmodel_sgd; emflow.spa.initial_model)."""
+"""Snakemake adapter: particles.hdf → 2D classes → SGD initial model (e2refine2d + e2initialmodel_sgd)."""
 
 from emflow.pipeline.log import progress_logger, setup_logging
 
@@ -10,32 +10,30 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emflow.io import atomic_write, read_hdf_stack, write_hdf_stack, write_mrc  # noqa: E402
-from emflow.spa.initial_model import SPAInitParams, spa_initial_model  # noqa: E402
+from emflow.spa.initial_model import SPAInitParams, initial_model_run  # noqa: E402
 
 
-def main(particles: str, model: str, models: str, scores: str, cfg: dict, sym: str) -> None:
-    """Read the prepared (phase-flipped, protein-white) particles, run the SGD, write the maps."""
+def main(particles: str, model: str, models: str, classes: str, scores: str, cfg: dict, sym: str) -> None:
+    """Read the prepared (phase-flipped, protein-white) particles, classify, run the SGD, write the maps."""
     stack, headers = read_hdf_stack(particles)
     apix = float(headers[0]["apix_x"])
-    keys = {k: v for k, v in cfg.items() if k != "seed"}
-    params = SPAInitParams(sym=sym, **keys)
-    log.info("%d particles, box %d, %.3f Å/px, %s", len(stack), stack.shape[-1], apix, params)
+    params = SPAInitParams(sym=sym, **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d")})
+    log.info("%d particles, box %d, %.3f Å/px, %s, 2D classes %s", len(stack), stack.shape[-1], apix, params,
+             cfg["classify2d"])
     t0 = time.perf_counter()
-    res = spa_initial_model(stack, apix, params, np.random.default_rng(cfg["seed"]),
-                            progress=progress_logger(log, "SGD iterations", 1.0))
-    seconds = time.perf_counter() - t0
+    res, cls, summary = initial_model_run(stack, apix, params, dict(cfg["classify2d"]),
+                                          np.random.default_rng(cfg["seed"]), progress_logger(log, "initial model", 1.0))
+    summary["seconds"] = time.perf_counter() - t0
     write_mrc(model, res.map, apix)
     write_hdf_stack(models, list(res.maps), [{"sgd_score": float(s), "sgd_start": int(i)}
                                              for s, i in zip(res.scores, res.start_index)], apix=apix)
-    summary = {"seconds": seconds, "working_box": res.working_box, "working_apix": res.working_apix,
-               "scores": res.scores.tolist(), "start_index": res.start_index.tolist(),
-               "batch_scores": res.batch_scores.tolist(), "map_change": res.map_change.tolist(),
-               "hand": "undetermined: projections of a map and of its mirror image are identical"}
+    avgs = np.zeros((0,) + stack.shape[1:], np.float32) if cls is None else cls.averages
+    write_hdf_stack(classes, avgs, [] if cls is None else [{"ptcl_repr": int(c)} for c in cls.counts], apix=apix)
     with atomic_write(scores) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     log.info("best start %d of %d, re-projection score %.4f (scores %s); %.1f s", res.start_index[0],
-             len(res.scores), res.scores[0], np.round(res.scores, 4).tolist(), seconds)
+             len(res.scores), res.scores[0], np.round(res.scores, 4).tolist(), summary["seconds"])
 
 
 main(snakemake.input.particles, snakemake.output.model, snakemake.output.models,  # noqa: F821
-     snakemake.output.scores, dict(snakemake.params.cfg), snakemake.params.sym)  # noqa: F821
+     snakemake.output.classes, snakemake.output.scores, dict(snakemake.params.cfg), snakemake.params.sym)  # noqa: F821
