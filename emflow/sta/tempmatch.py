@@ -661,6 +661,7 @@ def match_template(
             _conj_multiply_batch(tile_ft, prod)
             cc = scipy.fft.irfftn(prod, s=fshape, axes=(1, 2, 3), workers=workers, overwrite_x=True)
             _update_best_batch(cc, inv_denom, z0, y0, x0, best, best_idx, i0, tsums)
+            del prod, cc  # free before the next batch allocates its own (peak: one batch, not two)
             done += len(tn)
             if progress is not None:
                 progress(done / total)
