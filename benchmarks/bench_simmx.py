@@ -6,7 +6,12 @@ simmx, classify, classaverage and make3d. The physical yardstick measured in the
 2D FFT pair (rfft2 + irfft2 of a batch of box×box images, per image): simmx's per-pair cost is
 reported as a multiple of it. Writes JSON (stdout and --out).
 
-Usage: python benchmarks/bench_simmx.py [--n 200] [--nproj 500] [--box 64] [--out bench.json]
+The default simmx is coarse-to-fine (``spa.simcoarse_keep`` 8 of ``simcoarse_shrink`` 2); the same
+run also times the exhaustive search (``coarse_keep=0``, EMAN's) on the same data and prints both,
+their ratio, and how often the two pick the same projection (or one whose viewing direction is
+within ``--step`` degrees).
+
+Usage: python benchmarks/bench_simmx.py [--n 200] [--nproj 500] [--box 64] [--step 0] [--out bench.json]
 (N is scaled down from a production 10⁴–10⁵ on small machines; time scales linearly in N·nproj.)
 """
 
@@ -36,6 +41,7 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--nproj", type=int, default=500)
     ap.add_argument("--box", type=int, default=64)
+    ap.add_argument("--step", type=float, default=0.0, help="angular step counted as agreement (deg); 0: the median nearest-neighbour angle")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -83,7 +89,18 @@ def main():
     t = time.perf_counter()
     make3d(avgs, R, info["ptcl_repr"], opts.make3d_options())
     times["make3d"] = time.perf_counter() - t
+    import dataclasses
+    exh = dataclasses.replace(opts.simmx_options(), coarse_keep=0)
+    t, c = time.perf_counter(), time.process_time()
+    mx_exh = simmx(particles, proj, exh, particle_snr=snr_sh)
+    times_exh, cpu_exh = time.perf_counter() - t, time.process_time() - c
     pair_after = fft_pair_seconds(box)
+    d = R[:, 2, :]
+    b1, b0 = np.argmin(mx[0], axis=1), np.argmin(mx_exh[0], axis=1)
+    view = np.degrees(np.arccos(np.clip(np.abs((d[b1] * d[b0]).sum(axis=1)), 0, 1)))
+    cos = np.abs(d @ d.T)
+    np.fill_diagonal(cos, 0)
+    step = args.step or float(np.median(np.degrees(np.arccos(np.clip(cos.max(axis=1), 0, 1)))))
     # the FFT yardstick is measured just before and just after simmx (the machine is shared:
     # wall times swing with the load; CPU seconds are steadier)
     pair = (pair_before[0] + pair_after[0]) / 2
@@ -94,7 +111,13 @@ def main():
            "load_average": os.getloadavg(), "seconds": times, "iteration_seconds": sum(times.values()),
            "simmx_seconds_per_pair": per_pair, "fft_pair_seconds": pair, "simmx_pair_over_fft_pair": per_pair / pair,
            "simmx_cpu_seconds_per_pair": per_pair_cpu, "fft_pair_cpu_seconds": pair_cpu,
-           "simmx_pair_over_fft_pair_cpu": per_pair_cpu / pair_cpu}
+           "simmx_pair_over_fft_pair_cpu": per_pair_cpu / pair_cpu,
+           "exhaustive_simmx_seconds": times_exh, "exhaustive_simmx_cpu_seconds": cpu_exh,
+           "exhaustive_pair_over_fft_pair": times_exh / npairs / pair,
+           "exhaustive_over_coarse_to_fine": times_exh / times["simmx"],
+           "exhaustive_over_coarse_to_fine_cpu": cpu_exh / simmx_cpu,
+           "same_projection_as_exhaustive": float(np.mean(b1 == b0)),
+           "within_step_of_exhaustive": float(np.mean(view <= step * 1.01 + 1e-6)), "step_deg": step}
     print(json.dumps(out, indent=1))
     if args.out:
         with open(args.out, "w") as fh:

@@ -32,6 +32,8 @@ class RefineOptions:
     mass: float = 0.0
     shrink: int = 1
     twostage: int = 0
+    simcoarse_shrink: int = 2  # helper F: coarse-to-fine simmx (config spa.simcoarse_*)
+    simcoarse_keep: int = 8
     simcmp: str = "frc:zeromask=1:snrweight=1"
     simalign: str = "rotate_translate_flip"
     simaligncmp: str = "ccc"
@@ -78,7 +80,8 @@ class RefineOptions:
     def simmx_options(self) -> SimmxOptions:
         return SimmxOptions(align=self.simalign, aligncmp=self.simaligncmp, ralign=self.simralign or None,
                             raligncmp=self.simraligncmp, cmp=self.simcmp, shrink=max(1, self.shrink),
-                            prefilt=self.prefilt, apix=self.apix, maxshift=self.simmx_maxshift())
+                            prefilt=self.prefilt, apix=self.apix, maxshift=self.simmx_maxshift(),
+                            coarse_shrink=self.simcoarse_shrink, coarse_keep=self.simcoarse_keep)
 
     def simmx_maxshift(self) -> int | None:
         """``maxshift`` in the pixels of the simmx images (shrunk by ``shrink``)."""
@@ -117,7 +120,7 @@ STAGE_KEYS = {
     "startmodel": ("startingmodel", "blob_radius_a"),
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
-              "simmask", "prefilt", "maxshift"),
+              "simmask", "prefilt", "maxshift", "simcoarse_shrink", "simcoarse_keep"),
     "classify": ("sep", "simvec"),
     "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
                      "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask",

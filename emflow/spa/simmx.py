@@ -11,7 +11,18 @@ precomputes FTs and rotational footprints once per particle and per projection a
 scores each pair in Fourier space (sub-pixel shifts); other option sets use the real-space
 aligners of :mod:`emflow.spa.align2d` (and :mod:`emflow.spa.refine2d` for ``simralign=refine``).
 
-Entries that were not computed (pairs skipped by two-stage seeding or ``pairs``) hold
+Coarse-to-fine (``coarse_keep = K > 0``, config ``spa.simcoarse_keep``): every pair is first aligned
+and scored by the Fourier-space aligner on images Fourier-cropped by ``coarse_shrink`` (a quarter of
+the pixels at 2, so about a quarter of the cost), and only each particle's ``K`` best projections
+go through the full-resolution aligner and comparator; the others stay :data:`NOT_COMPUTED`.
+At SNR 0.08 the low-resolution ranking is *more* robust than the full-resolution score (the
+high-frequency rings are noise): measured on the demo particles (1000 D7 particles, 187
+projections at 3°, model = truth low-passed to 10 Å) the choice among the coarse top 8 had a
+mean viewing-direction error to the truth of 4.5° against 5.5° for the exhaustive search (>10°
+off: 7.4 % against 12.5 %). ``K = 0`` (the :class:`SimmxOptions` default) is EMAN's exhaustive
+search.
+
+Entries that were not computed (pairs skipped by two-stage seeding, coarse-to-fine or ``pairs``) hold
 ``NOT_COMPUTED = +inf`` in the score plane (and 0 in the alignment planes), so ``argmin`` can
 never pick them; EMAN's −1e38 sentinel would win instead (spec §4.2 note), which we avoid.
 """
@@ -31,6 +42,7 @@ from emflow.spa import cmp as cmpmod
 NOT_COMPUTED = np.float32(np.inf)
 PLANES = ("score", "dx", "dy", "dalpha", "mirror", "scale")
 ALIGNERS = ("rotate_translate_flip", "rotate_translate")
+COARSE_MIN_BOX = 32
 
 
 @dataclass
@@ -46,6 +58,8 @@ class SimmxOptions:
     prefilt: bool = False
     maxshift: int | None = None
     apix: float | None = None
+    coarse_shrink: int = 2
+    coarse_keep: int = 0
 
     def __post_init__(self):
         if self.align.split(":")[0] not in ALIGNERS:
@@ -54,6 +68,10 @@ class SimmxOptions:
             raise InputError(f"unknown refine aligner {self.ralign!r}", source="spa.simralign", fix="use 'refine' or null")
         if int(self.shrink) < 1:
             raise InputError("shrink must be >= 1", source="spa.shrink")
+        if int(self.coarse_shrink) < 1:
+            raise InputError("coarse shrink must be >= 1", source="spa.simcoarse_shrink", fix="use 2 (or 1: off)")
+        if int(self.coarse_keep) < 0:
+            raise InputError("coarse keep must be >= 0", source="spa.simcoarse_keep", fix="use 0 (off) or e.g. 8")
         cmpmod.parse_cmp(self.aligncmp, "spa.simaligncmp")
         cmpmod.parse_cmp(self.raligncmp, "spa.simraligncmp")
         cmpmod.parse_cmp(self.cmp, "spa.simcmp")
@@ -176,11 +194,11 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
     out = np.zeros((6, npt, npr), np.float32)
     out[0] = NOT_COMPUTED
     sel = np.ones((npt, npr), bool) if pairs is None else np.asarray(pairs, bool)
-    pi, qi = np.nonzero(sel)
     # Projections with no contrast cannot be aligned (EMAN skips σ = 0 references).
     flat = proj.reshape(npr, -1).std(axis=1) == 0
-    keep = ~flat[qi]
-    pi, qi = pi[keep], qi[keep]
+    sel = sel & ~flat[None, :]
+    sel = coarse_candidates(ptcl, proj, sel, opts, particle_snr=particle_snr)
+    pi, qi = np.nonzero(sel)
     fast = use_fourier_path(opts, m)
     if fast:
         tgt = fourier_align.PreparedTargets(ptcl, flip=True)
@@ -206,6 +224,52 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
         if progress:
             progress(min(1.0, (s + step) / max(1, len(pi))))
     return out
+
+
+def coarse_candidates(particles: np.ndarray, projections: np.ndarray, sel: np.ndarray, opts: SimmxOptions, *,
+                      particle_snr: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
+    """The first stage of coarse-to-fine simmx: each particle's ``opts.coarse_keep`` best projections.
+
+    ``particles`` ``(n_ptcl, ny, nx)`` and ``projections`` ``(n_proj, ny, nx)`` as simmx sees them
+    (already shrunk by ``opts.shrink``); ``sel`` ``(n_ptcl, n_proj)`` bool: the pairs allowed.
+    Every allowed pair is aligned and scored by the Fourier-space aligner on the images
+    Fourier-cropped by ``opts.coarse_shrink`` (comparator ``opts.cmp`` when it has a Fourier form,
+    else ``frc:snrweight=1``; the particles' SNR rings cut to the cropped size; ``maxshift``
+    scaled). Returns ``sel`` restricted to the ``K`` lowest coarse scores per particle, or ``sel``
+    itself when the stage is off (``K = 0`` or ``coarse_shrink = 1``), when no row has more than
+    ``K`` allowed pairs, or when the cropped box would be under :data:`COARSE_MIN_BOX` px (too few
+    pixels to rank, and such small images are cheap to align in full anyway).
+    """
+    keep_n, k = int(opts.coarse_keep), int(opts.coarse_shrink)
+    sel = np.asarray(sel, bool)
+    ny = particles.shape[-2]
+    size = (ny // max(k, 1)) // 2 * 2
+    if keep_n <= 0 or k <= 1 or size < COARSE_MIN_BOX or not len(sel) or sel.sum(axis=1).max() <= keep_n:
+        return sel
+    pc = np.ascontiguousarray(fourier_crop(np.asarray(particles, np.float32), (len(particles), size, size)), np.float32)
+    qc = np.ascontiguousarray(fourier_crop(np.asarray(projections, np.float32), (len(projections), size, size)),
+                              np.float32)
+    tgt = fourier_align.PreparedTargets(pc, flip=True)
+    mov = fourier_align.PreparedMoving(qc, tgt.nang)
+    cmp = opts.cmp if cmpmod.parse_cmp(opts.cmp)[0] in fourier_align.FOURIER_SCORES else "frc:snrweight=1"
+    scale = ny / size
+    apix = None if opts.apix is None else opts.apix * particles_scale(opts) * scale
+    maxshift = None if opts.maxshift is None else max(1, int(np.ceil(opts.maxshift / scale)))
+    snr = None
+    if particle_snr is not None and np.shape(particle_snr)[1] >= size // 2:
+        snr = np.asarray(particle_snr)[:, : size // 2]
+    flip = opts.align.split(":")[0] == "rotate_translate_flip"
+    score = np.full(sel.shape, np.inf)
+    pi, qi = np.nonzero(sel)
+    for s in range(0, len(pi), block):
+        p, q = pi[s: s + block], qi[s: s + block]
+        r = fourier_align.align_pairs(mov, tgt, q, p, flip=flip, maxshift=maxshift)
+        score[p, q] = fourier_align.score_from_ring_sums(r["ring_sums"], cmp, ny=size,
+                                                         snr=None if snr is None else snr[p], apix=apix)
+    best = np.argpartition(score, keep_n - 1, axis=1)[:, :keep_n]
+    out = np.zeros_like(sel)
+    np.put_along_axis(out, best, True, axis=1)
+    return out & sel
 
 
 def twostage_pairs(particles, projections, opts: SimmxOptions, stage1_shrink: int, *, n_best: int = 4,

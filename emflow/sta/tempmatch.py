@@ -88,6 +88,43 @@ def _conj_multiply(tomo_ft, tmpl_ft):
 
 
 @pjit
+def _conj_multiply_batch(tomo_ft, tmpl_ft):
+    """``tmpl_ft[r] = tomo_ft · conj(tmpl_ft[r])`` in place for every ``r`` of a batch."""
+    nr, nz, ny, nx = tmpl_ft.shape
+    for k in numba.prange(nr * nz):
+        r, z = k // nz, k % nz
+        for y in range(ny):
+            for x in range(nx):
+                tmpl_ft[r, z, y, x] = tomo_ft[z, y, x] * np.conj(tmpl_ft[r, z, y, x])
+
+
+@pjit
+def _update_best_batch(cc, inv_denom, z0, y0, x0, best, best_idx, rot0, sums):
+    """:func:`_update_best` for a batch ``cc`` ``(m, tile)`` of rotations ``rot0 … rot0+m−1``.
+
+    Plane by plane, the rotations in order: the same comparisons and the same summation order as
+    ``m`` calls of :func:`_update_best` (identical results), but each plane of ``best``,
+    ``best_idx`` and ``inv_denom`` is read from memory once per batch, not once per rotation.
+    """
+    nz, ny, nx = best.shape
+    m = cc.shape[0]
+    for z in numba.prange(nz):
+        for r in range(m):
+            s1 = 0.0
+            s2 = 0.0
+            for y in range(ny):
+                for x in range(nx):
+                    s = cc[r, z + z0, y + y0, x + x0] * inv_denom[z, y, x]
+                    s1 += s
+                    s2 += s * s
+                    if s > best[z, y, x]:
+                        best[z, y, x] = s
+                        best_idx[z, y, x] = rot0 + r
+            sums[z, 0] += s1
+            sums[z, 1] += s2
+
+
+@pjit
 def _update_best(cc, inv_denom, z0, y0, x0, best, best_idx, rot_index, sums):
     """Max-update of the owned region of a tile and per-plane running sums of the scores.
 
@@ -381,6 +418,10 @@ class MatchResult:
     stats: SearchStats
 
 
+MAX_BATCH = 8
+BATCH_BYTES = 64 << 20
+
+
 def _reuse_freed_memory() -> None:
     """Let glibc serve large arrays from its heap and keep freed ones for reuse (``mallopt``
     ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` = 1 GiB; no-op elsewhere). By default arrays above
@@ -406,26 +447,32 @@ _MALLOPT_DONE = False
 
 
 class _PrunedTemplateFFT:
-    """rfftn of a tile that is zero except for a (box³) template placed wrapped at the origin.
+    """rfftn of tiles that are zero except for a (box³) template placed wrapped at the origin,
+    for a batch of up to ``batch`` templates at once.
 
     Transforms only the non-zero rows along x, then the non-zero planes along y, then all of
     z: for box ≪ tile this is about half the cost of a full rfftn.
     """
 
-    def __init__(self, box: int, shape: tuple[int, int, int], workers: int):
+    def __init__(self, box: int, shape: tuple[int, int, int], workers: int, batch: int = 1):
         nz, ny, nx = shape
         self.shape = shape
         self.workers = workers
         self.iz, self.iy, self.ix = (_wrapped_index(box, n) for n in shape)
-        self.bx = np.zeros((box, box, nx), np.float32)
-        self.by = np.zeros((box, ny, nx // 2 + 1), np.complex64)
-        self.bz = np.zeros((nz, ny, nx // 2 + 1), np.complex64)
+        self.bx = np.zeros((batch, box, box, nx), np.float32)
+        self.by = np.zeros((batch, box, ny, nx // 2 + 1), np.complex64)
+        self.bz = np.zeros((batch, nz, ny, nx // 2 + 1), np.complex64)
 
     def __call__(self, tmpl: np.ndarray) -> np.ndarray:
-        self.bx[:, :, self.ix] = tmpl
-        self.by[:, self.iy, :] = scipy.fft.rfft(self.bx, axis=2, workers=self.workers)
-        self.bz[self.iz] = scipy.fft.fft(self.by, axis=1, workers=self.workers)
-        return scipy.fft.fft(self.bz, axis=0, workers=self.workers, overwrite_x=False)
+        """``tmpl`` ``(box, box, box)`` → ``(nz, ny, nx//2+1)``; ``(m, box, box, box)`` → ``(m, …)``."""
+        one = tmpl.ndim == 3
+        t = tmpl[None] if one else tmpl
+        m = len(t)
+        self.bx[:m, :, :, self.ix] = t
+        self.by[:m, :, self.iy, :] = scipy.fft.rfft(self.bx[:m], axis=3, workers=self.workers)
+        self.bz[:m, self.iz] = scipy.fft.fft(self.by[:m], axis=2, workers=self.workers)
+        out = scipy.fft.fft(self.bz[:m], axis=1, workers=self.workers, overwrite_x=False)
+        return out[0] if one else out
 
 
 def _tile_local_stats(tile: np.ndarray, mask: np.ndarray, workers: int) -> np.ndarray:
@@ -543,6 +590,10 @@ def match_template(
         budget = 8 * fshape0[0] * fshape0[1] * (fshape0[2] // 2 + 1)
         n_cache = min(len(rots), budget // (4 * b**3))
     cache: list[np.ndarray] = []
+    # Rotations go through the FFTs and the max-update in batches: fewer, larger FFT calls (they
+    # thread better) and one pass over the best-score planes per batch. The batch's correlation
+    # maps are bounded to BATCH_BYTES (so memory stays bounded by the tile, not the rotations).
+    nbatch = int(max(1, min(MAX_BATCH, BATCH_BYTES // (4 * int(np.prod(fshape0))))))
     for tz, ty, tx in tiles:
         starts = (tz[0], ty[0], tx[0])
         tshape = tuple(min(tile_size, n) for n in vol.shape)
@@ -570,24 +621,33 @@ def match_template(
         best = np.full(inv_denom.shape, -np.inf, np.float32)
         best_idx = np.full(inv_denom.shape, -1, np.int32)
         tsums = np.zeros((best.shape[0], 2))
-        fft_t = _PrunedTemplateFFT(b, fshape, workers)
+        fft_t = _PrunedTemplateFFT(b, fshape, workers, nbatch)
         z0, y0, x0 = (o.start for o in own)
-        for i, rot in enumerate(rots):
-            if i < len(cache):
-                tn = cache[i]
-            else:
-                tr = rotate_volume(tmpl, rot)
+        for i0 in range(0, len(rots), nbatch):
+            tn = np.empty((min(nbatch, len(rots) - i0), b, b, b), np.float32)
+            new = [j for j in range(len(tn)) if i0 + j >= len(cache)]
+            for j in range(len(tn)):
+                if i0 + j < len(cache):
+                    tn[j] = cache[i0 + j]
+                else:
+                    rotate_volume(tmpl, rots[i0 + j], out=tn[j])
+            if new:
+                tr = tn[new]
                 if weight is not None:
-                    tr = scipy.fft.irfftn(scipy.fft.rfftn(tr, workers=workers) * weight, s=tr.shape, workers=workers)
-                tn = _normalise_under_mask(tr, mask, msum)
-                if i < n_cache:
-                    cache.append(tn)
+                    tr = scipy.fft.irfftn(scipy.fft.rfftn(tr, axes=(1, 2, 3), workers=workers) * weight, s=tr.shape[1:],
+                                          axes=(1, 2, 3), workers=workers)
+                for k, j in enumerate(new):
+                    tn[j] = _normalise_under_mask(tr[k], mask, msum)
+                for j in new:
+                    if i0 + j < n_cache:
+                        cache.append(tn[j].copy())
             prod = fft_t(tn)
-            _conj_multiply(tile_ft, prod)
-            cc = scipy.fft.irfftn(prod, s=fshape, workers=workers, overwrite_x=True)
-            _update_best(cc, inv_denom, z0, y0, x0, best, best_idx, i, tsums)
-            done += 1
-            if progress is not None and (done % 16 == 0 or done == total):
+            _conj_multiply_batch(tile_ft, prod)
+            cc = scipy.fft.irfftn(prod, s=fshape, axes=(1, 2, 3), workers=workers, overwrite_x=True)
+            _update_best_batch(cc, inv_denom, z0, y0, x0, best, best_idx, i0, tsums)
+            del prod, cc  # free before the next batch allocates its own (peak: one batch, not two)
+            done += len(tn)
+            if progress is not None:
                 progress(done / total)
         best[~searched] = 0.0
         best_idx[~searched] = -1
