@@ -46,8 +46,10 @@ MIRRORS = [
      set()),
     (Make3DOptions, "spa", "m3d", {"recon": "recon", "pad": "pad", "sym": "sym", "apix": "apix"},
      {"kernel"}),
-    (SimmxOptions, "spa", "sim", {"shrink": "shrink", "prefilt": "prefilt", "maxshift": "maxshift", "apix": "apix"},
-     set()),
+    # coarse_keep: the kernel's default is the exhaustive search (2D classification and the initial model
+    # call it directly); the refinement's default (spa.simcoarse_keep) is RefineOptions', checked above
+    (SimmxOptions, "spa", "sim", {"shrink": "shrink", "prefilt": "prefilt", "maxshift": "maxshift", "apix": "apix",
+                                  "coarse_shrink": "simcoarse_shrink"}, {"coarse_keep"}),
     (SPAInitParams, "spa_initial_model", "", {}, set()),
 ]
 
