@@ -86,12 +86,13 @@ rule spt_refine_align:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        # t/r smooth over neighbours: their memory also grows with the whole set (emflow/pipeline/resources.py)
+        # t/r transform their particles' smoothN neighbours too, d whole tilts (emflow/pipeline/resources.py)
         mem_mb=lambda wildcards, input, attempt: RSC.spt_chunk_mem_mb(
             SPT["chunk_size"],
             RSC.set_mb_per_particle(input.info3d),
-            RSC.set_size(input.info3d) if SPT_ITERS[int(wildcards.it) - 1] in "tr" else 0,
+            RSC.set_size(input.info3d) if SPT_ITERS[int(wildcards.it) - 1] in "trd" else 0,
             attempt,
+            neighbours=SPT["smoothN"] if SPT_ITERS[int(wildcards.it) - 1] in "tr" else None,
         ),
         runtime=lambda wildcards, input, attempt: RSC.spt_align_runtime(
             SPT["chunk_size"], RSC.set_mb_per_particle(input.info3d), attempt

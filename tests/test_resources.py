@@ -38,7 +38,8 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
         lambda s: R.initial_model_mem_mb(s / 100, 12),
         lambda s: R.spt_chunk_mem_mb(250, s / 100),  # by the box (MB per particle)
         lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 800),  # by the chunk
-        lambda s: R.spt_chunk_mem_mb(250, 3.9, int(s)),  # by the set (t/r neighbours)
+        lambda s: R.spt_chunk_mem_mb(250, 3.9, int(s)),  # by the set (d: whole tilts)
+        lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 10**6, neighbours=8),  # t/r: by the chunk's neighbourhoods
         lambda s: R.spt_align_runtime(int(s), 3.8),
         lambda s: R.spt_postprocess_mem_mb(s),
     ],
@@ -148,3 +149,11 @@ def test_extraction_chunk_fits_its_declared_memory(tilt_series):
     assert got["block"] >= 1
     print(f"extraction ({N_PTCL} particles, blocks of {got['block']}): peak {got['peak_mb']:.0f} MB, declared {declared} MB")
     assert got["peak_mb"] <= declared, (got, declared)
+
+
+def test_subtilt_job_memory_is_bounded_by_its_chunk_not_the_set():
+    """t/r jobs transform the smoothN nearest particles of each of theirs: a 250-particle chunk asks the
+    same for a set of 10,000 as of 100,000 particles (memory per job must not grow with the set)."""
+    small, large = (R.spt_chunk_mem_mb(250, 3.9, n, neighbours=8) for n in (10_000, 100_000))
+    assert small == large < R.spt_chunk_mem_mb(250, 3.9, 100_000)
+    assert R.spt_chunk_mem_mb(250, 3.9, 827, neighbours=8) == R.spt_chunk_mem_mb(250, 3.9, 827)  # set < cap

@@ -135,14 +135,21 @@ def initial_model_runtime(mb_per_particle: float, batch: int, niter: int, attemp
     return minutes(SGD_S_PER_MB * mb_per_particle * 2.0 * batch * niter, attempt)
 
 
-def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, n_set: int = 0, attempt: int = 1) -> int:
+def spt_chunk_mem_mb(n_particles: int, mb_per_particle: float, n_set: int = 0, attempt: int = 1, *,
+                     neighbours: int | None = None) -> int:
     """An alignment or reconstruction job of ``n_particles`` (the chunk) of a set of ``n_set``: the
     references / insertion grids (by the box: ``SPT_DATA_FACTOR`` × ``mb_per_particle``, its subtilts +
     3D particle) plus, for alignment, ``SPT_CHUNK_FACTOR`` × the chunk's data and ``SPT_MB_PER_SET_PARTICLE``
     per particle of the whole set (``t``/``r`` smooth over neighbours). Measured peaks: box 64, 3.9 MB
     per particle: ``p`` 237–311 MB (chunks 77–250); ``t`` 372 MB (chunk 210 of 210), 681 MB (77 of 827),
-    985 MB (250 of 827); make3d 272–323 MB."""
-    return mem(SPT_BASE_MB + SPT_DATA_FACTOR * mb_per_particle + SPT_MB_PER_SET_PARTICLE * n_set,
+    985 MB (250 of 827); make3d 272–323 MB.
+
+    The set term is the subtilts the job transforms besides its own: for ``t``/``r`` the ``smoothN``
+    nearest particles of each of its particles, so at most ``n_particles × neighbours`` of the set
+    (77 particles of 827 with smoothN 8 needed 456: ``neighbours`` caps it, the job stays bounded as
+    the set grows); for ``d`` (whole tilts, ``neighbours`` None) every particle of the tomogram."""
+    n_data = n_set if neighbours is None else min(n_set, n_particles * int(neighbours))
+    return mem(SPT_BASE_MB + SPT_DATA_FACTOR * mb_per_particle + SPT_MB_PER_SET_PARTICLE * n_data,
                SPT_CHUNK_FACTOR * mb_per_particle, n_particles, attempt)
 
 
