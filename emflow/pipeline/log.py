@@ -101,19 +101,29 @@ def setup_logging(smk=None, level: int = logging.INFO) -> logging.Logger:
         os.environ.setdefault("OMP_NUM_THREADS", str(smk.threads))
         log.info("rule %s, wildcards %s, %d thread(s)", smk.rule, dict(smk.wildcards), smk.threads)
         _log_uncaught_exceptions(log)
-        atexit.register(_log_peak_rss, log)
+        if not _PEAK_RSS_LOGGERS:  # once per process (tests run several scripts in one)
+            atexit.register(_log_peak_rss)
+        _PEAK_RSS_LOGGERS[:] = [log]
     return log
 
 
-def _log_peak_rss(log: logging.Logger) -> None:
+_PEAK_RSS_LOGGERS: list[logging.Logger] = []
+
+
+def _log_peak_rss() -> None:
     """Log this job's peak resident memory (``VmHWM``): Snakemake's benchmark ``max_rss`` is sampled
-    and misses short peaks; ``emflow.pipeline.resources`` is fitted to this line."""
+    and misses short peaks; ``emflow.pipeline.resources`` is fitted to this line. At interpreter exit a
+    console stream may already be closed: that must not print a logging traceback."""
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                log.info("job peak RSS (VmHWM) %.0f MB", int(line.split()[1]) / 1024.0)
+                for log in _PEAK_RSS_LOGGERS:
+                    log.info("job peak RSS (VmHWM) %.0f MB", int(line.split()[1]) / 1024.0)
     except OSError:
         pass
+    finally:
+        logging.raiseExceptions = raise_exceptions
 
 
 def _log_uncaught_exceptions(log: logging.Logger) -> None:

@@ -216,7 +216,7 @@ def test_empty_pick_list(tmp_path):
     write_info_json(info, {"apix_unbin": 10.0, "class_list": {"0": {"name": "ribo", "boxsize": 32}},
                            "boxes_3d": []})
     with pytest.raises(InputError) as e:
-        read_picks(info, "tm", (256, 256, 64))
+        read_picks(info, "tm")
     _assert_message(e.value, str(info), "no particle class named 'tm'")
 
 
@@ -275,7 +275,7 @@ def test_reference_map_wrong_box(tmp_path):
     with pytest.raises(InputError) as e:
         run_script("spa_startmodel.py", input={"particles": parts, "source": []},
                    output={"model": tmp_path / "out" / "threed_00.mrc"},
-                   params={"spa": {"startingmodel": str(model)}}, log=tmp_path / "log.txt")
+                   params={"spa": {"startingmodel": str(model), "blob_radius_a": None}}, log=tmp_path / "log.txt")
     _assert_message(e.value, "spa.startingmodel", "resample", "e2proc3d.py")
     _no_outputs(tmp_path / "out", "threed_00.mrc")
 
@@ -291,7 +291,7 @@ def test_reference_map_wrong_pixel_size(tmp_path):
     with pytest.raises(InputError) as e:
         run_script("spa_startmodel.py", input={"particles": parts, "source": []},
                    output={"model": tmp_path / "out" / "threed_00.mrc"},
-                   params={"spa": {"startingmodel": str(model)}}, log=tmp_path / "log.txt")
+                   params={"spa": {"startingmodel": str(model), "blob_radius_a": None}}, log=tmp_path / "log.txt")
     _assert_message(e.value, "spa.startingmodel", "6.000", "5.000", "e2proc3d.py")
     _no_outputs(tmp_path / "out", "threed_00.mrc")
 
