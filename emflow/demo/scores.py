@@ -156,39 +156,6 @@ def fsc_summary(freq_inv_a: np.ndarray, fsc: np.ndarray, thresholds=(0.5, 0.143)
     return {f"fsc_{thr:g}_A": fsc_crossing(freq_inv_a, fsc, thr) for thr in thresholds}
 
 
-def read_benchmarks(root: str) -> list[dict]:
-    """Parse every Snakemake ``benchmark:`` table under ``root/<stage>/<rule>/<job>.tsv``.
-
-    Returns
-    -------
-    list of dict
-        ``{"stage", "rule", "job", "seconds", "max_rss_mb"}`` per job (the last row of a table when
-        ``repeat()`` wrote several), sorted by path. Unreadable or empty tables are skipped: a
-        benchmark is information, not an input a run should fail on.
-    """
-    import csv
-    import pathlib
-
-    out = []
-    base = pathlib.Path(root)
-    for path in sorted(base.glob("*/*/*.tsv")):
-        try:
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t"))
-            row = rows[-1]
-            seconds = float(row["s"])
-        except (OSError, KeyError, IndexError, ValueError):
-            continue
-        try:
-            rss = float(row.get("max_rss", "nan"))
-        except ValueError:
-            rss = float("nan")
-        stage, rule = path.parent.parent.name, path.parent.name
-        out.append({"stage": stage, "rule": rule, "job": path.stem, "seconds": seconds,
-                    "max_rss_mb": rss if np.isfinite(rss) else None})
-    return out
-
-
 def _match_truth(picks_xyz: np.ndarray, truth: dict) -> tuple["PickScores", np.ndarray]:
     """Picks matched to the truth's particles (:func:`match_picks` within ``radius_px``) and the
     true rotations ``R_p`` (n_truth, 3, 3)."""
@@ -241,3 +208,66 @@ def score_tomogram_picks(picks_xyz: np.ndarray, picks_rot: np.ndarray | None, tr
     out = res.to_dict()
     out["median_orientation_error_deg"] = float(np.median(errors)) if len(errors) else None
     return out, errors
+
+
+def read_tomogram_picks(truth_path: str, picks_path: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(truth dict, picks xyz ``(n, 3)`` unbinned px from the centre, R_p ``(n, 3, 3)``) of one demo
+    tomogram: its truth json and the picks STAR (RELION 5 centred Å, rlnAngle*)."""
+    import json
+    import pathlib
+
+    from emflow.geometry import relion_to_matrix
+    from emflow.io import read_star
+
+    truth = json.loads(pathlib.Path(truth_path).read_text())
+    table = next(iter(read_star(picks_path).values()), {})
+    truth.setdefault("tomogram", pathlib.Path(truth_path).name)
+    if "rlnCenteredCoordinateXAngst" not in table:
+        return truth, np.zeros((0, 3)), np.zeros((0, 3, 3))
+    xyz = np.stack([np.asarray(table[f"rlnCenteredCoordinate{a}Angst"], np.float64) for a in "XYZ"], 1)
+    rots = relion_to_matrix(*(np.asarray(table[k], np.float64) for k in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
+    return truth, xyz / float(truth["apix"]), rots.reshape(-1, 3, 3)
+
+
+def demo_scores(truth_paths, picks_paths, spa_fsc_truth, spa_eval, spt_eval, sym: str) -> dict:
+    """The demo's scores against its truth (``results/demo_scores.json``): picks per tomogram (one-to-one
+    match, orientation errors after the template's own frame), the final SPA and subtomogram maps' FSC
+    against the true maps (files of the spa_fsc and spt_refine_truth_summary jobs)."""
+    import json
+    import pathlib
+
+    from emflow.geometry import get_symmetry
+    from emflow.io import read_fsc_txt
+
+    sym_matrices = get_symmetry(sym).matrices
+    result: dict = {"picks": {}, "orientation_errors_deg": {}, "maps": {},
+                    "notes": "picks: one-to-one (Hungarian) match within the particle radius; orientation error up to "
+                             f"the template symmetry {sym}, after the template's own frame (template_frame_deg, "
+                             "fitted to all matches) is removed; maps: FSC vs the true map, Å at 0.5 and 0.143"}
+    tomos = [read_tomogram_picks(t, p) for t, p in zip(truth_paths, picks_paths)]
+    # the template (e.g. the SGD model) has its own frame, common to all tomograms: found from all matches
+    pairs = [matched_rotations(xyz, rots, truth) for truth, xyz, rots in tomos]
+    est, true = (np.concatenate([p[k] for p in pairs]) if pairs else np.zeros((0, 3, 3)) for k in (0, 1))
+    frame = template_frame(est, true, sym_matrices) if len(est) else np.eye(3)
+    result["template_frame_deg"] = float(orientation_errors(frame[None], np.eye(3)[None])[0])
+    for truth, xyz, rots in tomos:
+        name = truth["tomogram"]
+        summary, errors = score_tomogram_picks(xyz, rots, truth, sym_matrices, frame=frame)
+        result["picks"][name] = summary
+        result["orientation_errors_deg"][name] = np.round(errors, 3).tolist()
+        if truth.get("picks_px"):  # the demo's simulated manual picks: a check of the frames used above
+            manual, _ = score_tomogram_picks(np.asarray(truth["picks_px"]), None, truth)
+            result.setdefault("manual_picks", {})[name] = manual
+    keys = ("fsc_truth_05_px", "bar_px", "fsc_at_bar", "hand_correct", "hand_fsc_true", "hand_fsc_mirror",
+            "symmetry_fsc", "truth_symmetry_fsc")
+    for path, eval_path in zip(spa_fsc_truth, spa_eval):
+        freq, fsc = read_fsc_txt(path)
+        ev = json.loads(pathlib.Path(eval_path).read_text())
+        result["maps"]["spa_final"] = fsc_summary(freq, fsc) | {"file": path, **{k: ev.get(k) for k in keys}}
+    for path in spt_eval:
+        final = json.loads(pathlib.Path(path).read_text())["final"]
+        result["maps"]["spt_final"] = {"fsc_0.5_A": final["fsc_truth_05_a"], "fsc_0.143_A": final["fsc_truth_0143_a"],
+                                       "gold_0.143_A": final["gold_0143_a"], "file": path,
+                                       "median_orientation_deg": final["median_orientation_deg"],
+                                       "median_translation_px": final["median_translation_px"]}
+    return result
