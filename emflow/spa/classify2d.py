@@ -309,15 +309,12 @@ def classify2d(particles: np.ndarray, apix: float, params: Classify2DParams | No
     """Reference-free 2D classes of ``particles`` ``(n, b, b)`` at ``apix`` Å/px (module docstring)."""
     import time
 
-    from emflow.spa.initial_model import preprocess_particles, working_box
+    from emflow.spa.initial_model import particle_stack, preprocess_particles, working_box
 
     p = params or Classify2DParams()
     p.check()
     rng = np.random.default_rng(0) if rng is None else rng
-    particles = np.asarray(particles, np.float32)
-    if particles.ndim != 3 or particles.shape[1] != particles.shape[2] or particles.shape[-1] % 2:
-        raise InputError(f"particles must be a stack of even square images (n, b, b), got {particles.shape}",
-                         source="spa particles", fix="use a particle stack with an even box size")
+    particles = particle_stack(particles)
     n, b = len(particles), particles.shape[-1]
     if p.res_a < 2 * apix:
         raise InputError(f"classify2d.res_a = {p.res_a} Å is finer than Nyquist ({2 * apix:.2f} Å)",

@@ -224,6 +224,15 @@ class SPAInitResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+def particle_stack(particles) -> np.ndarray:
+    """``particles`` as float32 ``(n, b, b)`` with an even box, else an :class:`InputError`."""
+    particles = np.asarray(particles, np.float32)
+    if particles.ndim != 3 or particles.shape[1] != particles.shape[2] or particles.shape[-1] % 2:
+        raise InputError(f"particles must be a stack of even square images (n, b, b), got {particles.shape}",
+                         source="spa particles", fix="use a particle stack with an even box size")
+    return particles
+
+
 def working_box(box: int, apix: float, res_a: float, min_box: int = 24) -> tuple[int, float]:
     """``(bw, apix_w)``: the even box whose pixel is about ``res_a/2.5`` (never larger than ``box``,
     never smaller than ``min(box, min_box)``), and its pixel size ``box·apix/bw`` (Å/px)."""
@@ -468,10 +477,7 @@ def spa_initial_model(particles: np.ndarray, apix: float, params: SPAInitParams 
     p = params or SPAInitParams()
     p.check()
     rng = np.random.default_rng(0) if rng is None else rng
-    particles = np.asarray(particles, np.float32)
-    if particles.ndim != 3 or particles.shape[1] != particles.shape[2] or particles.shape[-1] % 2:
-        raise InputError(f"particles must be a stack of even square images (n, b, b), got {particles.shape}",
-                         source="spa particles", fix="use a particle stack with an even box size")
+    particles = particle_stack(particles)
     n, b = len(particles), particles.shape[-1]
     if n < 2:
         raise InputError(f"an initial model needs at least 2 particles, got {n}", source="spa particles")
