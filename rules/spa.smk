@@ -25,6 +25,7 @@ SPA_DIR = f"results/spa/{SPA['path']}"
 SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
 if SPA_ON:
     spa_check_inputs()  # particles given, contrast declared: before the stack's header is read
+    spa_check_startiter()  # a resumed loop starts from an existing model
 # the particle count comes from the stack's header: read only when the SPA workflow runs
 SPA_CHUNKS = [f"{c:03d}" for c in range(math.ceil(spa_n_particles() / SPA["chunk_size"]))] if SPA_ON else []
 
@@ -233,6 +234,8 @@ rule spa_make3d:
         f"results/logs/spa/spa_make3d/{SPA['path']}_{{it}}.log",
     benchmark:
         f"results/benchmarks/spa/spa_make3d/{SPA['path']}_{{it}}.tsv"
+    wildcard_constraints:
+        it="|".join(SPA_ITERS),  # spa.startiter: earlier models are inputs, never remade
     conda:
         "../envs/emflow.yaml"
     threads: 2

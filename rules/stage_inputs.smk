@@ -40,6 +40,39 @@ def spa_check_inputs():
         )
 
 
+def spa_check_startiter():
+    """spa.startiter > 1 resumes the per-iteration loop (EMAN --startiter): the model of iteration
+    startiter−1 must exist from an earlier run, and no earlier iteration is planned again (spa_make3d
+    only makes iterations startiter…iter)."""
+    import os
+    from types import SimpleNamespace
+
+    from emflow.errors import InputError
+
+    start, last = SPA["startiter"], SPA["iter"]
+    if start == 1:
+        return
+    if start > last:
+        raise InputError(
+            f"is {start} but spa.iter is {last}: nothing would run",
+            source="config key 'spa.startiter'",
+            fix=f"set spa.startiter to at most {last}, or raise spa.iter",
+        )
+    if SPA["goldstandard"]:
+        raise InputError(
+            "> 1 with spa.goldstandard: the gold-standard refinement is one job (spa_gold) that starts from threed_00",
+            source="config key 'spa.startiter'",
+            fix="set spa.startiter: 1 (Snakemake reruns spa_gold whole), or spa.goldstandard: false",
+        )
+    prev = spa_previous_model(SimpleNamespace(it=f"{start:02d}"))
+    if not os.path.exists(prev):
+        raise InputError(
+            f"is {start} but {prev} (the model of iteration {start - 1}) does not exist",
+            source="config key 'spa.startiter'",
+            fix=f"run iterations 1…{start - 1} first (spa.startiter: 1), or check spa.path",
+        )
+
+
 def spa_contrast():
     """Declared particle contrast: the demo simulator writes protein-white (bright) particles."""
     return "bright" if spa_demo_data() else config["input"]["spa_contrast"]

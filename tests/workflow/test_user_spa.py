@@ -133,3 +133,37 @@ def test_spa_only_and_tomo_only_dags(tmp_path):
     (work / "undeclared.yaml").write_text(yaml.safe_dump(cfg))
     out, _ = run_snakemake(work, "local", ["-n", "--cores", "2", "--configfile", "undeclared.yaml"], check=False)
     assert "input.spa_contrast" in out and "must be declared" in out, out[-3000:]
+
+
+@pytest.mark.workflow
+def test_user_spa_startiter_resumes_from_the_existing_model(user_spa_run, tmp_path):
+    """spa.startiter (EMAN --startiter, resume the per-iteration loop): iterations startiter…iter run
+    from the existing threed_filt_<startiter−1>; earlier iterations are never remade, even after a
+    parameter change that would otherwise rerun them; a missing model or gold-standard mode is refused."""
+    import yaml
+    from workflow_runner import copy_run, dry_run
+
+    done, *_ = user_spa_run
+    work = copy_run(done, tmp_path / "wf")
+    run = work / "results/spa/user_01"
+    before = {name: (run / name).read_bytes() for name in ("threed_filt_01.mrc", "threed_filt_02.mrc")}
+
+    def override(name: str, **spa) -> list[str]:
+        (work / name).write_text(yaml.safe_dump({"spa": spa}))
+        return ["--configfile", ".test/user_spa/config.yaml", name]
+
+    # the class-averaging change reruns every iteration from 1 without startiter, only iteration 3 with it
+    rerun_all = dry_run(work, override("all.yaml", iter=3, classkeep=0.7))
+    assert rerun_all.get("spa_make3d") == 3, rerun_all
+    resumed = dry_run(work, override("resume.yaml", iter=3, startiter=3, classkeep=0.7))
+    assert resumed.get("spa_make3d") == 1 and resumed.get("spa_project3d") == 1, resumed
+    assert "spa_prepare" not in resumed and "spa_startmodel" not in resumed, resumed
+    run_snakemake(work, None, ["--cores", "2", *override("resume.yaml", iter=3, startiter=3, classkeep=0.7)])
+    assert (run / "threed_03.mrc").exists()
+    assert all((run / name).read_bytes() == data for name, data in before.items())
+
+    for name, spa, expect in [("missing.yaml", {"iter": 5, "startiter": 5}, "threed_filt_04.mrc"),
+                              ("gold.yaml", {"iter": 3, "startiter": 2, "goldstandard": True}, "spa_gold"),
+                              ("past.yaml", {"iter": 2, "startiter": 3}, "nothing would run")]:
+        out, _ = run_snakemake(work, "local", ["-n", "--cores", "2", *override(name, **spa)], check=False)
+        assert "spa.startiter" in out and expect in out, out[-3000:]
