@@ -50,9 +50,11 @@ def bench_box(b: int, nslices: int, rng) -> dict:
     padded = np.zeros((N, N, N), np.float32)
     r = {"box": b, "n_pad": N, "nslices": nslices}
 
-    r["fft3d_pair_s"] = _best(lambda: scipy.fft.irfftn(scipy.fft.rfftn(padded, workers=-1), s=padded.shape, workers=-1), 2)
+    r["fft3d_pair_s"] = _best(
+        lambda: scipy.fft.irfftn(scipy.fft.rfftn(padded, workers=-1), s=padded.shape, workers=-1), 2)
     sl = np.zeros((N, N), np.float32)
-    r["fft2d_pair_ms"] = 1e3 * _best(lambda: scipy.fft.irfft2(scipy.fft.rfft2(sl, workers=-1), s=sl.shape, workers=-1), 5)
+    r["fft2d_pair_ms"] = 1e3 * _best(
+        lambda: scipy.fft.irfft2(scipy.fft.rfft2(sl, workers=-1), s=sl.shape, workers=-1), 5)
 
     R = random_rotations(nslices, rng)
     r["projector_setup_s"] = _best(lambda: projection.VolumeProjector(vol), 1)
@@ -63,7 +65,8 @@ def bench_box(b: int, nslices: int, rng) -> dict:
     r["project_per_s"] = nslices / t
 
     imgs = vp.project(R)
-    npix = np.count_nonzero(np.add.outer(np.fft.fftfreq(N) ** 2 * N * N, np.arange(N // 2 + 1) ** 2.0) <= (N / 2 - 1) ** 2)
+    r2 = np.add.outer(np.fft.fftfreq(N) ** 2 * N * N, np.arange(N // 2 + 1) ** 2.0)
+    npix = np.count_nonzero(r2 <= (N / 2 - 1) ** 2)
     for kernel, strategy, nupd in [("trilinear", "slab", 8), ("trilinear", "private", 8), ("gauss_2", "auto", 8),
                                    ("nearest", "auto", 1)]:
         rec = Reconstructor(b, kernel=kernel, strategy=strategy)
@@ -91,7 +94,8 @@ def main(argv=None):
     boxes = list(a.boxes) + ([256] if a.big else [])
     rng = np.random.default_rng(0)
     rows = [bench_box(b, a.nslices, rng) for b in boxes]
-    meta = {"threads": numba.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+    meta = {"threads": numba.get_num_threads(), "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
             "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__}
     cols = [("box", "{:d}"), ("fft3d_pair_s", "{:.3f}"), ("fft2d_pair_ms", "{:.2f}"), ("project_per_s", "{:.0f}"),
             ("slice_extract_per_s", "{:.0f}"), ("insert_trilinear_slab_per_s", "{:.0f}"),

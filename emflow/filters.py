@@ -364,7 +364,8 @@ def set_structure_factor(x: np.ndarray, target_profile: np.ndarray, workers: int
     return scipy.fft.irfftn(ft, s=x.shape, workers=workers).astype(np.float32, copy=False)
 
 
-def fsc_to_wiener(fsc_values: np.ndarray, freq: np.ndarray, snrmult: float = 2.0, maxfreq: float | None = None) -> np.ndarray:
+def fsc_to_wiener(fsc_values: np.ndarray, freq: np.ndarray, snrmult: float = 2.0,
+                  maxfreq: float | None = None) -> np.ndarray:
     """EMAN ``filter.wiener.byfsc`` turned into a per-shell filter (spec §3.10, §7-17).
 
     Parameters
@@ -500,7 +501,8 @@ def normalize_by_mass(vol: np.ndarray, apix: float, mass_kda: float, thr: float 
     apix = _check_apix(apix)
     vol = np.asarray(vol, dtype=np.float32)
     if not mass_kda > 0:
-        raise InputError(f"mass must be positive, got {mass_kda} kDa", source="mass", fix="give the particle mass in kDa")
+        raise InputError(f"mass must be positive, got {mass_kda} kDa", source="mass",
+                         fix="give the particle mass in kDa")
     nvox = int(round(mass_kda * 1000.0 / (PROTEIN_DA_PER_A3 * apix**3)))
     if nvox < 1 or nvox >= vol.size:
         raise InputError(

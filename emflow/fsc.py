@@ -249,7 +249,8 @@ def frc_from_ft(fa: np.ndarray, fb: np.ndarray, nx: int, nshells: int) -> np.nda
         return np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
 
 
-def frc_per_image(a_stack: np.ndarray, b_stack: np.ndarray, nshells: int | None = None, workers: int = -1) -> np.ndarray:
+def frc_per_image(a_stack: np.ndarray, b_stack: np.ndarray, nshells: int | None = None,
+                  workers: int = -1) -> np.ndarray:
     """Fourier ring correlation of many image pairs at once.
 
     Parameters

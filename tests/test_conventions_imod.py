@@ -167,7 +167,8 @@ def test_tilt_com_offset_and_fullimage_binning(tmp_path):
     assert info["imod_tilt_com"]["xf_binning"] == 2
 
 
-@pytest.mark.parametrize("extra,match", [({"XAXISTILT": "2.5"}, "XAXISTILT"), ({"LOCALFILE": "TSlocal.xf"}, "LOCALFILE"),
+@pytest.mark.parametrize("extra,match", [({"XAXISTILT": "2.5"}, "XAXISTILT"),
+                                         ({"LOCALFILE": "TSlocal.xf"}, "LOCALFILE"),
                                          ({"ZFACTORFILE": "TS.zfac"}, "ZFACTORFILE")])
 def test_tilt_com_unsupported_geometry_is_refused(tmp_path, extra, match):
     fimod.write_tilt_com(tmp_path / "tilt.com", thickness=64, extra=extra)

@@ -215,7 +215,8 @@ def test_relion4_tomograms_star_through_the_importer(tmp_path):
     rows = {f"rlnTomoProj{a}": ["[" + ",".join(f"{v:.9f}" for v in P[i]) + "]" for P in Ps]
             for i, a in enumerate("XYZW")}
     frel.write_star(tmp_path / "tomograms.star", {
-        "global": {"rlnTomoName": ["TS_01"], "rlnTomoTiltSeriesName": ["TS_01.st:mrc"], "rlnTomoFrameCount": [len(tilts)],
+        "global": {"rlnTomoName": ["TS_01"], "rlnTomoTiltSeriesName": ["TS_01.st:mrc"],
+                   "rlnTomoFrameCount": [len(tilts)],
                    "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
                    "rlnTomoHand": [-1.0], "rlnTomoTiltSeriesPixelSize": [APIX], "rlnTomoSizeX": [size[0]],
                    "rlnTomoSizeY": [size[1]], "rlnTomoSizeZ": [size[2]]},

@@ -75,7 +75,8 @@ def _cases():
             key = renames.get(field) or (prefix + field if prefix + field in props else field)
             if key not in props or "default" not in props[key]:
                 continue
-            marks = [pytest.mark.xfail(reason="RefineOptions.apix: a constant pixel size left to remove (issue #14)", strict=False)] \
+            reason = "RefineOptions.apix: a constant pixel size left to remove (issue #14)"
+            marks = [pytest.mark.xfail(reason=reason, strict=False)] \
                 if (obj.__name__, field) in KNOWN_SPA else []
             yield pytest.param(obj.__name__, section, key, value, props[key]["default"],
                                id=f"{obj.__name__}.{field}={section}.{key}", marks=marks)

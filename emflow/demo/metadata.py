@@ -36,8 +36,8 @@ def tilt_series_info(
     -------
     dict
         ``apix_unbin``; ``tlt_params`` rows ``[tx=0, ty=0, rot=tilt_axis, tilt, offtilt=0]``
-        (the simulated series is already aligned); per-tilt ``defocus`` (µm, mid-plane, as recorded: ``truth.defocus_recorded_um``) and
-        ``phase`` (0°); ``voltage`` (kV); ``cs`` (mm); ``boxes_3d``; ``class_list``.
+        (the simulated series is already aligned); per-tilt ``defocus`` (µm, mid-plane, as recorded:
+        ``truth.defocus_recorded_um``) and ``phase`` (0°); ``voltage`` (kV); ``cs`` (mm); ``boxes_3d``; ``class_list``.
     """
     ntilt = truth.tilts_deg.size
     info: dict = {

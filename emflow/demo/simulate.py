@@ -261,7 +261,8 @@ def simulate_tilt_series(
     df_tilt = defocus_um + (rng.normal(0.0, defocus_jitter_um, tilts.size) if defocus_jitter_um > 0 else 0.0)
     df_tilt = np.broadcast_to(df_tilt, tilts.shape).astype(np.float64)
     t0 = int(np.argmin(np.abs(tilts)))
-    shift_err = rng.normal(0.0, tilt_shift_error_px, (tilts.size, 2)) if tilt_shift_error_px > 0 else np.zeros((tilts.size, 2))
+    shift_err = (rng.normal(0.0, tilt_shift_error_px, (tilts.size, 2)) if tilt_shift_error_px > 0
+                 else np.zeros((tilts.size, 2)))
     axis_err = rng.normal(0.0, tilt_axis_error_deg, tilts.size) if tilt_axis_error_deg > 0 else np.zeros(tilts.size)
     df_recorded = df_tilt + (rng.normal(0.0, defocus_error_um, tilts.size) if defocus_error_um > 0 else 0.0)
     shift_err[t0], axis_err[t0] = 0.0, 0.0

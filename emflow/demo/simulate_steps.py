@@ -23,8 +23,8 @@ __all__ = ["simulate_tomogram_job", "simulate_spa_job"]
 log = logging.getLogger(__name__)
 
 
-def simulate_tomogram_job(reference: str, out: Mapping[str, str], tomo_name: str, seed: int, tilts_deg: list, apix: float, voltage_kv: float,
-         cs_mm: float, ampcont: float, tomo: dict, threads: int) -> None:
+def simulate_tomogram_job(reference: str, out: Mapping[str, str], tomo_name: str, seed: int, tilts_deg: list,
+                          apix: float, voltage_kv: float, cs_mm: float, ampcont: float, tomo: dict, threads: int) -> None:
     """True map → one simulated tilt series (MRC + .tlt + EMAN2 info json) and its truth: tomogram
     ``tomo_name`` with the ``demo.tomo`` settings ``tomo``. ``out`` maps tilt_series, tlt, info, truth,
     truth_star to paths."""

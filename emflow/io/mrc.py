@@ -2,7 +2,8 @@
 
 Arrays are float32 ``[z, y, x]`` (``[y, x]`` for a single image), as ``mrcfile`` gives them.
 Every problem a user can fix (truncated file, missing pixel size, NaN values, wrong pixel size:
-the contract of :mod:`emflow.pixel_size`) becomes an :class:`~emflow.errors.InputError` that names the file and says what to do.
+the contract of :mod:`emflow.pixel_size`) becomes an :class:`~emflow.errors.InputError` that names the file
+and says what to do.
 """
 
 from __future__ import annotations

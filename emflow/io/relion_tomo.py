@@ -374,7 +374,8 @@ def relion_particles(table: dict, optics: dict | None, rows, *, apix: float, siz
 
 def write_relion5_particles(path: str | os.PathLike, particles: dict[str, tuple], *, apix: float,
                             voltage_kv: float, cs_mm: float, ampcont: float,
-                            sizes_xyz: dict[str, tuple[int, int, int]] | None = None, extra: dict | None = None) -> None:
+                            sizes_xyz: dict[str, tuple[int, int, int]] | None = None,
+                            extra: dict | None = None) -> None:
     """Write a RELION 5 particles STAR (``data_optics`` + ``data_particles``).
 
     Parameters

@@ -306,7 +306,8 @@ def write_particles_star(path: str | os.PathLike, image_names: Sequence[str], eu
     if defocus_u_um is not None:
         du = np.broadcast_to(np.asarray(defocus_u_um, dtype=np.float64), (n,)) * 1e4
         dv = du if defocus_v_um is None else np.broadcast_to(np.asarray(defocus_v_um, dtype=np.float64), (n,)) * 1e4
-        da = np.zeros(n) if defocus_angle is None else np.broadcast_to(np.asarray(defocus_angle, dtype=np.float64), (n,))
+        da = (np.zeros(n) if defocus_angle is None
+              else np.broadcast_to(np.asarray(defocus_angle, dtype=np.float64), (n,)))
         particles.update(rlnDefocusU=du, rlnDefocusV=dv, rlnDefocusAngle=da)
     particles["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
     for k, v in (extra or {}).items():

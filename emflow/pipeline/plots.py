@@ -148,7 +148,8 @@ def demo_scores(scores: Mapping, path: str | os.PathLike) -> None:
             ax_o.hist(values, bins=np.linspace(0, min(180.0, top), 31), alpha=0.6,
                       label=f"{name}: median {np.median(values):.1f}°")
             drawn += 1
-    ax_o.set(xlabel="orientation error (deg)", ylabel="particles", title="orientation error of matched picks\n(after the template's own frame)")
+    ax_o.set(xlabel="orientation error (deg)", ylabel="particles",
+             title="orientation error of matched picks\n(after the template's own frame)")
     if drawn:
         ax_o.legend(fontsize=7)
     else:

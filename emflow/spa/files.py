@@ -67,7 +67,8 @@ def star_optics_values(star: dict, key: str, source: str, required: bool = True)
         missing = sorted(set(pg.tolist()) - set(values))
         if missing:
             raise InputError(f"particles refer to optics group(s) {missing[:5]} that data_optics does not list",
-                             source=source, fix="use the STAR file RELION wrote (data_optics and data_particles together)")
+                             source=source,
+                             fix="use the STAR file RELION wrote (data_optics and data_particles together)")
         return np.array([values[g] for g in pg.tolist()], np.float64)
     if required:
         raise InputError(f"no {key} in the particles or in data_optics", source=source,
@@ -325,8 +326,8 @@ def start_model(kind: str, box: int, apix: float, source: str | None, blob_radiu
     resample = (f"resample the model to box {box} at {apix:.3f} Å/px, e.g. `e2proc3d.py {source} model_resampled.mrc "
                 f"--scale={mapix / apix:.4f} --clip={box} --apix={apix:.3f}`, and set spa.startingmodel to the result")
     if model.shape != (box, box, box):
-        raise InputError(f"starting model box {model.shape} differs from particle box {box}", source="spa.startingmodel",
-                         fix=resample)
+        raise InputError(f"starting model box {model.shape} differs from particle box {box}",
+                         source="spa.startingmodel", fix=resample)
     if abs(mapix - apix) > 0.01 * apix:
         raise InputError(f"starting model pixel size {mapix:.3f} Å differs from the particles' {apix:.3f} Å",
                          source="spa.startingmodel", fix=resample)

@@ -79,7 +79,8 @@ def evaluate_iteration(table: ParticleTable, state: RefineState, final_map: np.n
     curve = fsc(np.asarray(final_map, np.float32), truth_in_map_frame(truth_map, ev["G"], ev["g"]))
     return {"median_orientation_deg": ev["median_orientation_deg"],
             "median_translation_px": ev["median_translation_px"], "n_inliers": ev["n_inliers"],
-            "n_particles": int(table.n3d), "n_unmatched": int((~ok).sum()), "fsc_truth_05_a": resolution(curve, apix, 0.5),
+            "n_particles": int(table.n3d), "n_unmatched": int((~ok).sum()),
+            "fsc_truth_05_a": resolution(curve, apix, 0.5),
             "fsc_truth_0143_a": resolution(curve, apix, 0.143),
             "freq_inv_a": curve.freq_inv_a(apix).tolist(), "fsc_truth": curve.fsc.tolist(),
             "frame_rotation": np.asarray(ev["G"]).tolist(), "frame_shift_px": np.asarray(ev["g"]).tolist()}

@@ -107,7 +107,8 @@ def write_tables(table: ParticleTable, path3d: str, path2d: str) -> None:
     write_lst(path2d, [LstEntry(int(table.idx2d[k]), table.path2d[k],
                                 {"idx3d": int(table.ptcl[k]), "tilt_id": int(table.tilt_id[k]),
                                  "xform.projection": transform_to_dict(table.proj[k], table.proj_shift[k]),
-                                 "defocus": None if not np.isfinite(table.defocus_um[k]) else float(table.defocus_um[k])})
+                                 "defocus": (float(table.defocus_um[k]) if np.isfinite(table.defocus_um[k])
+                                             else None)})
                        for k in range(table.n2d)])
 
 

@@ -1,4 +1,5 @@
-"""Snakemake adapter: set .lst + reference -> run tables, identity alignments, threed_00 even/odd (spec §3.6 steps 0-1)."""
+"""Snakemake adapter: set .lst + reference -> run tables, identity alignments, threed_00 even/odd
+(spec §3.6 steps 0-1)."""
 
 from emflow.pipeline.log import setup_logging
 
