@@ -13,9 +13,11 @@ no missing-wedge or CTF compensation. This module does what pytom-match-pick doe
   by its CTF and exposure (dose) filter, plus a band-pass and optional spectral whitening;
 * the search runs over ``emflow.geometry.orientations("eman", sym, delta, phitoo=delta,
   inc_mirror=True)``; per rotation the cost is one real FFT and one inverse FFT of the tile
-  (the forward FFT is pruned to the template's non-zero slab) plus a fused numba pass that
+  (the forward FFT is pruned to the template's non-zero rows and planes) plus a numba pass that
   updates the best score, the best-orientation index and the running sums from which the
-  null distribution's standard deviation is estimated (Rickgauer et al. 2017);
+  null distribution's standard deviation is estimated (Rickgauer et al. 2017). Threads take
+  whole rotations (one-thread FFTs each, their own best score and index, merged per tile), so
+  the search scales with the cores where one tile's FFT does not;
 * big tomograms are cut into tiles that overlap by one template box.
 
 Orientation convention: index ``i`` of the result refers to ``rotations[i]`` = ``R_p``, the
@@ -402,7 +404,7 @@ STREAM_BYTES = 2 << 30
 the correlation map, the stream's own best score and index): more threads than fit run as fewer
 streams with several FFT threads each."""
 _ROTATE_LOCK = threading.Lock()
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 2 << 20
 """Block of the FT (and correlation) kept in cache between consecutive FFT passes (L2-sized)."""
 
 def _reuse_freed_memory() -> None:
@@ -591,7 +593,10 @@ def match_template(
     tile_size : int
         Largest tile edge (px); tiles overlap by one template box.
     workers : int, optional
-        FFT threads (default: numba's thread count).
+        Threads (default: numba's thread count). Rotations are spread over up to ``workers``
+        streams, each with its own buffers (about 20 bytes per tile voxel; at most
+        ``STREAM_BYTES`` together, the remaining threads then go to each stream's FFTs). Scores
+        and indices do not depend on ``workers``.
     progress : callable, optional
         Called with the fraction done.
     """
