@@ -676,8 +676,9 @@ def match_template(
         return t
 
     def stream(k: int, todo, tile_ft, inv_denom, own0, best, best_idx, acc) -> None:
-        if n_streams > 1:
-            numba.set_num_threads(min(per_stream, numba.config.NUMBA_NUM_THREADS))  # this thread only
+        # numba's thread count is per thread: a stream's numba kernels use its share only (more
+        # would leave OpenMP threads spinning against the FFTs).
+        numba.set_num_threads(min(per_stream, numba.config.NUMBA_NUM_THREADS))
         buf = np.empty((b, b, b), np.float32)
         while True:
             with lock:
@@ -691,6 +692,7 @@ def match_template(
                     progress(done[0] / total)
 
     pool = None
+    numba_threads = numba.get_num_threads()
     if n_streams > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -743,6 +745,7 @@ def match_template(
             sums += [searched.sum() * len(rots), *np.sum([acc.sum(axis=1) for _, _, acc in outs], axis=0)]
             del outs, best, best_idx, tile_ft, tile, inv_denom
     finally:
+        numba.set_num_threads(numba_threads)
         if pool is not None:
             pool.shutdown()
     n = max(sums[0], 1.0)
