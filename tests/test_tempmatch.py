@@ -4,6 +4,7 @@ accuracy on a synthetic tomogram with known particles, a missing wedge, gold and
 from __future__ import annotations
 
 import naive_tempmatch as naive
+import numba
 import numpy as np
 import pytest
 import scipy.fft
@@ -182,8 +183,10 @@ def test_threads_give_the_one_thread_result(rng):
     tomo = scipy.ndimage.gaussian_filter(rng.normal(size=(20, 40, 44)), 1).astype(np.float32)
     tmpl = rng.normal(size=(8, 8, 8)).astype(np.float32)
     rots = random_rotations(7, rng)
+    threads = numba.get_num_threads()
     for tile in (64, 24):
         one = tm.match_template(tomo, tmpl, rots, tile_size=tile, workers=1)
+        assert numba.get_num_threads() == threads  # the caller's setting is restored
         two = tm.match_template(tomo, tmpl, rots, tile_size=tile, workers=2)
         np.testing.assert_array_equal(two.scores, one.scores)
         np.testing.assert_array_equal(two.best_index, one.best_index)
