@@ -79,13 +79,18 @@ def _tilt_weight_kernel(box, normals, radial, out):
 
 
 @jit
-def _conj_multiply(tomo_ft, tmpl_ft):
-    """``tmpl_ft = tomo_ft · conj(tmpl_ft)`` in place (complex64, same shape; serial: one stream)."""
-    nz, ny, nx = tmpl_ft.shape
+def _conj_multiply(tomo_ft, tmpl_ft, y0, y1):
+    """``tmpl_ft = tomo_ft · conj(tmpl_ft)`` in place on rows ``y0 ≤ y < y1`` (complex64, same
+    C-contiguous shape; serial: one stream). Whole arrays and a row range, not strided views, so
+    the row loop vectorises."""
+    nz = tmpl_ft.shape[0]
+    nx = tmpl_ft.shape[2]
     for z in range(nz):
-        for y in range(ny):
+        for y in range(y0, y1):
+            a = tomo_ft[z, y]
+            b = tmpl_ft[z, y]
             for x in range(nx):
-                tmpl_ft[z, y, x] = tomo_ft[z, y, x] * np.conj(tmpl_ft[z, y, x])
+                b[x] = a[x] * np.conj(b[x])
 
 
 @jit
@@ -517,7 +522,7 @@ class _PrunedTemplateFFT:
         for ys in range(0, ny, self.y_block):
             v = self.by[:, ys:ys + self.y_block]
             _fft_inplace(v, 0, True, w)
-            _conj_multiply(tile_ft[:, ys:ys + self.y_block], v)
+            _conj_multiply(tile_ft, self.by, ys, min(ny, ys + self.y_block))
             _fft_inplace(v, 0, False, w)
         z0, y0, x0 = own0
         z1 = z0 + best.shape[0]
