@@ -412,9 +412,9 @@ class MatchResult:
 
 
 STREAM_BYTES = 2 << 30
-"""Memory of the rotation streams together (about 20 bytes per tile voxel each: the template's FT,
-the correlation map, the stream's own best score and index): more threads than fit run as fewer
-streams with several FFT threads each."""
+"""Memory of the rotation streams together (about 12 bytes per tile voxel each: the template's FT
+buffer and the stream's own best score and index; the correlation exists one cache block at a time):
+more threads than fit run as fewer streams with several FFT threads each."""
 _ROTATE_LOCK = threading.Lock()
 BLOCK_BYTES = 2 << 20
 """Block of the FT (and correlation) kept in cache between consecutive FFT passes (L2-sized)."""
@@ -606,7 +606,7 @@ def match_template(
         Largest tile edge (px); tiles overlap by one template box.
     workers : int, optional
         Threads (default: numba's thread count). Rotations are spread over up to ``workers``
-        streams, each with its own buffers (about 20 bytes per tile voxel; at most
+        streams, each with its own buffers (about 12 bytes per tile voxel; at most
         ``STREAM_BYTES`` together, the remaining threads then go to each stream's FFTs). Scores
         and indices do not depend on ``workers``.
     progress : callable, optional
@@ -659,7 +659,7 @@ def match_template(
     # FFTs and keeps its own best score and index; the streams merge at the end of the tile. One
     # tile's FFT pair scales poorly over threads (and a numba kernel between FFTs makes OpenMP
     # threads spin against pocketfft's); independent rotations scale with the cores.
-    n_streams = int(max(1, min(workers, len(rots), STREAM_BYTES // (20 * nvox))))
+    n_streams = int(max(1, min(workers, len(rots), STREAM_BYTES // (12 * nvox))))
     per_stream = max(1, workers // n_streams)
     ffts = [_PrunedTemplateFFT(b, fshape, per_stream) for _ in range(n_streams)]
     total = len(tiles) * len(rots)
