@@ -3,7 +3,12 @@ measured in the same run (goal ≤ 1.3×, issue 13), peak memory vs. the number 
 search in a fresh process, its own ``VmHWM``; must be flat, one tile and several), the
 rotation count of the angular step, and optionally picking accuracy vs. SNR.
 
-    .venv/bin/python benchmarks/bench_tempmatch.py [--threads 1 2] [--accuracy] [--out results.json]
+    .venv/bin/python benchmarks/bench_tempmatch.py [--threads 1 2] [--reps 5] [--no-memory] [--accuracy]
+        [--out results.json]
+
+The bound at each thread count is the FFT pair with the same number of scipy.fft workers (and
+numba threads) as the search. On a shared machine the wall-time ratios vary with the load: each
+is the median of ``--reps`` repetitions, with its range, and the 1-minute load average is recorded.
 
 Writes JSON (stdout, and ``--out`` if given).
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -22,21 +28,25 @@ import scipy.fft
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _best_of(f, repeat: int = 5, number: int = 3) -> tuple[float, float]:
-    """Best ``(wall, process CPU)`` seconds per call. On a shared machine the CPU time is the fairer
-    figure (time spent waiting for a core is not counted)."""
-    f()
-    wall = cpu = np.inf
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(number):
-            f()
-        wall = min(wall, (time.perf_counter() - t0) / number)
-        cpu = min(cpu, (time.process_time() - c0) / number)
-    return wall, cpu
+def _pairs(f, k: int) -> tuple[float, float]:
+    """``(wall, process CPU)`` seconds per call of ``k`` calls of ``f``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(k):
+        f()
+    return (time.perf_counter() - t0) / k, (time.process_time() - c0) / k
 
 
-def speed(shape, box: int, n_rot: int, threads: int) -> dict:
+def speed(shape, box: int, n_rot: int, threads: int, reps: int = 5) -> dict:
+    """Time per rotation of one search against one FFT pair of the tile, measured in the same run.
+
+    Each repetition times ``n_rot // 2`` FFT pairs (scipy.fft rfftn + irfftn, ``workers=threads``),
+    one search of ``n_rot`` rotations (``workers=threads``), and the pairs again. The time per
+    rotation is read from the search's progress callback (first to last completed rotation:
+    no set-up, no compile, no tile statistics); its ratio to the mean pair of that repetition is
+    one sample. Reported: median and range over ``reps`` repetitions, wall time (the figure that
+    shows thread scaling) and process CPU time (all threads; on a loaded machine the fairer
+    figure at one thread, since time spent waiting for a core is not counted).
+    """
     from emflow.geometry import random_rotations
     from emflow.sta import tempmatch as tm
 
@@ -45,26 +55,33 @@ def speed(shape, box: int, n_rot: int, threads: int) -> dict:
     tmpl = rng.normal(size=(box,) * 3).astype(np.float32)
     weight = np.ones((box, box, box // 2 + 1), np.float32)
     rots = random_rotations(n_rot, rng)
-    tm.match_template(vol, tmpl, rots[:2], weight=weight, workers=threads, tile_size=max(shape))  # compile
     fshape = tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
     v = np.zeros(fshape, np.float32)
     pair = lambda: scipy.fft.irfftn(scipy.fft.rfftn(v, workers=threads), s=fshape, workers=threads)  # noqa: E731
-    search = lambda: tm.match_template(vol, tmpl, rots, weight=weight, workers=threads,  # noqa: E731
-                                       tile_size=max(shape))
-    setup = lambda: tm.match_template(vol, tmpl, rots[:1], weight=weight, workers=threads,  # noqa: E731
-                                      tile_size=max(shape))
-    runs = {"pair": [], "search": [], "setup": []}
-    for _ in range(2):  # interleaved: the bound and the search see the same machine load
-        runs["pair"].append(_best_of(pair, repeat=2, number=2))
-        runs["search"].append(_best_of(search, repeat=1, number=1))
-        runs["setup"].append(_best_of(setup, repeat=1, number=1))
-    (pw, pc), (sw, sc), (uw, uc) = (tuple(min(v) for v in zip(*runs[k])) for k in ("pair", "search", "setup"))
-    per_rot, per_rot_cpu = (sw - uw) / (n_rot - 1), (sc - uc) / (n_rot - 1)
+    tm.match_template(vol, tmpl, rots[:2], weight=weight, workers=threads, tile_size=max(shape))  # compile
+    pair()
+    samples = []
+    for _ in range(reps):
+        stamps: list[tuple[float, float, float]] = []
+        before = _pairs(pair, max(2, n_rot // 2))
+        tm.match_template(vol, tmpl, rots, weight=weight, workers=threads, tile_size=max(shape),
+                          progress=lambda f: stamps.append((f, time.perf_counter(), time.process_time())))
+        after = _pairs(pair, max(2, n_rot // 2))
+        (f0, w0, c0), (f1, w1, c1) = stamps[0], stamps[-1]
+        n = (f1 - f0) * n_rot  # rotations completed between the first and the last stamp
+        pw, pc = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+        samples.append(((w1 - w0) / n, (c1 - c0) / n, pw, pc))
+    a = np.array(samples)
+    med = np.median(a, axis=0)
+    rw, rc = a[:, 0] / a[:, 2], a[:, 1] / a[:, 3]
     return {"shape_zyx": list(shape), "template_box": box, "n_rotations": n_rot, "threads": threads,
-            "fft_pair_ms": 1e3 * pw, "per_rotation_ms": 1e3 * per_rot, "setup_ms": 1e3 * uw,
-            "ratio_per_rotation_to_fft_pair": per_rot / pw,
-            "fft_pair_cpu_ms": 1e3 * pc, "per_rotation_cpu_ms": 1e3 * per_rot_cpu,
-            "ratio_per_rotation_to_fft_pair_cpu": per_rot_cpu / pc}
+            "repetitions": reps, "fft_pair_ms": 1e3 * med[2], "per_rotation_ms": 1e3 * med[0],
+            "ratio_per_rotation_to_fft_pair": float(np.median(rw)),
+            "ratio_range": [float(rw.min()), float(rw.max())],
+            "fft_pair_cpu_ms": 1e3 * med[3], "per_rotation_cpu_ms": 1e3 * med[1],
+            "ratio_per_rotation_to_fft_pair_cpu": float(np.median(rc)),
+            "ratio_cpu_range": [float(rc.min()), float(rc.max())],
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def memory(shape, box: int, n_rot: int, tile: int, threads: int) -> dict:
@@ -134,6 +151,8 @@ def accuracy(snrs, threads: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -142,14 +161,18 @@ def main() -> None:
     out = {"speed": [], "memory": [], "rotations": rotation_counts()}
     for threads in args.threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        for shape, box, n_rot in (((64, 128, 128), 32, 40), ((128, 256, 256), 32, 8)):
-            row = speed(shape, box, n_rot, threads)
+        for shape, box, n_rot in (((64, 128, 128), 32, 64), ((128, 256, 256), 32, 16)):
+            row = speed(shape, box, n_rot, threads, args.reps)
             out["speed"].append(row)
             print(f"{threads} thread(s), tile {shape}, template {box}: {row['per_rotation_ms']:.1f} ms per rotation, "
-                  f"FFT pair {row['fft_pair_ms']:.1f} ms (bound): {row['ratio_per_rotation_to_fft_pair']:.2f}x "
-                  f"(CPU time: {row['per_rotation_cpu_ms']:.1f} vs {row['fft_pair_cpu_ms']:.1f} ms, "
-                  f"{row['ratio_per_rotation_to_fft_pair_cpu']:.2f}x)",
+                  f"FFT pair {row['fft_pair_ms']:.1f} ms (bound, same run): {row['ratio_per_rotation_to_fft_pair']:.2f}x "
+                  f"(range {row['ratio_range'][0]:.2f}-{row['ratio_range'][1]:.2f}); CPU time "
+                  f"{row['per_rotation_cpu_ms']:.1f} vs {row['fft_pair_cpu_ms']:.1f} ms: "
+                  f"{row['ratio_per_rotation_to_fft_pair_cpu']:.2f}x (range {row['ratio_cpu_range'][0]:.2f}-"
+                  f"{row['ratio_cpu_range'][1]:.2f}); load average {row['load_average_1min']:.1f}",
                   file=sys.stderr)
+        if args.no_memory:
+            continue
         for tile in (128, 64):  # one tile, several tiles
             for n_rot in (50, 500):  # cached templates of box 32 would add 128 KiB per rotation
                 row = memory((64, 128, 128), 32, n_rot, tile, threads)

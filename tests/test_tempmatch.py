@@ -4,6 +4,7 @@ accuracy on a synthetic tomogram with known particles, a missing wedge, gold and
 from __future__ import annotations
 
 import naive_tempmatch as naive
+import numba
 import numpy as np
 import pytest
 import scipy.fft
@@ -109,13 +110,36 @@ def test_tilt_weight_is_the_missing_wedge():
     assert np.all(w[outside] == 0)
 
 
-def test_pruned_template_fft_equals_full_rfftn(rng):
-    shape, b = (20, 24, 30), 8
+@pytest.mark.parametrize("shape,b", [((20, 24, 30), 8), ((8, 25, 27), 8), ((16, 16, 45), 16)])
+def test_pruned_template_fft_equals_full_rfftn(rng, shape, b):
+    """The pruned forward transform (x over the template's rows, y over its planes, then z) is the
+    full rfftn of the zero-padded, wrapped template; odd lengths and a tile axis equal to the box
+    included. Its correlation is the full-FFT circular cross-correlation."""
     t = rng.normal(size=(b, b, b)).astype(np.float32)
     full = np.zeros(shape, np.float32)
     full[np.ix_(*(tm._wrapped_index(b, n) for n in shape))] = t
-    got = tm._PrunedTemplateFFT(b, shape, 1)(t)
-    np.testing.assert_allclose(got, scipy.fft.rfftn(full), atol=2e-4 * np.abs(got).max())
+    fft = tm._PrunedTemplateFFT(b, shape, 1)
+    want = scipy.fft.rfftn(full.astype(np.float64))
+    for _ in range(2):  # the second call must not see the first's buffers
+        got = fft(t)
+        np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+        t = rng.normal(size=(b, b, b)).astype(np.float32)
+        full[np.ix_(*(tm._wrapped_index(b, n) for n in shape))] = t
+        want = scipy.fft.rfftn(full.astype(np.float64))
+    tile = rng.normal(size=shape).astype(np.float32)
+    tile_ft = scipy.fft.rfftn(tile).astype(np.complex64)
+    ref = scipy.fft.irfftn(scipy.fft.rfftn(tile.astype(np.float64)) * np.conj(want), s=shape)
+    own = tuple(slice(1, n - 2) for n in shape)
+    inv = rng.uniform(0.5, 2, ref[own].shape).astype(np.float32)
+    best = np.full(inv.shape, -np.inf, np.float32)
+    idx = np.zeros(inv.shape, np.int32)
+    acc = np.zeros((2, inv.shape[2]))
+    fft.z_block = fft.y_block = 3  # several blocks, the last one short
+    fft.correlate_update(t, tile_ft, inv, (1, 1, 1), best, idx, 5, acc)
+    np.testing.assert_allclose(best, ref[own] * inv, atol=4e-5 * np.abs(ref).max())
+    assert np.all(idx == 5)
+    # Ready for the next template: planes off the template zero again (the others are rewritten).
+    assert not fft.by[b // 2:shape[0] - b // 2].any()
 
 
 def test_update_best_matches_numpy(rng):
@@ -124,12 +148,49 @@ def test_update_best_matches_numpy(rng):
     inv[0, 0, :3] = 0
     best = np.full(inv.shape, 0.5, np.float32)
     idx = np.zeros(inv.shape, np.int32)
-    sums = np.zeros((4, 2))
-    tm._update_best(cc, inv, 1, 2, 1, best, idx, 7, sums)
+    acc = np.zeros((2, 6))
+    tm._update_best(cc, inv, 1, 2, 1, best, idx, 7, acc)
     s = cc[1:5, 2:7, 1:7] * inv
     np.testing.assert_allclose(best, np.maximum(s, 0.5), rtol=1e-6)
     assert np.all((idx == 7) == (s > 0.5))
-    np.testing.assert_allclose(sums.sum(0), [s.sum(), (s**2).sum()], rtol=1e-5)
+    np.testing.assert_allclose(acc.sum(1), [s.sum(), (s**2).sum()], rtol=1e-5)
+
+
+def test_merged_streams_equal_one_pass(rng):
+    """Rotations split over streams, each keeping its first maximum, merge into the first maximum
+    of one pass over all rotations (ties included: scores quantised so that ties occur)."""
+    n_rot, shape = 9, (3, 4, 5)
+    ccs = np.round(rng.normal(size=(n_rot,) + shape) * 2).astype(np.float32)
+    inv = np.ones(shape, np.float32)
+    one = (np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int32), np.zeros((2, 5)))
+    for i in range(n_rot):
+        tm._update_best(ccs[i], inv, 0, 0, 0, one[0], one[1], i, one[2])
+    parts = []
+    for k, idx in enumerate(([0, 3, 4, 8], [1, 2, 5, 6, 7])):
+        part = (np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int32), np.zeros((2, 5)))
+        for i in idx:
+            tm._update_best(ccs[i], inv, 0, 0, 0, part[0], part[1], i, part[2])
+        parts.append(part)
+    tm._merge_best(parts[0][0], parts[0][1], parts[1][0], parts[1][1])
+    np.testing.assert_array_equal(parts[0][0], one[0])
+    np.testing.assert_array_equal(parts[0][1], one[1])
+    np.testing.assert_array_equal(one[1], np.argmax(ccs, axis=0))  # numpy: first maximum
+
+
+def test_threads_give_the_one_thread_result(rng):
+    """Two streams of rotations give the scores and indices of one (per-rotation arithmetic is the
+    same; the merge keeps the first maximum), several tiles included."""
+    tomo = scipy.ndimage.gaussian_filter(rng.normal(size=(20, 40, 44)), 1).astype(np.float32)
+    tmpl = rng.normal(size=(8, 8, 8)).astype(np.float32)
+    rots = random_rotations(7, rng)
+    threads = numba.get_num_threads()
+    for tile in (64, 24):
+        one = tm.match_template(tomo, tmpl, rots, tile_size=tile, workers=1)
+        assert numba.get_num_threads() == threads  # the caller's setting is restored
+        two = tm.match_template(tomo, tmpl, rots, tile_size=tile, workers=2)
+        np.testing.assert_array_equal(two.scores, one.scores)
+        np.testing.assert_array_equal(two.best_index, one.best_index)
+        assert two.stats.std == pytest.approx(one.stats.std, rel=1e-9)
 
 
 def test_tile_layout_partitions_axis():

@@ -13,9 +13,11 @@ no missing-wedge or CTF compensation. This module does what pytom-match-pick doe
   by its CTF and exposure (dose) filter, plus a band-pass and optional spectral whitening;
 * the search runs over ``emflow.geometry.orientations("eman", sym, delta, phitoo=delta,
   inc_mirror=True)``; per rotation the cost is one real FFT and one inverse FFT of the tile
-  (the forward FFT is pruned to the template's non-zero slab) plus a fused numba pass that
+  (the forward FFT is pruned to the template's non-zero rows and planes) plus a numba pass that
   updates the best score, the best-orientation index and the running sums from which the
-  null distribution's standard deviation is estimated (Rickgauer et al. 2017);
+  null distribution's standard deviation is estimated (Rickgauer et al. 2017). Threads take
+  whole rotations (one-thread FFTs each, their own best score and index, merged per tile), so
+  the search scales with the cores where one tile's FFT does not;
 * big tomograms are cut into tiles that overlap by one template box.
 
 Orientation convention: index ``i`` of the result refers to ``rotations[i]`` = ``R_p``, the
@@ -27,6 +29,7 @@ voxel ``(x, y, z)`` gives its peak at ``scores[z, y, x]``.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 
 import numba
@@ -35,7 +38,7 @@ import scipy.fft
 import scipy.ndimage
 
 from emflow import fourier
-from emflow._numba import pjit
+from emflow._numba import jit, pjit
 from emflow.masks import soft_sphere
 
 # ----------------------------------------------------------------------------- numba kernels
@@ -75,78 +78,68 @@ def _tilt_weight_kernel(box, normals, radial, out):
                 out[iz, iy, ix] = num / max(1.0, den)
 
 
-@pjit
-def _conj_multiply(tomo_ft, tmpl_ft):
-    """``tmpl_ft = tomo_ft · conj(tmpl_ft)`` in place (complex64, same shape)."""
-    nz, ny, nx = tmpl_ft.shape
-    for z in numba.prange(nz):
-        for y in range(ny):
+@jit
+def _conj_multiply(tomo_ft, tmpl_ft, y0, y1):
+    """``tmpl_ft = tomo_ft · conj(tmpl_ft)`` in place on rows ``y0 ≤ y < y1`` (complex64, same
+    C-contiguous shape; serial: one stream). Whole arrays and a row range, not strided views, so
+    the row loop vectorises."""
+    nz = tmpl_ft.shape[0]
+    nx = tmpl_ft.shape[2]
+    for z in range(nz):
+        for y in range(y0, y1):
+            a = tomo_ft[z, y]
+            b = tmpl_ft[z, y]
             for x in range(nx):
-                a = tomo_ft[z, y, x]
-                b = tmpl_ft[z, y, x]
-                tmpl_ft[z, y, x] = a * np.conj(b)
+                b[x] = a[x] * np.conj(b[x])
 
 
-@pjit
-def _conj_multiply_batch(tomo_ft, tmpl_ft):
-    """``tmpl_ft[r] = tomo_ft · conj(tmpl_ft[r])`` in place for every ``r`` of a batch."""
-    nr, nz, ny, nx = tmpl_ft.shape
-    for k in numba.prange(nr * nz):
-        r, z = k // nz, k % nz
-        for y in range(ny):
-            for x in range(nx):
-                tmpl_ft[r, z, y, x] = tomo_ft[z, y, x] * np.conj(tmpl_ft[r, z, y, x])
-
-
-@pjit
-def _update_best_batch(cc, inv_denom, z0, y0, x0, best, best_idx, rot0, sums):
-    """:func:`_update_best` for a batch ``cc`` ``(m, tile)`` of rotations ``rot0 … rot0+m−1``.
-
-    Plane by plane, the rotations in order: the same comparisons and the same summation order as
-    ``m`` calls of :func:`_update_best` (identical results), but each plane of ``best``,
-    ``best_idx`` and ``inv_denom`` is read from memory once per batch, not once per rotation.
-    """
-    nz, ny, nx = best.shape
-    m = cc.shape[0]
-    for z in numba.prange(nz):
-        for r in range(m):
-            s1 = 0.0
-            s2 = 0.0
-            for y in range(ny):
-                for x in range(nx):
-                    s = cc[r, z + z0, y + y0, x + x0] * inv_denom[z, y, x]
-                    s1 += s
-                    s2 += s * s
-                    if s > best[z, y, x]:
-                        best[z, y, x] = s
-                        best_idx[z, y, x] = rot0 + r
-            sums[z, 0] += s1
-            sums[z, 1] += s2
-
-
-@pjit
-def _update_best(cc, inv_denom, z0, y0, x0, best, best_idx, rot_index, sums):
-    """Max-update of the owned region of a tile and per-plane running sums of the scores.
+@jit
+def _update_best(cc, inv_denom, z0, y0, x0, best, best_idx, rot_index, acc):
+    """Max-update of the owned region of a tile and running sums of the scores (serial: one stream).
 
     ``cc`` (tile) float32 raw correlation; ``inv_denom`` (owned shape) float32, 0 where the
     voxel is not searched (its score is 0 and adds nothing to the sums; the caller resets
     those voxels); owned region = ``cc[z0:z0+nz, y0:y0+ny, x0:x0+nx]``.
-    ``sums`` (nz, 2) float64 accumulates Σ score, Σ score² (branch-free inner loop).
+    ``acc`` (2, nx) float64 accumulates Σ score, Σ score² per column x (one accumulator per
+    column, so the loop over x vectorises instead of waiting on one running sum).
+    Strict ``>``: called in increasing ``rot_index`` the first best rotation is kept.
     """
     nz, ny, nx = best.shape
-    for z in numba.prange(nz):
-        s1 = 0.0
-        s2 = 0.0
+    s = np.empty(nx, np.float32)
+    for z in range(nz):
+        for y in range(ny):
+            c = cc[z + z0, y + y0]
+            iv = inv_denom[z, y]
+            for x in range(nx):  # three simple row loops vectorise; one fused loop did not (1.5x slower)
+                s[x] = c[x + x0] * iv[x]
+            for x in range(nx):
+                v = np.float64(s[x])
+                acc[0, x] += v
+                acc[1, x] += v * v
+            b = best[z, y]
+            bi = best_idx[z, y]
+            for x in range(nx):
+                if s[x] > b[x]:
+                    b[x] = s[x]
+                    bi[x] = rot_index
+
+
+@jit
+def _merge_best(best, best_idx, other, other_idx):
+    """``best``/``best_idx`` ← the better of the two (ties: the lower rotation index), in place.
+
+    Streams that each visit their rotations in increasing order and keep the first maximum merge
+    into the first maximum over all rotations: the result of one stream visiting them all.
+    """
+    nz, ny, nx = best.shape
+    for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                s = cc[z + z0, y + y0, x + x0] * inv_denom[z, y, x]
-                s1 += s
-                s2 += s * s
-                if s > best[z, y, x]:
-                    best[z, y, x] = s
-                    best_idx[z, y, x] = rot_index
-        sums[z, 0] += s1
-        sums[z, 1] += s2
+                o = other[z, y, x]
+                b = best[z, y, x]
+                if o > b or (o == b and other_idx[z, y, x] < best_idx[z, y, x]):
+                    best[z, y, x] = o
+                    best_idx[z, y, x] = other_idx[z, y, x]
 
 
 # ----------------------------------------------------------------------------- weights
@@ -418,9 +411,13 @@ class MatchResult:
     stats: SearchStats
 
 
-MAX_BATCH = 8
-BATCH_BYTES = 64 << 20
-
+STREAM_BYTES = 2 << 30
+"""Memory of the rotation streams together (about 12 bytes per tile voxel each: the template's FT
+buffer and the stream's own best score and index; the correlation exists one cache block at a time):
+more threads than fit run as fewer streams with several FFT threads each."""
+_ROTATE_LOCK = threading.Lock()
+BLOCK_BYTES = 2 << 20
+"""Block of the FT (and correlation) kept in cache between consecutive FFT passes (L2-sized)."""
 
 def _reuse_freed_memory() -> None:
     """Let glibc serve large arrays from its heap and keep freed ones for reuse (``mallopt``
@@ -446,33 +443,99 @@ def _reuse_freed_memory() -> None:
 _MALLOPT_DONE = False
 
 
-class _PrunedTemplateFFT:
-    """rfftn of tiles that are zero except for a (box³) template placed wrapped at the origin,
-    for a batch of up to ``batch`` templates at once.
+def _wrap_slices(box: int, n: int) -> list[tuple[slice, slice]]:
+    """``(destination in an axis of length n, source in the template axis)`` pairs of the wrapped
+    placement of :func:`_wrapped_index` (template ``h…box−1`` → ``0…box−h−1``, ``0…h−1`` →
+    ``n−h…n−1``, ``h = box//2``); positions ``box−h … n−h−1`` hold zeros."""
+    h = box // 2
+    return [(slice(0, box - h), slice(h, box)), (slice(n - h, n), slice(0, h))]
 
-    Transforms only the non-zero rows along x, then the non-zero planes along y, then all of
-    z: for box ≪ tile this is about half the cost of a full rfftn.
+
+def _fft_inplace(a: np.ndarray, axis: int, forward: bool, workers: int) -> None:
+    """``a`` ← its (inverse) FFT along ``axis``, in place (scipy.fft writes into ``a`` itself)."""
+    r = (scipy.fft.fft if forward else scipy.fft.ifft)(a, axis=axis, workers=workers, overwrite_x=True)
+    if r.__array_interface__["data"][0] != a.__array_interface__["data"][0]:
+        a[...] = r
+
+
+class _PrunedTemplateFFT:
+    """rfftn of a tile-sized array that is zero except for a (box³) template placed wrapped at the
+    origin, and the circular cross-correlation of a tile with it (one stream's buffers).
+
+    The forward transform skips what is zero: rfft along x over the template's ``box²`` rows only,
+    fft along y over its ``box`` z-planes only (in place, the other planes of the buffer stay zero),
+    then fft along z over everything: for box 32 in a 64 × 128² tile about 0.5 of a full rfftn.
+    :meth:`correlate_update` then multiplies by the tile's FT, inverts and updates the best scores
+    in cache-sized blocks, in place (scipy.fft with ``workers`` threads).
     """
 
-    def __init__(self, box: int, shape: tuple[int, int, int], workers: int, batch: int = 1):
+    def __init__(self, box: int, shape: tuple[int, int, int], workers: int = 1):
         nz, ny, nx = shape
-        self.shape = shape
-        self.workers = workers
-        self.iz, self.iy, self.ix = (_wrapped_index(box, n) for n in shape)
-        self.bx = np.zeros((batch, box, box, nx), np.float32)
-        self.by = np.zeros((batch, box, ny, nx // 2 + 1), np.complex64)
-        self.bz = np.zeros((batch, nz, ny, nx // 2 + 1), np.complex64)
+        self.box, self.shape, self.workers = box, tuple(shape), workers
+        self.sz, self.sy, self.sx = (_wrap_slices(box, n) for n in shape)
+        self.bx = np.zeros((box, box, nx), np.float32)
+        self.by = np.zeros((nz, ny, nx // 2 + 1), np.complex64)  # planes off the template stay 0
+        row = 8 * nz * (nx // 2 + 1)  # bytes of one y row of the FT
+        plane = ny * (8 * (nx // 2 + 1) + 4 * nx)  # one z plane of the FT and of the correlation
+        self.y_block = int(max(1, min(ny, BLOCK_BYTES // row)))
+        self.z_block = int(max(1, min(nz, BLOCK_BYTES // plane)))
 
     def __call__(self, tmpl: np.ndarray) -> np.ndarray:
-        """``tmpl`` ``(box, box, box)`` → ``(nz, ny, nx//2+1)``; ``(m, box, box, box)`` → ``(m, …)``."""
-        one = tmpl.ndim == 3
-        t = tmpl[None] if one else tmpl
-        m = len(t)
-        self.bx[:m, :, :, self.ix] = t
-        self.by[:m, :, self.iy, :] = scipy.fft.rfft(self.bx[:m], axis=3, workers=self.workers)
-        self.bz[:m, self.iz] = scipy.fft.fft(self.by[:m], axis=2, workers=self.workers)
-        out = scipy.fft.fft(self.bz[:m], axis=1, workers=self.workers, overwrite_x=False)
-        return out[0] if one else out
+        """``tmpl`` ``(box, box, box)`` float32 → ``(nz, ny, nx//2+1)`` complex64 (a new array)."""
+        self._forward_xy(tmpl)
+        out = scipy.fft.fft(self.by, axis=0, workers=self.workers)
+        self._zero_off_template_planes(0, self.shape[0])
+        return out
+
+    def _forward_xy(self, tmpl: np.ndarray) -> None:
+        """Place ``tmpl`` in ``by`` (all other planes must be zero) transformed along x and y."""
+        b, h, w = self.box, self.box // 2, self.workers
+        ny = self.shape[1]
+        for d, s in self.sx:
+            self.bx[:, :, d] = tmpl[:, :, s]
+        xf = scipy.fft.rfft(self.bx, axis=2, workers=w)
+        for dz, sz in self.sz:
+            blk = self.by[dz]
+            for dy, sy in self.sy:
+                blk[:, dy] = xf[sz, sy]
+            blk[:, b - h:ny - h] = 0
+            _fft_inplace(blk, 1, True, w)
+
+    def _zero_off_template_planes(self, z_lo: int, z_hi: int) -> None:
+        b, h, nz = self.box, self.box // 2, self.shape[0]
+        lo, hi = max(z_lo, b - h), min(z_hi, nz - h)
+        if hi > lo:
+            self.by[lo:hi] = 0
+
+    def correlate_update(self, tmpl: np.ndarray, tile_ft: np.ndarray, inv_denom: np.ndarray,
+                         own0: tuple[int, int, int], best: np.ndarray, best_idx: np.ndarray, rot_index: int,
+                         acc: np.ndarray) -> None:
+        """Correlate the tile with ``tmpl`` and :func:`_update_best` the owned region (at ``own0``).
+
+        Cache-blocked: after the x and y passes of the forward transform, blocks of y rows go
+        through the forward z FFT, the product with ``conj`` and the inverse z FFT while in cache;
+        then blocks of z planes go through the inverse y and x FFTs and the max-update.
+        """
+        nz, ny, nx = self.shape
+        w = self.workers
+        self._forward_xy(tmpl)
+        for ys in range(0, ny, self.y_block):
+            v = self.by[:, ys:ys + self.y_block]
+            _fft_inplace(v, 0, True, w)
+            _conj_multiply(tile_ft, self.by, ys, min(ny, ys + self.y_block))
+            _fft_inplace(v, 0, False, w)
+        z0, y0, x0 = own0
+        z1 = z0 + best.shape[0]
+        for zs in range(0, nz, self.z_block):
+            ze = min(nz, zs + self.z_block)
+            v = self.by[zs:ze]
+            _fft_inplace(v, 1, False, w)
+            cc = scipy.fft.irfft(v, n=nx, axis=2, workers=w)
+            lo, hi = max(zs, z0), min(ze, z1)
+            if hi > lo:
+                _update_best(cc, inv_denom[lo - z0:hi - z0], lo - zs, y0, x0, best[lo - z0:hi - z0],
+                             best_idx[lo - z0:hi - z0], rot_index, acc)
+            self._zero_off_template_planes(zs, ze)
 
 
 def _tile_local_stats(tile: np.ndarray, mask: np.ndarray, workers: int) -> np.ndarray:
@@ -542,7 +605,10 @@ def match_template(
     tile_size : int
         Largest tile edge (px); tiles overlap by one template box.
     workers : int, optional
-        FFT threads (default: numba's thread count).
+        Threads (default: numba's thread count). Rotations are spread over up to ``workers``
+        streams, each with its own buffers (about 12 bytes per tile voxel; at most
+        ``STREAM_BYTES`` together, the remaining threads then go to each stream's FFTs). Scores
+        and indices do not depend on ``workers``.
     progress : callable, optional
         Called with the fraction done.
     """
@@ -577,83 +643,116 @@ def match_template(
     sums = np.zeros(3)
     layouts = [tile_layout(n, tile_size, b // 2) for n in vol.shape]
     tiles = [(z, y, x) for z in layouts[0] for y in layouts[1] for x in layouts[2]]
-    total = len(tiles) * len(rots)
-    done = 0
+    tshape = tuple(min(tile_size, n) for n in vol.shape)
+    fshape = tuple(scipy.fft.next_fast_len(n, real=True) for n in tshape)
+    nvox = int(np.prod(fshape))
     # Rotated + weighted + normalised templates do not depend on the tile. With one tile each is
     # used once: no cache. With several, keep those of the first rotations within a budget of one
     # tile's FT, so memory stays bounded by the tile whatever the number of rotations (preparing a
     # template costs a few % of the tile's FFT pair at box 32 / tile 128, so recomputing is cheap).
-    tshape0 = tuple(min(tile_size, n) for n in vol.shape)
-    fshape0 = tuple(scipy.fft.next_fast_len(n, real=True) for n in tshape0)
     n_cache = 0
     if len(tiles) > 1:
-        budget = 8 * fshape0[0] * fshape0[1] * (fshape0[2] // 2 + 1)
-        n_cache = min(len(rots), budget // (4 * b**3))
-    cache: list[np.ndarray] = []
-    # Rotations go through the FFTs and the max-update in batches: fewer, larger FFT calls (they
-    # thread better) and one pass over the best-score planes per batch. The batch's correlation
-    # maps are bounded to BATCH_BYTES (so memory stays bounded by the tile, not the rotations).
-    nbatch = int(max(1, min(MAX_BATCH, BATCH_BYTES // (4 * int(np.prod(fshape0))))))
-    for tz, ty, tx in tiles:
-        starts = (tz[0], ty[0], tx[0])
-        tshape = tuple(min(tile_size, n) for n in vol.shape)
-        fshape = tuple(scipy.fft.next_fast_len(n, real=True) for n in tshape)
-        tile = np.zeros(fshape, np.float32)
-        sl = tuple(slice(s, s + n) for s, n in zip(starts, tshape))
-        tile[tuple(slice(0, n) for n in tshape)] = vol[sl]
-        tile_ft = scipy.fft.rfftn(tile, workers=workers)
-        if filter_fn is not None:
-            tile_ft *= filter_fn(radial_frequency(fshape)).astype(np.float32)
-            tile = scipy.fft.irfftn(tile_ft, s=fshape, workers=workers).astype(np.float32)
-        own = tuple(slice(lo - s, hi - s) for (s, lo, hi) in (tz, ty, tx))
-        dest = tuple(slice(lo, hi) for (_, lo, hi) in (tz, ty, tx))
-        var = _tile_local_stats(tile, mask, workers)[own] if local_normalisation else None
-        searched = np.ones(scores[dest].shape, bool)
-        if tomogram_mask is not None:
-            searched &= np.asarray(tomogram_mask[dest]) > 0.5
-        if local_normalisation:
-            # Flat regions (padding, masked-out) carry no information: do not search them.
-            floor = 1e-6 * float(np.median(var[searched])) if searched.any() else 0.0
-            searched &= var > floor
-            inv_denom = np.where(searched, 1.0 / np.sqrt(np.maximum(var, 1e-30)), 0.0).astype(np.float32)
-        else:
-            inv_denom = np.where(searched, 1.0 / np.sqrt(global_var), 0.0).astype(np.float32)
-        best = np.full(inv_denom.shape, -np.inf, np.float32)
-        best_idx = np.full(inv_denom.shape, -1, np.int32)
-        tsums = np.zeros((best.shape[0], 2))
-        fft_t = _PrunedTemplateFFT(b, fshape, workers, nbatch)
-        z0, y0, x0 = (o.start for o in own)
-        for i0 in range(0, len(rots), nbatch):
-            tn = np.empty((min(nbatch, len(rots) - i0), b, b, b), np.float32)
-            new = [j for j in range(len(tn)) if i0 + j >= len(cache)]
-            for j in range(len(tn)):
-                if i0 + j < len(cache):
-                    tn[j] = cache[i0 + j]
-                else:
-                    rotate_volume(tmpl, rots[i0 + j], out=tn[j])
-            if new:
-                tr = tn[new]
-                if weight is not None:
-                    tr = scipy.fft.irfftn(scipy.fft.rfftn(tr, axes=(1, 2, 3), workers=workers) * weight, s=tr.shape[1:],
-                                          axes=(1, 2, 3), workers=workers)
-                for k, j in enumerate(new):
-                    tn[j] = _normalise_under_mask(tr[k], mask, msum)
-                for j in new:
-                    if i0 + j < n_cache:
-                        cache.append(tn[j].copy())
-            prod = fft_t(tn)
-            _conj_multiply_batch(tile_ft, prod)
-            cc = scipy.fft.irfftn(prod, s=fshape, axes=(1, 2, 3), workers=workers, overwrite_x=True)
-            _update_best_batch(cc, inv_denom, z0, y0, x0, best, best_idx, i0, tsums)
-            del prod, cc  # free before the next batch allocates its own (peak: one batch, not two)
-            done += len(tn)
+        n_cache = min(len(rots), (8 * fshape[0] * fshape[1] * (fshape[2] // 2 + 1)) // (4 * b**3))
+    cache = np.empty((n_cache, b, b, b), np.float32)
+    cached = np.zeros(n_cache, bool)
+    # Threads go to rotations: each stream takes the next rotation, correlates it with one-thread
+    # FFTs and keeps its own best score and index; the streams merge at the end of the tile. One
+    # tile's FFT pair scales poorly over threads (and a numba kernel between FFTs makes OpenMP
+    # threads spin against pocketfft's); independent rotations scale with the cores.
+    n_streams = int(max(1, min(workers, len(rots), STREAM_BYTES // (12 * nvox))))
+    per_stream = max(1, workers // n_streams)
+    ffts = [_PrunedTemplateFFT(b, fshape, per_stream) for _ in range(n_streams)]
+    total = len(tiles) * len(rots)
+    lock = threading.Lock()
+    done = [0]
+
+    def template(i: int, buf: np.ndarray) -> np.ndarray:
+        if i < n_cache and cached[i]:
+            return cache[i]
+        with _ROTATE_LOCK:  # one numba-parallel launch at a time (any threading layer)
+            rotate_volume(tmpl, rots[i], out=buf)
+        t = buf
+        if weight is not None:
+            t = scipy.fft.irfftn(scipy.fft.rfftn(t, workers=per_stream) * weight, s=t.shape, workers=per_stream)
+        t = _normalise_under_mask(t, mask, msum)
+        if i < n_cache:
+            cache[i] = t
+            cached[i] = True
+        return t
+
+    def stream(k: int, todo, tile_ft, inv_denom, own0, best, best_idx, acc) -> None:
+        # numba's thread count is per thread: a stream's numba kernels use its share only (more
+        # would leave OpenMP threads spinning against the FFTs).
+        numba.set_num_threads(min(per_stream, numba.config.NUMBA_NUM_THREADS))
+        buf = np.empty((b, b, b), np.float32)
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            ffts[k].correlate_update(template(i, buf), tile_ft, inv_denom, own0, best, best_idx, i, acc)
             if progress is not None:
-                progress(done / total)
-        best[~searched] = 0.0
-        best_idx[~searched] = -1
-        scores[dest] = best
-        best_index[dest] = best_idx
-        sums += [searched.sum() * len(rots), *tsums.sum(axis=0)]
+                with lock:
+                    done[0] += 1
+                    progress(done[0] / total)
+
+    pool = None
+    numba_threads = numba.get_num_threads()
+    if n_streams > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(n_streams, thread_name_prefix="tempmatch")
+    try:
+        for tz, ty, tx in tiles:
+            starts = (tz[0], ty[0], tx[0])
+            tile = np.zeros(fshape, np.float32)
+            sl = tuple(slice(s, s + n) for s, n in zip(starts, tshape))
+            tile[tuple(slice(0, n) for n in tshape)] = vol[sl]
+            tile_ft = scipy.fft.rfftn(tile, workers=workers)
+            if filter_fn is not None:
+                tile_ft *= filter_fn(radial_frequency(fshape)).astype(np.float32)
+                tile = scipy.fft.irfftn(tile_ft, s=fshape, workers=workers).astype(np.float32)
+            own = tuple(slice(lo - s, hi - s) for (s, lo, hi) in (tz, ty, tx))
+            dest = tuple(slice(lo, hi) for (_, lo, hi) in (tz, ty, tx))
+            # FLCF denominators: the mask is a sphere, so the tomogram's local σ under it is the
+            # same for every rotation: once per tile (as pytom-match-pick and pyTME do for a
+            # spherical mask).
+            var = _tile_local_stats(tile, mask, workers)[own] if local_normalisation else None
+            searched = np.ones(scores[dest].shape, bool)
+            if tomogram_mask is not None:
+                searched &= np.asarray(tomogram_mask[dest]) > 0.5
+            if local_normalisation:
+                # Flat regions (padding, masked-out) carry no information: do not search them.
+                floor = 1e-6 * float(np.median(var[searched])) if searched.any() else 0.0
+                searched &= var > floor
+                inv_denom = np.where(searched, 1.0 / np.sqrt(np.maximum(var, 1e-30)), 0.0).astype(np.float32)
+            else:
+                inv_denom = np.where(searched, 1.0 / np.sqrt(global_var), 0.0).astype(np.float32)
+            del var
+            own0 = tuple(o.start for o in own)
+            outs = [(np.full(inv_denom.shape, -np.inf, np.float32), np.full(inv_denom.shape, -1, np.int32),
+                     np.zeros((2, inv_denom.shape[2]))) for _ in range(n_streams)]
+            todo = iter(range(len(rots)))
+            if pool is None:
+                stream(0, todo, tile_ft, inv_denom, own0, *outs[0])
+            else:
+                futures = [pool.submit(stream, k, todo, tile_ft, inv_denom, own0, *outs[k])
+                           for k in range(n_streams)]
+                for f in futures:
+                    f.result()
+            best, best_idx, _ = outs[0]
+            for other, other_idx, _ in outs[1:]:
+                _merge_best(best, best_idx, other, other_idx)
+            best[~searched] = 0.0
+            best_idx[~searched] = -1
+            scores[dest] = best
+            best_index[dest] = best_idx
+            sums += [searched.sum() * len(rots), *np.sum([acc.sum(axis=1) for _, _, acc in outs], axis=0)]
+            del outs, best, best_idx, tile_ft, tile, inv_denom
+    finally:
+        numba.set_num_threads(numba_threads)
+        if pool is not None:
+            pool.shutdown()
     n = max(sums[0], 1.0)
     mean = sums[1] / n
     std = float(np.sqrt(max(sums[2] / n - mean * mean, 0.0)))
