@@ -169,11 +169,17 @@ def _sample(vft, R, kx, fy, scale, N, c, nxh):
     fz = pz - np.floor(pz)
     acc_r = 0.0
     acc_i = 0.0
+    # |p| < N/2 (annulus inside the slice radius) so z0, y0 are in [0, N) and +1 wraps at most once
+    # (the DFT is periodic: +N/2 is -N/2); same indices as ``% N``, without integer divisions
     for dz in range(2):
-        zz = (z0 + dz) % N
+        zz = z0 + dz
+        if zz >= N:
+            zz -= N
         wz = fz if dz else 1.0 - fz
         for dy in range(2):
-            yy = (y0 + dy) % N
+            yy = y0 + dy
+            if yy >= N:
+                yy -= N
             wzy = wz * (fy_ if dy else 1.0 - fy_)
             for dx in range(2):
                 xx = x0 + dx
@@ -211,9 +217,14 @@ def _hood_frc(vft, scale, rots, shifts, qx, qy, shell, nshell, b, D, dpow, frc):
         R = rots[m]
         for p in range(qx.shape[0]):
             sv = complex(_sample(vft, R, qx[p], qy[p], scale, N, c, nxh))
-            a = abs(sv)
-            spow[shell[p]] += a * a
-            cross[shell[p]] += (sv * (ex[int(qx[p]) + h] * ey[int(qy[p]) + h]) * np.conj(D[m, p])).real
+            sr, si = sv.real, sv.imag
+            spow[shell[p]] += sr * sr + si * si
+            e = ex[qx[p] + h] * ey[qy[p] + h]
+            d = D[m, p]
+            # Re(sv·e·conj d)
+            er = sr * e.real - si * e.imag
+            ei = sr * e.imag + si * e.real
+            cross[shell[p]] += er * d.real + ei * d.imag
         for sh in range(nshell):
             den = np.sqrt(spow[sh] * dpow[m, sh])
             frc[m, sh] = cross[sh] / den if den > 0 else 0.0
@@ -333,6 +344,10 @@ def _refine(table, state, rows, images, refs, apix, mode, maxres_a, minres_a, sm
                     S[sel[h]] = out
             return S
 
+        if mode == "r":  # per half: the neighbours' data and per-shell data power, once per row
+            Dh = [np.ascontiguousarray(D[i]) for i in sel]
+            dph = [dpow_all[np.asarray(k, dtype=np.int64)[i]] for i in sel]
+
         def hood_frc(rots, shifts):
             """== ann.frc_shells(slices(rots), D, shifts) in one pass."""
             F = np.empty((len(nb), ann.nshell))
@@ -342,7 +357,7 @@ def _refine(table, state, rows, images, refs, apix, mode, maxres_a, minres_a, sm
                     out = np.empty((i.size, ann.nshell))
                     _hood_frc(projs[h % len(projs)].vft, scale, np.ascontiguousarray(rots[i]),
                               np.ascontiguousarray(shifts[i], dtype=np.float64), ann.qx, ann.qy, ann.shell,
-                              ann.nshell, b, np.ascontiguousarray(D[i]), dpow_all[[k[a] for a in i]], out)
+                              ann.nshell, b, Dh[h], dph[h], out)
                     F[i] = out
             return F
 
