@@ -20,7 +20,14 @@ spec §7.24's ``F_total = Σ_j F_j W_j / Σ_j W_j`` for normalised ``F_j``.
 Parallelism: ``strategy="slab"`` gives each thread the z-planes ``z ≡ t (mod T)`` of the shared
 volume (no write races, no extra memory; every thread computes every slice coordinate);
 ``strategy="private"`` gives each thread its own accumulator pair and sums them afterwards
-(T× memory). See ``benchmarks/bench_fourier.py`` for the measured trade-off.
+(T× memory). See ``benchmarks/bench_fourier.py`` for the measured trade-off. The trilinear slab
+kernel (:func:`_insert_tri_blocked`) works in blocks of 16 z planes, thread ``t`` taking blocks
+``t, t+T, …``, on one interleaved ``[Re F, Im F, W]`` accumulator, slices ordered by orientation.
+
+:meth:`Reconstructor.insert` Fourier transforms each image in the corner of the ``N×N`` box (no padded
+copy, no roll) and hands the centring and shift phase ramps to that kernel, which applies them per
+sample (``benchmarks/bench_reconstruct.py`` prints voxel updates per CPU-second and the subtilt
+reconstruction time against its 2D-FFT bound).
 """
 
 from __future__ import annotations
