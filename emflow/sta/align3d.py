@@ -121,7 +121,7 @@ class SubtiltParticle:
             return self._cache[key]
         b = self.box
         ky, kx = np.meshgrid(np.fft.fftfreq(b, 1.0 / b), np.arange(b // 2 + 1), indexing="ij")
-        r = np.rint(np.hypot(kx, ky)).astype(int)
+        r = np.rint(fourier.radius_grid((b, b)) * b).astype(int)  # |k| in Fourier px (never at a .5 tie)
         keep = (r >= minp) & (r < maxp) & ~((kx == 0) & (ky < 0))
         rows, cols = np.nonzero(keep)
         shell = (r[rows, cols] - minp).astype(np.int32)

@@ -29,7 +29,11 @@ The correction is stored for the central subtilt only (``drot ← D·drot``, ``d
 Speed: the shell-averaged FRC is linear in the model's phase ramp, so for fixed rotations the
 score of any shift δ is ``Re Σ_p G_p exp(−2πi δ·q_p/b)`` with one precomputed vector ``G`` over
 the annulus pixels; the shift is found by a 1-px grid then Nelder–Mead on that closed form.
-Model slices come from the reference Fourier-cropped to the smallest box holding the annulus.
+Model slices come from the reference Fourier-cropped to the smallest box holding the annulus; only the
+annulus pixels are sampled (:func:`_annulus_slices`, the trilinear interpolation of
+:meth:`emflow.projection.VolumeProjector.slices_ft`), and the rotation search's cost samples, shifts
+and correlates them in one serial pass (:func:`_hood_frc`): no full slices, no per-pixel exponentials
+(the phase ramp is separable), no thread-pool hand-offs for a handful of slices.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 import scipy.optimize
 
 from emflow import fourier
+from emflow._numba import jit
 from emflow.ctf import CTF, _chi
 from emflow.geometry import rotvec_to_matrix
 from emflow.projection import VolumeProjector
@@ -67,7 +72,7 @@ class _Annulus:
 
     def __init__(self, b: int, minp: int, maxp: int):
         ky, kx = np.meshgrid(np.fft.fftfreq(b, 1.0 / b), np.arange(b // 2 + 1), indexing="ij")
-        r = np.rint(np.hypot(kx, ky)).astype(int)
+        r = np.rint(fourier.radius_grid((b, b)) * b).astype(int)
         keep = (r >= minp) & (r < maxp) & ~((kx == 0) & (ky < 0))
         rows, cols = np.nonzero(keep)
         self.qx = kx[rows, cols].astype(int)
@@ -91,7 +96,11 @@ class _Annulus:
 
     def phase(self, shifts):
         """exp(−2πi s·q/b) for shifts (k, 2) px → (k, npix)."""
-        return np.exp(-2j * np.pi * (shifts[:, 0, None] * self.qx + shifts[:, 1, None] * self.qy) / self.b)
+        # separable: exp(−2πi sx·qx/b)·exp(−2πi sy·qy/b), 2(b+1) exponentials per shift instead of npix
+        shifts = np.asarray(shifts, np.float64)
+        h = self.b // 2
+        e = np.exp(-2j * np.pi * shifts[:, :, None] * np.arange(-h, h + 1) / self.b)  # (k, 2, b+1)
+        return e[:, 0, self.qx + h] * e[:, 1, self.qy + h]
 
     def frc_shells(self, S, D, shifts):
         """Per-shell FRC of model slices S (k,npix) moved by shifts (k,2) px against data D (k,npix)."""
@@ -126,6 +135,99 @@ class _Annulus:
                                       options={"xatol": 0.01, "fatol": 1e-7, "maxiter": 200,
                                                "initial_simplex": x0 + np.array([[0, 0], [0.5, 0], [0, 0.5]])})
         return (res.x, -float(res.fun)) if -res.fun >= best else (x0, best)
+
+
+@jit
+def _annulus_slices(vft, scale, rots, qx, qy, out):
+    """Model values at the annulus pixels only: ``out[m, p]`` = the trilinear sample of the centred
+    half-volume FT ``vft`` (N, N, N//2+1) at ``rots[m]ᵀ (qx[p], qy[p], 0)·scale``, the very arithmetic of
+    :func:`emflow.projection._extract_slices` (so ``out`` equals ``ann.take(slices_ft(rots, size))``,
+    ``scale = N / size``). rots float64 (k, 3, 3); out complex64 (k, npix). Serial."""
+    N = vft.shape[0]
+    c = N // 2
+    nxh = vft.shape[2]
+    for m in range(rots.shape[0]):
+        R = rots[m]
+        for p in range(qx.shape[0]):
+            out[m, p] = _sample(vft, R, qx[p], qy[p], scale, N, c, nxh)
+
+
+@jit
+def _sample(vft, R, kx, fy, scale, N, c, nxh):
+    """One trilinear sample of ``vft`` at ``Rᵀ (kx, fy, 0)·scale`` (``_extract_slices``' arithmetic)."""
+    px = (R[0, 0] * kx + R[1, 0] * fy) * scale
+    py = (R[0, 1] * kx + R[1, 1] * fy) * scale
+    pz = (R[0, 2] * kx + R[1, 2] * fy) * scale
+    conj = False
+    if px < 0.0:
+        px, py, pz, conj = -px, -py, -pz, True
+    x0 = int(np.floor(px))
+    y0 = int(np.floor(py)) + c
+    z0 = int(np.floor(pz)) + c
+    fx = px - np.floor(px)
+    fy_ = py - np.floor(py)
+    fz = pz - np.floor(pz)
+    acc_r = 0.0
+    acc_i = 0.0
+    # |p| < N/2 (annulus inside the slice radius) so z0, y0 are in [0, N) and +1 wraps at most once
+    # (the DFT is periodic: +N/2 is -N/2); same indices as ``% N``, without integer divisions
+    for dz in range(2):
+        zz = z0 + dz
+        if zz >= N:
+            zz -= N
+        wz = fz if dz else 1.0 - fz
+        for dy in range(2):
+            yy = y0 + dy
+            if yy >= N:
+                yy -= N
+            wzy = wz * (fy_ if dy else 1.0 - fy_)
+            for dx in range(2):
+                xx = x0 + dx
+                if xx >= nxh:
+                    continue
+                w = wzy * (fx if dx else 1.0 - fx)
+                v = vft[zz, yy, xx]
+                acc_r += w * v.real
+                acc_i += w * v.imag
+    if conj:
+        acc_i = -acc_i
+    return np.complex64(complex(acc_r, acc_i))
+
+
+@jit
+def _hood_frc(vft, scale, rots, shifts, qx, qy, shell, nshell, b, D, dpow, frc):
+    """Per-shell FRC ``frc[m, s]`` of neighbour ``m``'s model (``_annulus_slices`` of ``rots[m]``, moved by
+    ``shifts[m]`` px: × exp(−2πi s·q/b)) against its data ``D[m]`` (k, npix) complex128, whose per-shell
+    power is ``dpow[m]`` (k, nshell). Same definition as :meth:`_Annulus.frc_shells` (0 where a shell has
+    no power); the phase ramp is the product of two 1D ramps (|q| ≤ b/2). Serial."""
+    N = vft.shape[0]
+    c = N // 2
+    nxh = vft.shape[2]
+    h = b // 2
+    ex = np.empty(2 * h + 1, np.complex128)
+    ey = np.empty(2 * h + 1, np.complex128)
+    cross = np.zeros(nshell)
+    spow = np.zeros(nshell)
+    for m in range(rots.shape[0]):
+        for u in range(2 * h + 1):
+            ex[u] = np.exp(-2j * np.pi * shifts[m, 0] * (u - h) / b)
+            ey[u] = np.exp(-2j * np.pi * shifts[m, 1] * (u - h) / b)
+        cross[:] = 0.0
+        spow[:] = 0.0
+        R = rots[m]
+        for p in range(qx.shape[0]):
+            sv = complex(_sample(vft, R, qx[p], qy[p], scale, N, c, nxh))
+            sr, si = sv.real, sv.imag
+            spow[shell[p]] += sr * sr + si * si
+            e = ex[qx[p] + h] * ey[qy[p] + h]
+            d = D[m, p]
+            # Re(sv·e·conj d)
+            er = sr * e.real - si * e.imag
+            ei = sr * e.imag + si * e.real
+            cross[shell[p]] += er * d.real + ei * d.imag
+        for sh in range(nshell):
+            den = np.sqrt(spow[sh] * dpow[m, sh])
+            frc[m, sh] = cross[sh] / den if den > 0 else 0.0
 
 
 def ctf_correlation(y, pw, s2, df_um, deltas, ctf: CTF, batch: int = 32):
@@ -222,19 +324,42 @@ def _refine(table, state, rows, images, refs, apix, mode, maxres_a, minres_a, sm
         return _refine_defocus(table, state, out, rows, hoods, data, slot, need, ann, projs, ss, b, apix,
                                microscope, *dopts, progress)
 
+    scale = projs[0].n_pad / ss
+    dpow_all = ann.shell_sum(np.abs(data) ** 2) if mode == "r" else None
     for n, j in enumerate(rows):
         nb, w, off = hoods[n]
-        D = data[[slot[int(r)] for r in nb]]
+        k = [slot[int(r)] for r in nb]
+        D = data[k]
         M, sh = state.subtilt_transforms(table, nb)
         half = table.cls[table.ptcl[nb]] % 2
+        sel = [np.flatnonzero(half == h) for h in (0, 1)]
 
         def slices(rots):
             S = np.empty((len(nb), ann.npix), np.complex128)
             for h in (0, 1):
-                s = half == h
-                if s.any():
-                    S[s] = ann.take(projs[h % len(projs)].slices_ft(rots[s], size=ss))
+                if sel[h].size:
+                    out = np.empty((sel[h].size, ann.npix), np.complex64)
+                    _annulus_slices(projs[h % len(projs)].vft, scale, np.ascontiguousarray(rots[sel[h]]), ann.qx,
+                                    ann.qy, out)
+                    S[sel[h]] = out
             return S
+
+        if mode == "r":  # per half: the neighbours' data and per-shell data power, once per row
+            Dh = [np.ascontiguousarray(D[i]) for i in sel]
+            dph = [dpow_all[np.asarray(k, dtype=np.int64)[i]] for i in sel]
+
+        def hood_frc(rots, shifts):
+            """== ann.frc_shells(slices(rots), D, shifts) in one pass."""
+            F = np.empty((len(nb), ann.nshell))
+            for h in (0, 1):
+                if sel[h].size:
+                    i = sel[h]
+                    out = np.empty((i.size, ann.nshell))
+                    _hood_frc(projs[h % len(projs)].vft, scale, np.ascontiguousarray(rots[i]),
+                              np.ascontiguousarray(shifts[i], dtype=np.float64), ann.qx, ann.qy, ann.shell,
+                              ann.nshell, b, Dh[h], dph[h], out)
+                    F[i] = out
+            return F
 
         S0 = slices(M)
         if mode == "r":
@@ -249,7 +374,7 @@ def _refine(table, state, rows, images, refs, apix, mode, maxres_a, minres_a, sm
 
             def cost(x):
                 _, rots, shifts = unpack(x)
-                return -float(w @ ann.frc_shells(slices(rots), D, shifts + delta0).mean(axis=1)) / w.sum()
+                return -float(w @ hood_frc(rots, shifts + delta0).mean(axis=1)) / w.sum()
 
             step = np.degrees(np.arctan(1.0 / maxp))  # one Fourier pixel at the outer shell
             res = scipy.optimize.minimize(cost, np.zeros(3), method="Nelder-Mead",
@@ -285,7 +410,10 @@ def _refine_defocus(table, state, out, rows, hoods, data, slot, need, ann, projs
     for h in (0, 1):
         for a in np.array_split(np.flatnonzero(half == h), max(1, int(np.sum(half == h)) // 256)):
             if a.size:
-                S[a] = ann.take(projs[h % len(projs)].slices_ft(M[a], size=ss)) * ann.phase(sh[a])
+                sl = np.empty((a.size, ann.npix), np.complex64)
+                _annulus_slices(projs[h % len(projs)].vft, projs[0].n_pad / ss, np.ascontiguousarray(M[a]), ann.qx,
+                                ann.qy, sl)
+                S[a] = sl * ann.phase(sh[a])
     s2 = (ann.qx ** 2 + ann.qy ** 2) / (b * apix) ** 2
     dmin = max(0, int(np.ceil(b * apix / d_minres_a)) - ann.minp) if d_minres_a else 0  # in ann.shell units
     deltas = np.arange(-d_range_um, d_range_um + 1e-9, 0.01)
