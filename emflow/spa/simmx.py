@@ -238,7 +238,7 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
 
 
 #: Local coarse search: grid projections per particle whose neighbourhoods are scored.
-COARSE_GRID_KEEP = 4
+COARSE_GRID_KEEP = 8
 #: Local coarse search only up to this many projections (its distance table is n² float32: 144 MB here).
 COARSE_LOCAL_MAX_PROJ = 6000
 
@@ -297,13 +297,14 @@ def coarse_candidates(particles: np.ndarray, projections: np.ndarray, sel: np.nd
     projections, distances from :func:`view_distances` with ``sym_matrices``), then against the
     projections within ``(g + 1)·s`` of its :data:`COARSE_GRID_KEEP` best grid projections; the
     ``K`` best of all scored pairs are kept. Measured on 500 demo particles (D7, SNR 0.08, box 64,
-    model of iteration 4, truth directions known) against 187 projections at 3°: 75.8 first-stage
-    pairs per particle instead of 187 (the whole simmx 2.80 instead of 5.25 CPU s), 98.3 % of the
-    exhaustive stage's 8 best kept, the same final projection for 98.2 % of the particles, and a
-    final viewing-direction error to the truth of 4.07° mean (median 2.79°, > 10° off 6.4 %)
-    against 4.21° (2.79°, 6.6 %) with the exhaustive first stage. At 4°/5°/6° (111/74/56
-    projections): 54/45/37 pairs. A grid step above ~2 spacings gains nothing (the neighbourhoods
-    grow as the grid thins); a box-16 pre-ranking instead loses accuracy (4.8–5.0° mean). Above :data:`COARSE_LOCAL_MAX_PROJ`
+    model of iteration 4, truth directions known) against 187 projections at 3°: 96 first-stage
+    pairs per particle instead of 187, the exhaustive stage's best projection kept for 99.2 % of
+    the particles and its 8 best for 99.4 %, final viewing-direction error to the truth 4.13° mean
+    against 4.21° (> 10° off: 6.6 % both). Keeping the 4 best grid views instead (76 pairs) was as
+    good per particle (4.07°) but its demo map ended at 2.504 px against 2.462 px with 8 (one run
+    each; the last iterations move by ±0.04 px). A grid step above ~2 spacings gains nothing (the
+    neighbourhoods grow as the grid thins); a box-16 pre-ranking instead loses accuracy (4.8–5.0°
+    mean). Above :data:`COARSE_LOCAL_MAX_PROJ`
     projections every pair is scored (the distance table would not fit comfortably).
     """
     keep_n, k = int(opts.coarse_keep), int(opts.coarse_shrink)
