@@ -82,6 +82,55 @@ def test_rotate_translate_flip_recovers_known_transforms(rng):
     assert np.max(np.abs(ref["tx"] - tx)) < 0.35 and np.max(np.abs(ref["ty"] - ty)) < 0.35
 
 
+@pytest.mark.parametrize("kind, normalize", [(0, 0), (1, 0), (1, 1), (2, 0)])
+def test_refine_kernel_takes_the_lockstep_nelder_mead_steps(kind, normalize, rng):
+    """The fused kernel (each pair's simplex to convergence in one call) and the lockstep rounds
+    (one batched objective call per simplex move) are the same algorithm: equal results, bit for bit,
+    for ccc, dot, dot:normalize=1 and sqeuclidean."""
+    img = _test_image()
+    n = 40
+    truth = (rng.uniform(-8, 8, n), rng.uniform(-2, 2, n), rng.uniform(-2, 2, n))
+    targets = align2d.transform_images(img[None], *truth, np.zeros(n), index=np.zeros(n, int))
+    targets += rng.normal(0, 0.5 * img.std(), targets.shape).astype(np.float32)
+    start = np.stack([truth[0] + rng.normal(0, 3, n), truth[1] + rng.normal(0, 0.7, n),
+                      truth[2] + rng.normal(0, 0.7, n)], axis=1)
+    mi, ti = np.zeros(n, np.int64), np.arange(n)
+    tsum, tsq = refine2d.target_sums(targets)
+
+    def objective(idx, pts):
+        out = np.empty(len(idx))
+        refine2d._objective_batch(img[None], targets, tsum, tsq, mi[idx], ti[idx], np.ascontiguousarray(pts), kind,
+                                  normalize, out)
+        return out
+
+    best, fbest, fstart = refine2d.nm_minimize(objective, start, 60)
+    kbest, kfbest, kfstart, nevals = refine2d.refine_kernel(img[None], targets, mi, ti, start, kind, normalize, 60)
+    np.testing.assert_array_equal(kbest, best)
+    np.testing.assert_array_equal(kfbest, fbest)
+    np.testing.assert_array_equal(kfstart, fstart)
+    assert np.all(nevals >= 4) and np.all(kfbest <= kfstart)
+    if kind == 0:  # ccc: the simplex lands on the true transform (SNR 4)
+        assert np.max(np.abs(kbest[:, 0] - truth[0])) < 1.5
+        assert np.max(np.abs(kbest[:, 1] - truth[1])) < 0.3 and np.max(np.abs(kbest[:, 2] - truth[2])) < 0.3
+
+
+def test_refine_objective_matches_numpy(rng):
+    """The real-space objective (incremental sampling, precomputed target sums) equals ccc, dot and
+    sqeuclidean of the image transformed by transform_images, computed with numpy."""
+    img = _test_image()
+    tgt = (img + rng.normal(0, img.std(), img.shape)).astype(np.float32)
+    tsum, tsq = refine2d.target_sums(tgt[None])
+    for p in ([17.0, 1.3, -0.7], [200.0, -2.2, 0.4], [0.0, 0.0, 0.0]):
+        moved = align2d.transform_images(img[None], *p, 0.0)[0].astype(np.float64)
+        t = tgt.astype(np.float64)
+        a, b = moved - moved.mean(), t - t.mean()
+        want = {0: -(a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()), 1: -(moved * t).sum() / t.size,
+                2: ((moved - t) ** 2).sum() / t.size}
+        for kind, value in want.items():
+            got = refine2d._objective(img, tgt, np.array(p), kind, 0, tsum[0], tsq[0])
+            assert got == pytest.approx(value, rel=1e-5, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def proteasome_view():
     """``(image, apix)``: an oblique projection (az 30°, alt 55°, phi 10°) of the bundled 20S

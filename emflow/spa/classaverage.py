@@ -13,6 +13,7 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
+from emflow._numba import jit
 from emflow.errors import InputError
 from emflow.spa import align2d, fourier_align, refine2d
 from emflow.spa import cmp as cmpmod
@@ -122,23 +123,45 @@ def _edge_correct(avgs: np.ndarray, automask: bool) -> np.ndarray:
     return (out * edge).astype(np.float32)
 
 
+@jit
+def _accumulate(images, weights, widx, cls, num, den):  # pragma: no cover - numba
+    """``num[cls[j]] += images[j]·weights[widx[j]]`` and ``den[cls[j]] += weights[widx[j]]²`` in member
+    order (the order and sums of ``np.add.at``, without its per-element dispatch); ``weights`` empty:
+    ``num[cls[j]] += images[j]`` and ``den`` untouched."""
+    use_w = weights.shape[0] > 0
+    for j in range(len(cls)):
+        c = cls[j]
+        img = images[j]
+        if use_w:
+            w = weights[widx[j]]
+            for y in range(img.shape[0]):
+                for x in range(img.shape[1]):
+                    num[c, y, x] += img[y, x] * w[y, x]
+                    den[c, y, x] += w[y, x] * w[y, x]
+        else:
+            for y in range(img.shape[0]):
+                for x in range(img.shape[1]):
+                    num[c, y, x] += img[y, x]
+
+
 def _average(aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, n_class: int, averager: str,
              ctf_abs: np.ndarray | None, member_ptcl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Average ``aligned`` members per class; returns ``(averages, counts)``."""
     shape = aligned.shape[1:]
     counts = np.bincount(cls[use], minlength=n_class)
+    members = np.nonzero(use)[0]
     if averager == "ctf" and ctf_abs is not None:
-        ft = scipy.fft.rfft2(aligned[use], axes=(-2, -1))
-        c = ctf_abs[member_ptcl[use]]
+        ft = scipy.fft.rfft2(aligned[members], axes=(-2, -1))
         num = np.zeros((n_class,) + ft.shape[1:], np.complex128)
         den = np.zeros((n_class,) + ft.shape[1:], np.float64)
-        np.add.at(num, cls[use], ft * c)
-        np.add.at(den, cls[use], c * c)
+        _accumulate(ft, np.ascontiguousarray(ctf_abs), np.asarray(member_ptcl, np.int64)[members],
+                    np.asarray(cls, np.int64)[members], num, den)
         avg = scipy.fft.irfft2(num / (den + WIENER_EPS), s=shape, axes=(-2, -1))
         avg[counts == 0] = 0
         return avg.astype(np.float32), counts
     acc = np.zeros((n_class,) + shape, np.float64)
-    np.add.at(acc, cls[use], aligned[use])
+    _accumulate(np.ascontiguousarray(aligned[members]), np.zeros((0,) + shape, np.float64),
+                np.zeros(len(members), np.int64), np.asarray(cls, np.int64)[members], acc, acc[:0])
     return (acc / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
 
 

@@ -69,9 +69,21 @@ def ring_index(ny: int, nx: int) -> np.ndarray:
 
 
 def centred_rfft(images: np.ndarray, workers: int = -1) -> np.ndarray:
-    """rfft2 of ``(n, ny, nx)`` images with the phase origin at the box centre (complex64)."""
-    x = scipy.fft.ifftshift(images, axes=(-2, -1))
-    return scipy.fft.rfft2(x, axes=(-2, -1), workers=workers).astype(np.complex64)
+    """rfft2 of ``(n, ny, nx)`` images with the phase origin at the box centre (complex64).
+
+    For even ``ny`` and ``nx`` the shift of the origin by half a box is the sign pattern
+    ``(−1)^(ky + kx)`` on the transform (applied in place, no shifted copy of the input);
+    odd sizes shift the input (``ifftshift``).
+    """
+    x = np.asarray(images, np.float32)
+    ny, nx = x.shape[-2:]
+    if ny % 2 or nx % 2:
+        x = scipy.fft.ifftshift(x, axes=(-2, -1))
+        return scipy.fft.rfft2(x, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+    ft = scipy.fft.rfft2(x, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+    ft[..., 1::2, 0::2] *= -1
+    ft[..., 0::2, 1::2] *= -1
+    return ft
 
 
 @pjit

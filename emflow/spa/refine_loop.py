@@ -34,6 +34,7 @@ class RefineOptions:
     twostage: int = 0
     simcoarse_shrink: int = 2  # helper F: coarse-to-fine simmx (config spa.simcoarse_*)
     simcoarse_keep: int = 8
+    simcoarse_grid: float = 1.5  # local search of the coarse stage (config spa.simcoarse_grid)
     simcmp: str = "frc:zeromask=1:snrweight=1"
     simalign: str = "rotate_translate_flip"
     simaligncmp: str = "ccc"
@@ -81,7 +82,8 @@ class RefineOptions:
         return SimmxOptions(align=self.simalign, aligncmp=self.simaligncmp, ralign=self.simralign or None,
                             raligncmp=self.simraligncmp, cmp=self.simcmp, shrink=max(1, self.shrink),
                             prefilt=self.prefilt, apix=self.apix, maxshift=self.simmx_maxshift(),
-                            coarse_shrink=self.simcoarse_shrink, coarse_keep=self.simcoarse_keep)
+                            coarse_shrink=self.simcoarse_shrink, coarse_keep=self.simcoarse_keep,
+                            coarse_grid=self.simcoarse_grid)
 
     def simmx_maxshift(self) -> int | None:
         """``maxshift`` in the pixels of the simmx images (shrunk by ``shrink``)."""
@@ -120,7 +122,8 @@ STAGE_KEYS = {
     "startmodel": ("startingmodel", "blob_radius_a"),
     "project3d": ("sym", "projector"),  # + the iteration's orientgen
     "simmx": ("chunk_size", "shrink", "twostage", "simcmp", "simalign", "simaligncmp", "simralign", "simraligncmp",
-              "simmask", "prefilt", "maxshift", "simcoarse_shrink", "simcoarse_keep"),
+              "simmask", "prefilt", "maxshift", "simcoarse_shrink", "simcoarse_keep", "simcoarse_grid",
+              "sym"),  # sym: the angular distances of the coarse stage's local search
     "classify": ("sep", "simvec"),
     "classaverage": ("classiter", "classcmp", "classalign", "classaligncmp", "classralign", "classraligncmp",
                      "classaverager", "classkeep", "classkeepsig", "classnormproc", "classrefsf", "classautomask",
@@ -206,9 +209,12 @@ def stage_project(model: np.ndarray, opts: RefineOptions, rng: np.random.Generat
 
 
 def stage_simmx(align_set: np.ndarray, proj: np.ndarray, opts: RefineOptions, *, ctfs=None,
-                progress: Callable[[float], None] | None = None):
+                progress: Callable[[float], None] | None = None, rotations: np.ndarray | None = None):
     """Stage 2 (e2simmx / e2simmx2stage) of the particles ``align_set`` (the raw or ``usefilt`` stack,
     or one chunk of it, with their ``ctfs``) against ``proj``: ``(simmx (6, n, n_proj), pairs or None)``.
+    ``rotations`` ``(n_proj, 3, 3)``: the projections' orientations (:func:`stage_project`), which let the
+    coarse stage search locally (``simcoarse_grid``, :func:`emflow.spa.simmx.coarse_candidates`) in the
+    point group ``opts.sym``; without them every projection is scored.
 
     The comparison mask (``simmask``), the CTF SNR rings and the two-stage seeding are built here, so the
     per-chunk rule and :func:`run_iteration` compute the same matrix.
@@ -223,7 +229,13 @@ def stage_simmx(align_set: np.ndarray, proj: np.ndarray, opts: RefineOptions, *,
     pairs = None
     if opts.twostage > 0:
         pairs = twostage_pairs(align_set, proj, so, opts.twostage, particle_snr=snr_full)
-    mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=progress)
+    sym_matrices = None
+    if rotations is not None:
+        from emflow.geometry import get_symmetry
+
+        sym_matrices = get_symmetry(opts.sym).matrices
+    mx = simmx(align_set, proj, so, mask=mask, particle_snr=snr_shrunk, pairs=pairs, progress=progress,
+               rotations=rotations, sym_matrices=sym_matrices)
     return mx, pairs
 
 
@@ -305,7 +317,8 @@ def run_iteration(model: np.ndarray, particles: np.ndarray, opts: RefineOptions,
     eulers, proj, R = stage_project(model, opts, rng)
     clock("project3d")
     cb = (lambda f: progress("simmx", f)) if progress else None
-    mx, pairs = stage_simmx(particles if usefilt is None else usefilt, proj, opts, ctfs=ctfs, progress=cb)
+    mx, pairs = stage_simmx(particles if usefilt is None else usefilt, proj, opts, ctfs=ctfs, progress=cb,
+                            rotations=R)
     clock("simmx")
     cls = stage_classify(mx, opts)
     avgs, info = stage_classaverage(particles, cls, proj, opts, ctfs=ctfs, usefilt=usefilt)

@@ -60,6 +60,7 @@ class SimmxOptions:
     apix: float | None = None
     coarse_shrink: int = 2
     coarse_keep: int = 0
+    coarse_grid: float = 1.5
 
     def __post_init__(self):
         if self.align.split(":")[0] not in ALIGNERS:
@@ -72,6 +73,9 @@ class SimmxOptions:
             raise InputError("coarse shrink must be >= 1", source="spa.simcoarse_shrink", fix="use 2 (or 1: off)")
         if int(self.coarse_keep) < 0:
             raise InputError("coarse keep must be >= 0", source="spa.simcoarse_keep", fix="use 0 (off) or e.g. 8")
+        if not float(self.coarse_grid) >= 0:
+            raise InputError(f"coarse grid must be >= 0, got {self.coarse_grid!r}", source="spa.simcoarse_grid",
+                             fix="use 1.5 (local search) or 0 (score every projection)")
         cmpmod.parse_cmp(self.aligncmp, "spa.simaligncmp")
         cmpmod.parse_cmp(self.raligncmp, "spa.simraligncmp")
         cmpmod.parse_cmp(self.cmp, "spa.simcmp")
@@ -163,7 +167,8 @@ def particles_scale(opts: SimmxOptions) -> float:
 
 def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | None = None, *,
           mask: np.ndarray | None = None, particle_snr: np.ndarray | None = None,
-          pairs: np.ndarray | None = None, progress: Callable[[float], None] | None = None) -> np.ndarray:
+          pairs: np.ndarray | None = None, progress: Callable[[float], None] | None = None,
+          rotations: np.ndarray | None = None, sym_matrices: np.ndarray | None = None) -> np.ndarray:
     """Similarity matrix of particles × projections (see module docstring for the layout).
 
     Parameters
@@ -177,6 +182,11 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
         Per-ring SNR of each particle (from its CTF) for ``snrweight``.
     pairs : (n_ptcl, n_proj) bool, optional
         Compute only these entries (two-stage seeding); others get :data:`NOT_COMPUTED`.
+    rotations : (n_proj, 3, 3), optional
+        Each projection's rotation (row 2 its viewing direction; :func:`emflow.geometry.eman_to_matrix`):
+        with ``opts.coarse_grid > 0`` the coarse stage searches locally (:func:`coarse_candidates`).
+    sym_matrices : (n_sym, 3, 3), optional
+        The refinement's point group, for the angular distances of that local search (default c1).
     """
     opts = opts or SimmxOptions()
     if particles.shape[-2:] != projections.shape[-2:]:
@@ -197,7 +207,8 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
     # Projections with no contrast cannot be aligned (EMAN skips σ = 0 references).
     flat = proj.reshape(npr, -1).std(axis=1) == 0
     sel = sel & ~flat[None, :]
-    sel = coarse_candidates(ptcl, proj, sel, opts, particle_snr=particle_snr)
+    sel = coarse_candidates(ptcl, proj, sel, opts, particle_snr=particle_snr, rotations=rotations,
+                            sym_matrices=sym_matrices)
     pi, qi = np.nonzero(sel)
     fast = use_fourier_path(opts, m)
     if fast:
@@ -226,19 +237,75 @@ def simmx(particles: np.ndarray, projections: np.ndarray, opts: SimmxOptions | N
     return out
 
 
+#: Local coarse search: grid projections per particle whose neighbourhoods are scored.
+COARSE_GRID_KEEP = 8
+#: Local coarse search only up to this many projections (its distance table is n² float32: 144 MB here).
+COARSE_LOCAL_MAX_PROJ = 6000
+
+
+def view_distances(rotations: np.ndarray, sym_matrices: np.ndarray | None = None, flip: bool = True,
+                   block: int = 512) -> np.ndarray:
+    """Angles (degrees) between the viewing directions of projections, ``(n, n)`` float32.
+
+    ``rotations`` ``(n, 3, 3)``: row 2 is the viewing direction (as the tests' ``_view_angle``). The
+    angle is the smallest over the symmetry mates ``S·d`` (``sym_matrices``, default none) and, when
+    ``flip`` (rotate_translate_flip: a projection along ``−d`` is the mirror image of the one along
+    ``d``), over the sign. Computed in row blocks (memory ``block·n·n_sym`` doubles at a time).
+    """
+    d = np.asarray(rotations, np.float64)[:, 2, :]
+    mats = np.eye(3)[None] if sym_matrices is None else np.asarray(sym_matrices, np.float64)
+    ds = np.einsum("sji,nj->nsi", mats, d)  # (n, n_sym, 3)
+    out = np.empty((len(d), len(d)), np.float32)
+    for s in range(0, len(d), block):
+        c = np.einsum("ai,bsi->abs", d[s: s + block], ds)
+        c = (np.abs(c) if flip else c).max(axis=2)
+        out[s: s + block] = np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
+    return out
+
+
+def coarse_grid(dist: np.ndarray, cover: float) -> np.ndarray:
+    """Farthest-point subset of projections (indices) such that every projection lies within
+    ``cover`` degrees of one of them; ``dist`` from :func:`view_distances`. Starts at projection 0
+    (deterministic)."""
+    grid = [0]
+    mind = dist[0].copy()
+    while mind.max() > cover:
+        j = int(np.argmax(mind))
+        grid.append(j)
+        mind = np.minimum(mind, dist[j])
+    return np.array(grid, np.int64)
+
+
 def coarse_candidates(particles: np.ndarray, projections: np.ndarray, sel: np.ndarray, opts: SimmxOptions, *,
-                      particle_snr: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
+                      particle_snr: np.ndarray | None = None, rotations: np.ndarray | None = None,
+                      sym_matrices: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
     """The first stage of coarse-to-fine simmx: each particle's ``opts.coarse_keep`` best projections.
 
     ``particles`` ``(n_ptcl, ny, nx)`` and ``projections`` ``(n_proj, ny, nx)`` as simmx sees them
     (already shrunk by ``opts.shrink``); ``sel`` ``(n_ptcl, n_proj)`` bool: the pairs allowed.
-    Every allowed pair is aligned and scored by the Fourier-space aligner on the images
-    Fourier-cropped by ``opts.coarse_shrink`` (comparator ``opts.cmp`` when it has a Fourier form,
-    else ``frc:snrweight=1``; the particles' SNR rings cut to the cropped size; ``maxshift``
-    scaled). Returns ``sel`` restricted to the ``K`` lowest coarse scores per particle, or ``sel``
-    itself when the stage is off (``K = 0`` or ``coarse_shrink = 1``), when no row has more than
-    ``K`` allowed pairs, or when the cropped box would be under :data:`COARSE_MIN_BOX` px (too few
+    Pairs are aligned and scored by the Fourier-space aligner on the images Fourier-cropped by
+    ``opts.coarse_shrink`` (comparator ``opts.cmp`` when it has a Fourier form, else
+    ``frc:snrweight=1``; the particles' SNR rings cut to the cropped size; ``maxshift`` scaled).
+    Returns ``sel`` restricted to the ``K`` lowest coarse scores per particle, or ``sel`` itself
+    when the stage is off (``K = 0`` or ``coarse_shrink = 1``), when no row has more than ``K``
+    allowed pairs, or when the cropped box would be under :data:`COARSE_MIN_BOX` px (too few
     pixels to rank, and such small images are cheap to align in full anyway).
+
+    Local search (``opts.coarse_grid = g > 0`` and the projections' ``rotations`` given): instead
+    of every allowed pair, each particle is scored against a grid of projections covering all of
+    them within ``g·s`` degrees (:func:`coarse_grid`; ``s`` the median angular spacing of the
+    projections, distances from :func:`view_distances` with ``sym_matrices``), then against the
+    projections within ``(g + 1)·s`` of its :data:`COARSE_GRID_KEEP` best grid projections; the
+    ``K`` best of all scored pairs are kept. Measured on 500 demo particles (D7, SNR 0.08, box 64,
+    model of iteration 4, truth directions known) against 187 projections at 3°: 96 first-stage
+    pairs per particle instead of 187, the exhaustive stage's best projection kept for 99.2 % of
+    the particles and its 8 best for 99.4 %, final viewing-direction error to the truth 4.13° mean
+    against 4.21° (> 10° off: 6.6 % both). Keeping the 4 best grid views instead (76 pairs) was as
+    good per particle (4.07°) but its demo map ended at 2.504 px against 2.462 px with 8 (one run
+    each; the last iterations move by ±0.04 px). A grid step above ~2 spacings gains nothing (the
+    neighbourhoods grow as the grid thins); a box-16 pre-ranking instead loses accuracy (4.8–5.0°
+    mean). Above :data:`COARSE_LOCAL_MAX_PROJ`
+    projections every pair is scored (the distance table would not fit comfortably).
     """
     keep_n, k = int(opts.coarse_keep), int(opts.coarse_shrink)
     sel = np.asarray(sel, bool)
@@ -260,12 +327,38 @@ def coarse_candidates(particles: np.ndarray, projections: np.ndarray, sel: np.nd
         snr = np.asarray(particle_snr)[:, : size // 2]
     flip = opts.align.split(":")[0] == "rotate_translate_flip"
     score = np.full(sel.shape, np.inf)
-    pi, qi = np.nonzero(sel)
-    for s in range(0, len(pi), block):
-        p, q = pi[s: s + block], qi[s: s + block]
-        r = fourier_align.align_pairs(mov, tgt, q, p, flip=flip, maxshift=maxshift)
-        score[p, q] = fourier_align.score_from_ring_sums(r["ring_sums"], cmp, ny=size,
-                                                         snr=None if snr is None else snr[p], apix=apix)
+
+    def compute(todo: np.ndarray) -> None:
+        pi, qi = np.nonzero(todo)
+        for s in range(0, len(pi), block):
+            p, q = pi[s: s + block], qi[s: s + block]
+            r = fourier_align.align_pairs(mov, tgt, q, p, flip=flip, maxshift=maxshift)
+            score[p, q] = fourier_align.score_from_ring_sums(r["ring_sums"], cmp, ny=size,
+                                                             snr=None if snr is None else snr[p], apix=apix)
+
+    grid_step = float(opts.coarse_grid)
+    if rotations is not None and grid_step > 0 and 1 < len(projections) <= COARSE_LOCAL_MAX_PROJ:
+        dist = view_distances(rotations, sym_matrices, flip)
+        np.fill_diagonal(dist, np.inf)
+        spacing = float(np.median(dist.min(axis=1)))
+        np.fill_diagonal(dist, 0.0)
+        grid = coarse_grid(dist, grid_step * spacing)
+        on_grid = np.zeros(sel.shape[1], bool)
+        on_grid[grid] = True
+        compute(sel & on_grid[None, :])
+        n_top = min(COARSE_GRID_KEEP, len(grid))
+        top = np.argsort(score[:, grid], axis=1, kind="stable")[:, :n_top]  # (n_ptcl, n_top) positions in grid
+        near = dist[grid] <= (grid_step + 1.0) * spacing  # (n_grid, n_proj)
+        todo = np.zeros_like(sel)
+        for j in range(n_top):
+            todo |= near[top[:, j]]
+        todo &= sel & ~on_grid[None, :]
+        # rows that would end with fewer than K scored pairs are searched exhaustively
+        short = (np.isfinite(score) | todo).sum(axis=1) < min(keep_n, sel.shape[1])
+        todo[short] = sel[short] & ~np.isfinite(score[short])
+        compute(todo)
+    else:
+        compute(sel)
     best = np.argpartition(score, keep_n - 1, axis=1)[:, :keep_n]
     out = np.zeros_like(sel)
     np.put_along_axis(out, best, True, axis=1)

@@ -14,10 +14,10 @@ def main(particles_path: str, projections_path: str, usefilt: list, out: str, sp
     particles, ctfs, apix = read_particles(particles_path)
     rows = np.arange(chunk * spa["chunk_size"], min(len(particles), (chunk + 1) * spa["chunk_size"]))
     align_set = np.asarray(read_hdf_stack(usefilt[0])[0] if usefilt else particles, np.float32)[rows]
-    proj, _, _ = read_projections(projections_path)
+    proj, _, R = read_projections(projections_path)
     mx, pairs = stage_simmx(align_set, proj, RefineOptions.from_config(spa, apix=apix),
                             ctfs=None if ctfs is None else [ctfs[i] for i in rows],
-                            progress=progress_logger(log, f"simmx chunk {chunk}", 1.0))
+                            progress=progress_logger(log, f"simmx chunk {chunk}", 1.0), rotations=R)
     if pairs is not None:
         log.info("two-stage: %.1f%% of entries computed", 100 * pairs.mean())
     with atomic_write(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
