@@ -198,11 +198,12 @@ def ctf_header(c: CTF, apix: float) -> dict:
                         "ampcont": c.ampcont, "voltage": c.voltage_kv, "cs": c.cs_mm, "apix": apix})
 
 
-def read_particles(path: str):
-    """``(stack float32 (n, b, b), ctfs list or None, apix)`` from an EMAN HDF written by spa_prepare."""
+def read_particles(path: str, rows=None):
+    """``(stack float32 (n, b, b), ctfs list or None, apix)`` from an EMAN HDF written by spa_prepare;
+    ``rows`` (indices) reads only those images and headers (a simmx chunk), else all."""
     from emflow.io import ctf_from_dict, read_hdf_stack
 
-    stack, headers = read_hdf_stack(path)
+    stack, headers = read_hdf_stack(path, indices=rows)
     from emflow.pixel_size import check_pixel_size
 
     apix = check_pixel_size(headers[0].get("apix_x") if headers else None, source=path, kind="hdf")
