@@ -118,6 +118,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ntry", type=int, default=None)
     ap.add_argument("--no-classes", action="store_true", help="SGD on the particles (classify2d.enabled false)")
+    ap.add_argument("--method", default=None, help="spa_initial_model.method (default: config's)")
+    ap.add_argument("--em", default=None, help="spa_initial_model.em overrides, e.g. niter=80,batch=300")
     ap.add_argument("--bench-n", type=int, default=500, help="particles of the bench_simmx row (0: skip)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -144,9 +146,15 @@ def main(argv=None) -> dict:
     if a.ntry:
         cfg["ntry"] = a.ntry
     cfg["classify2d"]["enabled"] = not a.no_classes
-    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d")})
+    method = a.method or cfg["method"]
+    em = dict(cfg["em"])
+    for kv in (a.em.split(",") if a.em else []):
+        k, v = kv.split("=")
+        em[k] = type(em[k])(v) if not isinstance(em[k], bool) else v.lower() in ("1", "true")
+    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d", "method", "em")})
     t = time.perf_counter()
-    res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]), np.random.default_rng(a.seed + 1))
+    res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]), np.random.default_rng(a.seed + 1),
+                                          method=method, em=em, ctfs=ctfs)
     t_start = time.perf_counter() - t
     ch = summary["classify2d"] or {"history": []}
     t_cls = sum(h["align_s"] + h["average_s"] for h in ch["history"])
@@ -156,10 +164,18 @@ def main(argv=None) -> dict:
     hand = "true" if f_t >= f_m else "mirror"
     print(f"start (from_data): {t_start:.0f} s — 2D classification {t_cls:.0f} s "
           f"({len(ch['history'])} passes: " + ", ".join(f"{h['align_s'] + h['average_s']:.0f}" for h in ch["history"])
-          + f" s), SGD {t_start - t_cls:.0f} s ({params.ntry} starts × {params.niter} iterations); "
+          + f" s), {method} {t_start - t_cls:.0f} s ({params.ntry} starts × "
+          f"{em['niter'] if method == 'stochastic_em' else params.niter} iterations); "
           f"FSC at 40 Å vs truth {f_t:.2f}, vs mirror {f_m:.2f} → {hand} hand; bound: the old SGD on particles "
           f"reached 0.13 at this SNR (bench_spa_initial_model.py)", flush=True)
-    out["start"] = {"seconds": t_start, "classify2d_seconds": t_cls, "fsc40_truth": f_t, "fsc40_mirror": f_m,
+    every = []
+    for k, v in enumerate(res.maps[1:], 1):  # the other starts, ranked below the best
+        every.append((fsc_at(align_truth_to(truth, v, apix), v, apix, 40.0),
+                      fsc_at(align_truth_to(mirror_map(truth), v, apix), v, apix, 40.0)))
+        print(f"  start ranked {k + 1} (score {summary['scores'][k]:.3f}): FSC at 40 Å vs truth {every[-1][0]:.2f}, "
+              f"vs mirror {every[-1][1]:.2f}", flush=True)
+    out["start"] = {"other_starts_fsc40": every, "method": method, "em": em, "scores": summary["scores"],
+                    "seconds": t_start, "classify2d_seconds": t_cls, "fsc40_truth": f_t, "fsc40_mirror": f_m,
                     "hand": hand, "classify2d": ch}
     # put the truth (of the start's hand) onto the start's frame once; the refinement keeps that frame
     truth_al = at if hand == "true" else am

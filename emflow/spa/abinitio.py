@@ -110,7 +110,7 @@ class EMParams:
     delta_start_deg: float = 15.0
     delta_deg: float = 10.0
     shift_px: float = 1.0
-    beta0: float = 0.1
+    beta0: float = 0.125
     eta0: float = 0.5
     eta_min: float = 0.1
     ntry: int = 2
@@ -222,7 +222,8 @@ def _scores(A: np.ndarray, C2: np.ndarray | None, P: np.ndarray, P2: np.ndarray,
 def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMParams | None = None,
                   ctf: np.ndarray | None = None, rng: np.random.Generator | None = None,
                   progress: Callable[[float], None] | None = None,
-                  monitor: Callable[[int, int, np.ndarray], None] | None = None) -> EMResult:
+                  monitor: Callable[[int, int, np.ndarray], None] | None = None,
+                  init: np.ndarray | None = None) -> EMResult:
     """Ab-initio maps from single-particle FTs by stochastic EM with several starts (module docstring).
 
     Parameters
@@ -242,6 +243,9 @@ def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMPa
         Called with the fraction done after every minibatch.
     monitor : callable, optional
         ``monitor(start, iteration, map)`` after every minibatch (diagnostics).
+    init : ndarray, float32, (bw, bw, bw), optional
+        A starting map (in the particles' units) instead of the random starts (diagnostics: is the
+        truth a fixed point?).
 
     Returns
     -------
@@ -271,7 +275,11 @@ def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMPa
         # start: random particles at random orientations, low-passed (a noisy blob)
         rec = Reconstructor(bw, pad=1, kernel="trilinear")
         ids0 = rng.choice(n, min(n, p.ninit), replace=False)
-        rec.insert_ft(X[ids0], random_rotations(len(ids0), rng))
+        if init is None:
+            rec.insert_ft(X[ids0], random_rotations(len(ids0), rng))
+        else:
+            Ri = random_rotations(1000, rng)
+            rec.insert_ft(VolumeProjector(init, pad=2).slices_ft(Ri, size=bw), Ri, weights=len(ids0) / 1000)
         # the start counts as much as one minibatch in the running accumulators
         g = np.float32(min(p.batch, n) / len(ids0))
         F, W = rec.F * g, rec.W * g
