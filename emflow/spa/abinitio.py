@@ -71,7 +71,7 @@ from emflow.geometry import eman_to_matrix, orientations, random_rotations
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
 
-__all__ = ["EMParams", "EMResult", "pose_grid", "shift_grid", "ring_index", "noise_power", "stochastic_em"]
+__all__ = ["EMParams", "EMResult", "best_poses", "pose_grid", "shift_grid", "ring_index", "noise_power", "stochastic_em"]
 
 
 @dataclasses.dataclass
@@ -322,6 +322,21 @@ def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMPa
                     start_index=order, loglik=np.asarray(lls), neff=np.asarray(neffs))
 
 
+def best_poses(vol: np.ndarray, particles_ft: np.ndarray, bw: int, apix_w: float, res_a: float, R: np.ndarray,
+               shift_px: float = 1.0, ctf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The E-step alone: for every particle the rotation index into ``R`` ``(n_rot, 3, 3)`` and the shift
+    (``(n, 2)`` working px, :func:`shift_grid`) of its largest likelihood against the map ``vol``
+    ``(bw, bw, bw)`` (in the particles' units), Fourier pixels up to ``res_a`` Å, noise power = the
+    particles' mean power per ring. Returns ``(rotation index (n,), shifts (n, 2), mean n_eff)``."""
+    X = np.ascontiguousarray(particles_ft, np.complex64)
+    T = shift_grid(shift_px)
+    ky, kx = fourier.freq_grid((bw, bw))
+    ramps = np.exp(2j * np.pi * (kx[None] * T[:, 0, None, None] + ky[None] * T[:, 1, None, None])).astype(np.complex64)
+    br, bs, _, neff, _ = _em_step(vol, X, ctf, R, T, ramps, ring_index(bw), noise_power(X, bw), bw, apix_w / res_a,
+                                  1.0, update="best")
+    return br, T[bs], neff
+
+
 def _map(F: np.ndarray, W: np.ndarray, bw: int, mask: np.ndarray, apix_w: float, res_a: float) -> np.ndarray:
     """Masked, centred working map from the accumulators (``F/(W + λ)``, ``λ = 0.01·mean W>0``); re-centres F."""
     rec = Reconstructor(bw, pad=1, kernel="trilinear")
@@ -395,6 +410,8 @@ def _em_step(vol, X, C, R, T, ramps, ring, sig2, bw, kmax, beta, update=True):
     rk = ring[yy, xx]
     resid = np.bincount(rk, r2.mean(axis=0), nr) / np.maximum(np.bincount(rk, minlength=nr), 1)
     resid[np.bincount(rk, minlength=nr) == 0] = np.nan
+    if update == "best":
+        return br, bs, ll, neff, resid
     if not update:
         return None, None, ll, neff, resid
     # M-step sums per rotation: S_r = Σ w c X, V_r = Σ w c²
