@@ -71,7 +71,7 @@ from emflow.geometry import eman_to_matrix, orientations, random_rotations
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
 
-__all__ = ["EMParams", "EMResult", "best_poses", "pose_grid", "shift_grid", "ring_index", "noise_power", "stochastic_em"]
+__all__ = ["EMParams", "EMResult", "background_power", "best_poses", "pose_grid", "shift_grid", "ring_index", "noise_power", "stochastic_em"]
 
 
 @dataclasses.dataclass
@@ -101,6 +101,12 @@ class EMParams:
         Particles (fixed subset) that rank the starts by marginal log-likelihood.
     mask_radius_px : float or None
         Soft spherical mask radius (working px); None: ``0.4·bw``.
+    ninit : int
+        Particles inserted at random orientations to form a random start.
+    noise_update : bool
+        Re-estimate ``σ²`` per ring from the residuals at the best poses (never above the mean power).
+    noise_init : str
+        First ``σ²``: ``power`` (mean power per ring) or ``background`` (:func:`background_power`).
     """
 
     res_start_a: float = 40.0
@@ -118,6 +124,7 @@ class EMParams:
     mask_radius_px: float | None = None
     ninit: int = 8
     noise_update: bool = True
+    noise_init: str = "power"
 
     def check(self) -> None:
         """Raise :class:`emflow.errors.InputError` (source ``spa_initial_model.em.<key>``) on an invalid value."""
@@ -129,7 +136,8 @@ class EMParams:
             ("delta_start_deg", 3 <= self.delta_start_deg <= 30), ("shift_px", 0 <= self.shift_px <= 5),
             ("beta0", 0 < self.beta0 <= 1), ("eta0", 0 < self.eta0 <= 1), ("eta_min", 0 < self.eta_min <= self.eta0),
             ("ntry", self.ntry >= 1), ("n_score", self.n_score >= 1), ("ninit", self.ninit >= 1),
-            ("mask_radius_px", self.mask_radius_px is None or self.mask_radius_px > 0)) if not ok]
+            ("mask_radius_px", self.mask_radius_px is None or self.mask_radius_px > 0),
+            ("noise_init", self.noise_init in ("power", "background"))) if not ok]
         if bad:
             raise InputError(f"invalid stochastic-EM parameter {bad[0]} = {getattr(self, bad[0])!r}",
                              source=f"spa_initial_model.em.{bad[0]}",
@@ -193,6 +201,16 @@ def noise_power(ft: np.ndarray, bw: int) -> np.ndarray:
     s = np.bincount(np.minimum(ring, nr - 1).ravel(), p.ravel(), nr)
     c = np.bincount(np.minimum(ring, nr - 1).ravel(), minlength=nr)
     return s / np.maximum(c, 1)
+
+
+def background_power(ft: np.ndarray, bw: int, rfrac: float = 0.48) -> np.ndarray:
+    """White-noise power per ring ``(bw//2+2,)``: the variance of the real-space pixels farther than
+    ``rfrac·bw`` from the centre (the corners, outside the particle) times ``bw²``, for every ring."""
+    img = fourier.ift(ft, (bw, bw))
+    yy, xx = np.indices((bw, bw))
+    out = np.hypot(yy - bw // 2, xx - bw // 2) > rfrac * bw
+    v = float(img[:, out].var(axis=1).mean())
+    return np.full(bw // 2 + 2, v * bw * bw)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -260,7 +278,9 @@ def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMPa
         raise ValueError(f"stochastic_em: particles_ft must be (n, {bw}, {bw // 2 + 1}), got {X.shape}")
     C = None if ctf is None else np.ascontiguousarray(ctf, np.float32)
     ring = ring_index(bw)
-    sig2_0 = noise_power(X, bw)  # upper bound of the noise power (signal included)
+    sig2_cap = noise_power(X, bw)  # upper bound of the noise power (signal included)
+    sig2_0 = np.minimum(sig2_cap, background_power(X[rng.choice(n, min(n, 1000), replace=False)], bw)) \
+        if p.noise_init == "background" else sig2_cap.copy()
     mask = masks.soft_sphere(bw, 0.4 * bw if p.mask_radius_px is None else p.mask_radius_px,
                              0.06 * bw).astype(np.float32)
     T = shift_grid(p.shift_px)
@@ -302,7 +322,7 @@ def stochastic_em(particles_ft: np.ndarray, bw: int, apix_w: float, params: EMPa
             W += np.float32(eta) * Wb
             good = np.isfinite(resid) & (resid > 0)
             if p.noise_update:
-                sig2[good] = np.minimum(sig2_0[good], 0.7 * sig2[good] + 0.3 * resid[good])
+                sig2[good] = np.minimum(sig2_cap[good], 0.7 * sig2[good] + 0.3 * resid[good])
             vol = _map(F, W, bw, mask, apix_w, res)
             ll_hist.append(ll)
             neff_hist.append(neff)
