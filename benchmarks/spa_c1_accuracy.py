@@ -21,7 +21,7 @@ Printed, each beside its bound measured in the same run:
 * class averaging seconds per iteration beside the ``bench_simmx.py`` row measured in this run
   (``--bench-n`` particles, scaled linearly to this run's particle count).
 
-Measured 2026-12-04 (defaults: 4,000 particles, box 64, SNR 0.08, classify2d enabled with 48
+Measured 2026-12-04, before (method sgd; defaults: 4,000 particles, box 64, SNR 0.08, classify2d enabled with 48
 classes; 2 cores shared by 6 sessions, load average 13–25, so times are several × a quiet machine's):
 
 * start: 1,602 s — 2D classification 1,327 s (8 passes: 305, 216, 159, 126, 122, 146, 156, 97 s),
@@ -42,8 +42,19 @@ classes; 2 cores shared by 6 sessions, load average 13–25, so times are severa
   40 Å, where the start is wrong). Class averaging 24.7–32.4 s per iteration (both halves) against
   the scaled bench row 66.1 s: ratio 0.37–0.49 (bar ≤ 2).
 
+Measured 2026-12-05 with ``--method stochastic_em`` (emflow.spa.abinitio: Gaussian likelihood over
+all poses, |CTF| modelled, online EM, β 0.125 → 1; ``--iters 0 --bench-n 0 --ntry 2 --em niter=40``;
+load 15–19 on 2 shared cores): start 639 s (2 starts × 40 minibatches of 300 at box 34, 10 s per
+minibatch under that load); best start (score −16.57, negated mean log-likelihood) FSC at 40 Å vs
+truth 0.15, vs mirror 0.17; the other start 0.10 / 0.12; FSC 0.5 vs truth at 96.2 Å (18.4 px): **still
+not a start** — no gold-standard iterations were run from it. The likelihood itself is not the limit:
+given the true map, the best pose is within 20° of the truth for 68 % of the particles at this SNR
+(tests/test_spa_abinitio.py); the search from a random start does not find the fold in 40–150
+minibatches (the measurements are in the session notes).
+
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
-        [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--json out.json]
+        [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
+        [--em niter=40,batch=300] [--json out.json]
 """
 
 from __future__ import annotations
