@@ -109,12 +109,12 @@ class EMParams:
         First ``σ²``: ``power`` (mean power per ring) or ``background`` (:func:`background_power`).
     """
 
-    res_start_a: float = 40.0
-    res_a: float = 25.0
-    niter: int = 60
-    batch: int = 300
-    delta_start_deg: float = 15.0
-    delta_deg: float = 10.0
+    res_start_a: float = 60.0
+    res_a: float = 40.0
+    niter: int = 500
+    batch: int = 200
+    delta_start_deg: float = 20.0
+    delta_deg: float = 15.0
     shift_px: float = 1.0
     beta0: float = 0.125
     eta0: float = 0.5

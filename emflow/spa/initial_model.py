@@ -598,7 +598,7 @@ def spa_initial_model_em(particles: np.ndarray, apix: float, params: SPAInitPara
 
 def initial_model_run(particles: np.ndarray, apix: float, params: SPAInitParams, classify: dict,
                       rng: np.random.Generator, progress: Callable[[float], None] | None = None,
-                      method: str = "sgd", em: dict | None = None, ctfs=None
+                      method: str = "stochastic_em", em: dict | None = None, ctfs=None
                       ) -> tuple[SPAInitResult, Classify2DResult | None, dict]:
     """The ``spa_initial_model`` rule's work. ``method`` ``stochastic_em``: :func:`spa_initial_model_em` on
     the particles (with their ``ctfs`` when given; ``classify`` is not used); ``sgd``: with
