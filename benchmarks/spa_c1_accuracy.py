@@ -55,8 +55,11 @@ With slower annealing at lower resolution (now the defaults: 60 → 40 Å, 20 �
 200) the same simulation with 2,000 particles reached FSC at 40 Å 0.79 vs truth, 0.18 vs mirror (one
 seed; 341 s under load ~16; run outside this script). This script with the new defaults
 (``--method stochastic_em --ntry 1 --iters 0 --bench-n 0``, 4,000 particles, load 3–5): start 181 s;
-FSC at 40 Å vs truth 0.77, vs mirror 0.18 (true hand); FSC 0.5 vs truth 36.7 Å (7.0 px). Gold-standard
-iterations from it: not yet measured.
+FSC at 40 Å vs truth 0.77, vs mirror 0.18 (true hand); FSC 0.5 vs truth 36.7 Å (7.0 px). With
+``--iters 2`` (load 2–3; start 117 s): iteration 1 (δ 9°) FSC vs truth 0.5 at 37.6 Å (7.17 px), 0.143 at
+25.7 Å, gold-standard 0.143 32.4 Å (+26 %), 80 s (simmx 49.3, classaverage 25.5); iteration 2 (δ 7.5°)
+0.5 at 31.0 Å (5.91 px), 0.143 at 24.0 Å, gold 25.9 Å (+8 %, within the ±15 % bar), 55.7 s (simmx 40.0,
+classaverage 13.2). Iterations 3–4 not yet measured.
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
