@@ -209,13 +209,17 @@ def test_image_weights_and_the_rule_summary():
     a = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=w)
     b = im.spa_initial_model(parts, 10.0, p, np.random.default_rng(1), weights=2 * w)
     np.testing.assert_allclose(a.map, b.map, atol=1e-5)  # only relative weights matter
-    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": False}, np.random.default_rng(1))
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": False}, np.random.default_rng(1), method="sgd")
     assert cls is None and summary["classify2d"] is None and summary["scores"] == res.scores.tolist()
     res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": True, "ncls": 4, "niter": 1, "minsize": 2,
-                                                              "res_a": 30.0}, np.random.default_rng(1))
+                                                              "res_a": 30.0}, np.random.default_rng(1), method="sgd")
     assert cls is not None and summary["classify2d"]["n_classes"] == len(cls.averages) >= 2
     assert cls.counts.sum() + summary["classify2d"]["excluded"] == 30
     assert res.map.shape == (24, 24, 24)
+    # stochastic_em (the default method): no classification, maps at the particles' box, one per start
+    res, cls, summary = im.initial_model_run(parts, 10.0, p, {"enabled": True}, np.random.default_rng(1),
+                                             em={"niter": 3, "batch": 10, "res_start_a": 40.0, "res_a": 30.0})
+    assert cls is None and summary["method"] == "stochastic_em" and res.maps.shape == (p.ntry, 24, 24, 24)
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ RULE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     # helper D (session 5): the single-particle initial model (rules/spa_initial_model.smk)
     "spa_initial_model": {
-        "spa_initial_model": ("res_a", "res_start_a", "minres_a", "cmp", "ntry", "niter", "batch", "keep", "ntop",
+        "spa_initial_model": ("method", "em", "res_a", "res_start_a", "minres_a", "cmp", "ntry", "niter", "batch", "keep", "ntop",
                               "softness", "lr", "lrdecay", "delta_deg", "ninit", "mask_radius_a", "maxshift_px",
                               "n_score", "seed", "classify2d"),
     },

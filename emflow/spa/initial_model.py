@@ -92,6 +92,7 @@ __all__ = [
     "reprojection_score",
     "resolution_schedule",
     "spa_initial_model",
+    "spa_initial_model_em",
     "spa_initial_model_from_classes",
     "initial_model_run",
     "working_box",
@@ -548,20 +549,76 @@ def spa_initial_model_from_classes(particles: np.ndarray, apix: float, params: S
     return res, cls
 
 
+def spa_initial_model_em(particles: np.ndarray, apix: float, params: SPAInitParams | None = None,
+                         em: dict | None = None, ctfs=None, rng: np.random.Generator | None = None,
+                         progress: Callable[[float], None] | None = None) -> SPAInitResult:
+    """Initial model by stochastic EM with a Gaussian likelihood and full pose marginalisation
+    (:func:`emflow.spa.abinitio.stochastic_em`; config ``spa_initial_model.method: stochastic_em``).
+
+    ``particles`` ``(n, b, b)`` phase-flipped, protein white (as :func:`spa_initial_model`); ``ctfs``: their
+    :class:`emflow.ctf.CTF` list (the likelihood then models ``|CTF|·P``) or None (CTF-free). ``em``:
+    keyword arguments of :class:`emflow.spa.abinitio.EMParams` (config ``spa_initial_model.em``);
+    ``params.ntry`` and ``params.mask_radius_a`` apply. The working box is the one whose pixel is about
+    ``em.res_a/2.5`` (:func:`working_box`). Returns an :class:`SPAInitResult` whose ``scores`` are the
+    negated mean marginal log-likelihoods (lower is better, as the SGD's), ``batch_scores`` the negated
+    per-minibatch log-likelihoods and ``map_change`` the posterior widths (effective poses per particle).
+    """
+    from emflow.spa import abinitio
+
+    p = params or SPAInitParams()
+    p.check()
+    rng = np.random.default_rng(0) if rng is None else rng
+    particles = particle_stack(particles)
+    n, b = len(particles), particles.shape[-1]
+    emp = abinitio.EMParams(**(em or {}))
+    emp.ntry = p.ntry
+    emp.check()
+    if n < 2:
+        raise InputError(f"an initial model needs at least 2 particles, got {n}", source="spa particles")
+    if emp.res_a < 2 * apix:
+        raise InputError(f"em.res_a = {emp.res_a} Å is finer than Nyquist ({2 * apix:.2f} Å)",
+                         source="spa_initial_model.em.res_a", fix=f"set res_a ≥ {2 * apix:.1f} (typically 20–30 Å)")
+    bw, apix_w = working_box(b, apix, emp.res_a)
+    if p.mask_radius_a is not None:
+        emp.mask_radius_px = min(p.mask_radius_a / apix_w, bw / 2 - 1)
+    pw = particles if bw == b else fourier.fourier_crop(particles, (n, bw, bw))
+    X = fourier.ft(np.ascontiguousarray(pw, np.float32), axes=(-2, -1)).astype(np.complex64)
+    C = None
+    if ctfs is not None:
+        from emflow.ctf import ctf_2d_stack
+
+        if len(ctfs) != n:
+            raise InputError(f"{len(ctfs)} CTFs for {n} particles", source="spa particles")
+        C = np.abs(ctf_2d_stack(list(ctfs), (bw, bw), apix_w)).astype(np.float32)
+    r = abinitio.stochastic_em(X, bw, apix_w, emp, ctf=C, rng=rng, progress=progress)
+    full = np.stack([_to_box(v, b, apix, p) for v in r.maps])
+    return SPAInitResult(map=full[0], maps=full, scores=-r.scores, start_index=r.start_index,
+                         batch_scores=-r.loglik, map_change=r.neff, working_box=bw, working_apix=apix_w)
+
+
 def initial_model_run(particles: np.ndarray, apix: float, params: SPAInitParams, classify: dict,
-                      rng: np.random.Generator, progress: Callable[[float], None] | None = None
+                      rng: np.random.Generator, progress: Callable[[float], None] | None = None,
+                      method: str = "stochastic_em", em: dict | None = None, ctfs=None
                       ) -> tuple[SPAInitResult, Classify2DResult | None, dict]:
-    """The ``spa_initial_model`` rule's work: with ``classify["enabled"]`` the 2D classes and the SGD on
-    their averages (:func:`spa_initial_model_from_classes`), else the SGD on the particles. Returns the
-    SGD result, the classification (or None) and a JSON-ready summary (scores, timings, classes)."""
+    """The ``spa_initial_model`` rule's work. ``method`` ``stochastic_em``: :func:`spa_initial_model_em` on
+    the particles (with their ``ctfs`` when given; ``classify`` is not used); ``sgd``: with
+    ``classify["enabled"]`` the 2D classes and the SGD on their averages
+    (:func:`spa_initial_model_from_classes`), else the SGD on the particles. Returns the result, the
+    classification (or None) and a JSON-ready summary (scores, timings, classes)."""
+    if method not in ("stochastic_em", "sgd"):
+        raise InputError(f"unknown initial-model method {method!r}", source="spa_initial_model.method",
+                         fix="use stochastic_em or sgd")
     cfg = dict(classify)
-    enabled = bool(cfg.pop("enabled", False))
+    enabled = bool(cfg.pop("enabled", False)) and method == "sgd"
     t0 = time.perf_counter()
-    if enabled:
+    if method == "stochastic_em":
+        res, cls = spa_initial_model_em(particles, apix, params, em, ctfs, rng, progress), None
+    elif enabled:
         res, cls = spa_initial_model_from_classes(particles, apix, params, Classify2DParams(**cfg), rng, progress)
     else:
         res, cls = spa_initial_model(particles, apix, params, rng, progress), None
-    summary = {"seconds": time.perf_counter() - t0, "working_box": res.working_box, "working_apix": res.working_apix,
+    summary = {"method": method, "seconds": time.perf_counter() - t0, "working_box": res.working_box,
+               "working_apix": res.working_apix,
                "scores": res.scores.tolist(), "start_index": res.start_index.tolist(),
                "batch_scores": res.batch_scores.tolist(), "map_change": res.map_change.tolist(),
                "hand": "undetermined: projections of a map and of its mirror image are identical",
