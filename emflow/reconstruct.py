@@ -557,8 +557,11 @@ class Reconstructor:
             c = np.broadcast_to(c, (n, N, N // 2 + 1)) if c.ndim == 2 else c
             if c.shape != (n, N, N // 2 + 1):
                 raise ValueError(f"insert_ft: ctf must have shape ({n}, {N}, {N // 2 + 1}), got {c.shape}")
-            S = S * c
-            wsl = np.ascontiguousarray(c * c, dtype=np.float32)
+            # the kernels add wt·v to F and wt to W with one per-pixel wt: wt = w·c² and v = S/c give
+            # F += w·c·S, W += w·c² (v = 0 where c = 0, whose wt is 0 anyway)
+            wsl = np.ascontiguousarray(w[:, None, None] * (c * c), dtype=np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                S = np.where(c != 0, S / np.where(c != 0, c, 1), 0).astype(np.complex64)
             has = True
         else:
             wsl = np.zeros((1, 1, 1), dtype=np.float32)

@@ -191,6 +191,20 @@ def test_ctf_weighted_insertion_recovers_map(ribo32, dense):
     assert _fsc_at(plain.finish(), ribo32, 0.8) < 0.9
 
 
+def test_ctf_insertion_amplitudes_data_c_weights_c2_times_image_weight(ribo32, dense):
+    # the FSC test above cannot see amplitudes: with per-pixel CTF c and image weight w the data
+    # accumulator must get w·c·S and the weights w·c² (RELION backprojector: data·CTF, weight CTF²),
+    # i.e. exactly w·c and w·c² times a plain insertion of the same slices (c = 0.5, w = 2 here)
+    R, proj = dense
+    plain, weighted = Reconstructor(32), Reconstructor(32)
+    S = plain.slices_from_images(proj[:20])
+    N = plain.n_pad
+    plain.insert_ft(S, R[:20])
+    weighted.insert_ft(S, R[:20], weights=np.full(20, 2.0), ctf=np.full((N, N // 2 + 1), 0.5, np.float32))
+    np.testing.assert_allclose(weighted.F, 2.0 * 0.5 * plain.F, rtol=1e-4, atol=1e-4 * np.abs(plain.F).max())
+    np.testing.assert_allclose(weighted.W, 2.0 * 0.25 * plain.W, rtol=1e-4, atol=1e-6)
+
+
 def test_reconstructor_rejects_bad_input():
     with pytest.raises(ValueError):
         Reconstructor(31)
