@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -344,6 +344,7 @@ def test_gather_removes_the_chunk_files_only_once_its_outputs_are_complete(tmp_p
     assert all(pathlib.Path(f).exists() for f in every)
     merged = gather("merged", files["summary"])
     assert not any(pathlib.Path(f).exists() for f in every)
+    assert tmp_path.is_dir()  # a folder with other files stays
     for key in ("p.hdf", "p3.hdf"):
         a, ha = read_hdf_stack(kept[key])
         b, hb = read_hdf_stack(merged[key])

@@ -265,15 +265,20 @@ def spa_initial_model_runtime(n_particles: int, box: int, attempt: int = 1) -> i
 
 @functools.lru_cache(maxsize=64)
 def _stack(path: str, mtime: float) -> tuple[int, int]:
-    from emflow.io import hdf_count
-    from emflow.io.hdf import hdf_image_shape
+    if path.endswith(".hdf"):
+        from emflow.io import hdf_count
+        from emflow.io.hdf import hdf_image_shape
 
-    return hdf_count(path), int(hdf_image_shape(path)[-1])
+        return hdf_count(path), int(hdf_image_shape(path)[-1])
+    from emflow.io import read_mrc_header
+
+    shape = read_mrc_header(path)["shape"]  # (nz, ny, nx): a map (n = 1) or an image stack
+    return (1 if shape[0] == shape[-1] else int(shape[0])), int(shape[-1])
 
 
 def spa_stack(path: str | os.PathLike) -> tuple[int, int]:
-    """``(n images, box)`` of an EMAN2 HDF stack from its header (no image decoded); ``(0, 0)`` before
-    it exists (a dry run)."""
+    """``(n images, box)`` of an EMAN2 HDF stack or MRC file from its header (no image decoded; a cubic
+    MRC counts as one map); ``(0, 0)`` before it exists (a dry run)."""
     p = pathlib.Path(path)
     if not p.exists():
         return 0, 0

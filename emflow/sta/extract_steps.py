@@ -170,6 +170,9 @@ def gather_chunks(*, plan_path: str, chunk_summaries: Sequence[str], subtilts: S
             with contextlib.suppress(FileNotFoundError):
                 freed += os.path.getsize(path)
                 os.remove(path)
+        for folder in {os.path.dirname(p) for p in (*subtilts, *chunks3d, *chunk_summaries)}:
+            with contextlib.suppress(OSError):  # the chunk folder, when nothing else is in it
+                os.rmdir(folder)
         log.info("%d chunk files removed (%.0f MB freed)", 3 * len(chunks), freed / 1e6)
     # run times and memory go to the log (results are the same on every run and machine)
     log.info("%d particles, %d subtilts from %d chunk(s) (%.1f s of chunk jobs, peak %.0f MB) joined in %.1f s",
