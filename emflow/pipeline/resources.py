@@ -336,22 +336,25 @@ TM_EXTRACT_SLOPE = 3.44
 # job's VmHWM from its log (Snakemake's sampled max_rss for the demo run, which predates that log line):
 #   S: 1,000 × 64² (19.3 MB stack), 1 iteration;  M: 2,000 × 96² (78.4 MB), 2 iterations (under load 12-17);
 #   D: the demo, 4,000 × 64² (74.9 MB), 6 iterations (quiet machine; sampled max_rss).
-# spa_prepare: 230 MB (S), 461 MB (M), 455 MB (D): the line through S and M
-SPA_STACK_BASE_MB = 156.0
+# spa_prepare: 230 MB (S, 18.7 MB stack), 461 MB (M, 78.4 MB), 455 MB (D, 74.9 MB): the line through S and M;
+# simmx_gather and classify (on the similarity matrix, < 3 MB) 171-224 MB
+SPA_STACK_BASE_MB = 157.0
 SPA_STACK_SLOPE = 3.9
 # spa_prepare CPU time 0.76 s (S), 2.7 s (M), wall 2.2 s quiet (D): 0.03-0.04 s per MB, asked 0.05
 SPA_PREPARE_S_PER_MB = 0.05
-# spa_simmx (chunks of 500): 469-490 MB (M, share 19.6 MB), 492-507 MB (D, share 9.4 MB, 56-200+ projections):
-# flat over these sizes (the interpreter, numba and FFT plans); the chunk term is the arrays it holds per
+# spa_simmx (chunks of 500): 343-364 MB (S, share 9.4 MB), 469-490 MB (M, share 19.6 MB), 492-507 MB (D, share
+# 9.4 MB, 56-187 projections, sampled): an upper line over the three; the peak is mostly
+# fixed (the interpreter, numba and FFT plans); the chunk term is the arrays it holds per
 # particle (image, CTF amplitude, SNR, coarse copy, its FFTs: about 6 × its image), not a fit
 SPA_SIMMX_BASE_MB = 460.0
 SPA_SIMMX_CHUNK_FACTOR = 6.0
 # simmx wall per 10⁹ particle × projection × box² px: 31-77 s (D, quiet, 48 jobs); CPU time up to 91 s (D) and
 # 31 s (M): asked 90 s
 SPA_SIMMX_S_PER_GPIX = 90.0
-# spa_classaverage: see SPA_CLASSAVG_* (S and M VmHWM; D 1,287-1,441 MB sampled)
-SPA_CLASSAVG_BASE_MB = 0.0
-SPA_CLASSAVG_SLOPE = 0.0
+# spa_classaverage: 509 MB (S, 18.7 MB stack), 1,497-1,498 MB (M, 78.4 MB): the line through both (16.6 × the
+# stack: images, CTF amplitudes, SNR weights, aligned copies); D 1,287-1,441 MB sampled at 74.9 MB, under it
+SPA_CLASSAVG_BASE_MB = 199.0
+SPA_CLASSAVG_SLOPE = 16.6
 # classaverage wall 18-47 s for 16.4 M particle px (D quiet: 1.1-2.9 s per M px), CPU 49 s for 18.4 M (M):
 # asked 3 s per M px
 SPA_CLASSAVG_S_PER_MPIX = 3.0
