@@ -37,7 +37,7 @@ rule spa_initial_model:
     resources:
         mem_mb=lambda wildcards, input, attempt: RSC.spa_initial_model_mem_mb(RSC.file_mb(input.particles), attempt),
         runtime=lambda wildcards, input, attempt: RSC.spa_initial_model_runtime(
-            *RSC.spa_stack(input.particles), attempt
+            *RSC.spa_stack(input.particles), config["spa_initial_model"], attempt
         ),
     params:
         cfg=rule_params(config, "spa_initial_model", "spa_initial_model"),

@@ -23,6 +23,7 @@ import pytest
 from emflow.pipeline import resources as R
 
 N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
+INIT_CFG = {"ntry": 4, "niter": 30, "batch": 100, "n_score": 300, "classify2d": {"enabled": False, "niter": 6}}
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,19 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
         lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 10**6, neighbours=8),  # t/r: by the chunk's neighbourhoods
         lambda s: R.spt_align_runtime(int(s), 3.8),
         lambda s: R.spt_postprocess_mem_mb(s),
+        lambda s: R.spa_stack_mem_mb(s),
+        lambda s: R.spa_prepare_runtime(s),
+        lambda s: R.spa_simmx_mem_mb(s, 10_000, 500),  # by the stack (chunk share)
+        lambda s: R.spa_simmx_runtime(500, int(s), 128),  # by the projections
+        lambda s: R.spa_classaverage_mem_mb(s),
+        lambda s: R.spa_classaverage_runtime(int(s) * 100, 128),
+        lambda s: R.spa_volume_mem_mb(int(s)),  # by the box
+        lambda s: R.spa_volume_runtime(128, int(s)),
+        lambda s: R.spa_gold_mem_mb(s),
+        lambda s: R.spa_gold_runtime(int(s) * 100, 128, [50, 100]),
+        lambda s: R.spa_initial_model_mem_mb(s),
+        lambda s: R.spa_initial_model_runtime(10_000, int(s), INIT_CFG),  # by the box
+        lambda s: R.spa_initial_model_runtime(int(s) * 100, 128, INIT_CFG | {"classify2d": {"enabled": True, "niter": 6}}),
     ],
 )
 def test_resources_grow_with_input_size(fn):
@@ -53,7 +67,8 @@ def test_resources_grow_with_input_size(fn):
 
 
 def test_retry_asks_for_more():
-    for fn in (lambda a: R.tomogram_mem_mb(688, attempt=a), lambda a: R.extract_chunk_runtime(41, 128, 250, attempt=a)):
+    for fn in (lambda a: R.tomogram_mem_mb(688, attempt=a), lambda a: R.extract_chunk_runtime(41, 128, 250, attempt=a),
+               lambda a: R.spa_classaverage_mem_mb(750, attempt=a), lambda a: R.spa_simmx_runtime(500, 4000, 256, attempt=a)):
         assert 2 * fn(1) - 1 <= fn(2) <= 2 * fn(1) + 1  # whole MB / minutes
 
 

@@ -29,7 +29,7 @@ import functools
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
@@ -257,10 +257,14 @@ def spa_initial_model_mem_mb(stack_mb: float, attempt: int = 1) -> int:
     return mem(SPA_INIT_BASE_MB, SPA_INIT_SLOPE, stack_mb, attempt)
 
 
-def spa_initial_model_runtime(n_particles: int, box: int, attempt: int = 1) -> int:
-    """``SPA_INIT_S_PER_MPIX`` s per 10⁶ particle pixels (``n · box²``; the SGD's batches and the
-    final scoring both scale with the images it sees)."""
-    return minutes(SPA_INIT_S_PER_MPIX * n_particles * box * box / 1e6, attempt)
+def spa_initial_model_runtime(n_particles: int, box: int, cfg: Mapping, attempt: int = 1) -> int:
+    """``SPA_INIT_S_PER_MPIX`` s per 10⁶ image pixels the job works on: the SGD's ``ntry · niter · batch``
+    images and the ``n_score`` scoring images (``cfg``: the config's ``spa_initial_model`` section),
+    plus ``classify2d.niter`` passes over the ``n_particles`` when the 2D classification runs."""
+    images = int(cfg["ntry"]) * int(cfg["niter"]) * int(cfg["batch"]) + int(cfg["n_score"])
+    if cfg["classify2d"]["enabled"]:
+        images += int(cfg["classify2d"]["niter"]) * int(n_particles)
+    return minutes(SPA_INIT_S_PER_MPIX * images * box * box / 1e6, attempt)
 
 
 @functools.lru_cache(maxsize=64)
@@ -365,10 +369,12 @@ SPA_B_PER_VOXEL = 154.0
 # make3d wall 3.0-6.6 s (D quiet, box 64, 56-330 classes: 0.9-5.4 M slice px + 2.1 M voxels, m3diter 2),
 # CPU 3.2 s (M, box 96): about 1 s per M px; asked 2
 SPA_VOLUME_S_PER_MPIX = 2.0
-# spa_initial_model: see SPA_INIT_*
-SPA_INIT_BASE_MB = 0.0
-SPA_INIT_SLOPE = 0.0
-SPA_INIT_S_PER_MPIX = 0.0
+# spa_initial_model (defaults: 4 starts × 30 iterations × batch 100 + 300 scored = 12,300 images; no 2D
+# classification), S only (one size): 312 MB peak at 18.7 MB -> the stack line's base (157 MB) + 8.3 × the
+# stack; CPU 53.9 s for 12,300 × 64² = 50 M px (1.07 s per M px; wall 607 s at load 18): asked 2 s per M px
+SPA_INIT_BASE_MB = 157.0
+SPA_INIT_SLOPE = 8.3
+SPA_INIT_S_PER_MPIX = 2.0
 
 
 # ----------------------------------------------------------------------------- size look-ups
