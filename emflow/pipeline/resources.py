@@ -14,6 +14,9 @@ file and the peak RSS (``VmHWM``) it logs at exit; README "Scale benchmark"; the
 * run B: 1024² tilt series (172 MB), 250 particles, tomogram 256² × 64 (17 MB);
 
 both on 2 cores shared with five other sessions (load average 10–25), so times are upper bounds.
+A third run (S2: two 1024² tomograms, 392 + 328 particles) gave the same per-tomogram peaks for both
+tomograms. The single-particle rules (``spa_*``) come from three runs of the demo's SPA part
+(1,000 × 64², 2,000 × 96², the demo's 4,000 × 64²; see the SPA block of coefficients).
 Where a rule was measured at both sizes, memory is the line through both points; where at one
 size, the docstring says so.
 
