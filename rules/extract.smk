@@ -7,7 +7,10 @@
 #                                                   (extract.chunk_size particles each)
 # results/extract/chunks/{tomo}__{label}/*_{chunk}  one job per chunk (temporary): the tilt series
 #                                                   memory-mapped, particles streamed to HDF in blocks
-#                                                   sized by the job's resources.mem_mb
+#                                                   sized by the job's resources.mem_mb; deleted by the
+#                                                   gather once its outputs are complete (Snakemake keeps
+#                                                   temp() files while any checkpoint is pending, i.e.
+#                                                   to the end of a full run: emflow.sta.extract_steps)
 # results/extract/particles/{tomo}__{label}.hdf     subtilts (EMAN2 HDF)      } gather: chunk files
 # results/extract/particles3d/{tomo}__{label}.hdf   3D particles              } joined as stored
 # results/extract/summary/{tomo}__{label}.json      counts, excluded picks, particle coordinates

@@ -77,8 +77,8 @@ rule spa_prepare:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_stack_mem_mb(input.size_mb, attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_prepare_runtime(input.size_mb, attempt),
     params:
         spa=spa_params("prepare"),
         microscope=config["microscope"],
@@ -104,8 +104,8 @@ rule spa_startmodel:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_volume_mem_mb(RSC.spa_stack(input.particles)[1], attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_volume_runtime(RSC.spa_stack(input.particles)[1], 0, attempt),
     params:
         spa=spa_startmodel_params(),
     script:
@@ -125,8 +125,10 @@ rule spa_project3d:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_volume_mem_mb(RSC.spa_stack(input.model)[1], attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_volume_runtime(
+            RSC.spa_stack(input.model)[1], SPA_PROJECTIONS[int(wildcards.it) - 1], attempt
+        ),
     params:
         spa=spa_project3d_params,
     script:
@@ -148,8 +150,12 @@ rule spa_simmx:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=240,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_simmx_mem_mb(
+            RSC.file_mb(input.particles), RSC.spa_stack(input.particles)[0], SPA["chunk_size"], attempt
+        ),
+        runtime=lambda wildcards, input, attempt: RSC.spa_simmx_runtime(
+            min(SPA["chunk_size"], RSC.spa_stack(input.particles)[0]), *RSC.spa_stack(input.projections), attempt
+        ),
     params:
         spa=spa_params("simmx"),
     script:
@@ -171,8 +177,8 @@ rule spa_simmx_gather:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_stack_mem_mb(sum(map(RSC.file_mb, input.chunks)), attempt),
+        runtime=lambda wildcards, attempt: RSC.minutes(0.0, attempt),
     script:
         "../workflow/scripts/spa_simmx_gather.py"
 
@@ -190,8 +196,8 @@ rule spa_classify:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_stack_mem_mb(RSC.file_mb(input.simmx), attempt),
+        runtime=lambda wildcards, attempt: RSC.minutes(0.0, attempt),
     params:
         spa=spa_params("classify"),
     script:
@@ -215,8 +221,8 @@ rule spa_classaverage:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=120,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_classaverage_mem_mb(RSC.file_mb(input.particles), attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_classaverage_runtime(*RSC.spa_stack(input.particles), attempt),
     params:
         spa=spa_params("classaverage"),
     script:
@@ -240,8 +246,8 @@ rule spa_make3d:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_volume_mem_mb(RSC.spa_stack(input.classes)[1], attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_volume_runtime(*RSC.spa_stack(input.classes)[::-1], attempt),
     params:
         spa=spa_params("make3d"),
     script:
@@ -265,8 +271,8 @@ rule spa_fsc:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_volume_mem_mb(RSC.spa_stack(input.threed)[1], attempt),
+        runtime=lambda wildcards, attempt: RSC.minutes(0.0, attempt),
     params:
         truth_sym=spa_truth_symmetry(),
     script:
@@ -303,8 +309,8 @@ rule spa_report:
         "../envs/emflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_volume_mem_mb(RSC.spa_stack(input.classes)[1], attempt),
+        runtime=lambda wildcards, attempt: RSC.minutes(0.0, attempt),
     params:
         iters=SPA_ITERS,
     script:
@@ -332,8 +338,10 @@ rule spa_gold:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=600,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_gold_mem_mb(RSC.file_mb(input.particles), attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_gold_runtime(
+            *RSC.spa_stack(input.particles), SPA_PROJECTIONS, attempt
+        ),
     params:
         spa={**spa_gold_params(), "gold_speed": SPA["gold_speed"]},
         iters=SPA_ITERS,

@@ -38,8 +38,10 @@ rule spa_initial_model:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_initial_model_mem_mb(RSC.file_mb(input.particles), attempt),
+        runtime=lambda wildcards, input, attempt: RSC.spa_initial_model_runtime(
+            *RSC.spa_stack(input.particles), config["spa_initial_model"], attempt
+        ),
     params:
         cfg=rule_params(config, "spa_initial_model", "spa_initial_model"),
         sym=config["spa"]["sym"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -297,3 +298,56 @@ def test_plan_uses_the_declared_thickness_of_the_users_tomogram(tmp_path):
     with pytest.raises(InputError, match="outside the tomogram"):
         plan_extraction(tilt_series=str(ts), picks=str(undeclared), plan_out=str(tmp_path / "plan2.json"),
                         tomo="t", label="ribo", extract=extract, thickness_unbin_px=128)
+
+
+def test_gather_removes_the_chunk_files_only_once_its_outputs_are_complete(tmp_path, clean):
+    """The extraction chunks are deleted by their gather (Snakemake keeps ``temp()`` files to the end
+    of a run while a checkpoint is pending: snakemake/dag.py ``DAG.finish``), and only after the
+    merged files and the summary are complete: a gather that fails leaves every chunk for the retry,
+    and the merged files are the same as from a gather that keeps them."""
+    import yaml
+
+    from emflow.io import write_mrc
+    from emflow.sta.extract_steps import extract_chunk, gather_chunks, plan_extraction
+
+    stack, truth, info, _ = clean
+    cfg = yaml.safe_load((pathlib.Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    ts, info_path, plan = tmp_path / "ts.mrc", tmp_path / "info.json", str(tmp_path / "plan.json")
+    write_mrc(ts, stack.astype(np.float32), APIX)
+    write_info_json(info_path, info)
+    extract = {**cfg["extract"], "chunk_size": 2, "boxsize_unbin": truth.box}
+    plan_extraction(tilt_series=str(ts), picks=str(info_path), plan_out=plan, tomo="t", label="initribo",
+                    extract=extract, thickness_unbin_px=SHAPE[2])
+    n_chunks = len(json.loads(pathlib.Path(plan).read_text())["chunks"])
+    assert n_chunks == 3  # 5 particles in chunks of 2
+    files = {k: [str(tmp_path / f"{k}_{c:03d}.{'json' if k == 'summary' else 'hdf'}") for c in range(n_chunks)]
+             for k in ("particles", "particles3d", "summary")}
+    for c in range(n_chunks):
+        extract_chunk(tilt_series=str(ts), info_path=str(info_path), plan_path=plan, chunk=f"{c:03d}",
+                      particles_out=files["particles"][c], particles3d_out=files["particles3d"][c],
+                      summary_out=files["summary"][c], extract=extract,
+                      microscope={**cfg["microscope"], "apix": APIX}, names={"particles": "p.hdf", "particles3d": "p3.hdf"},
+                      threads=1, mem_mb=2000)
+    every = [f for v in files.values() for f in v]
+
+    def gather(tag, summaries, **kw):
+        out = {k: str(tmp_path / f"{tag}_{k}") for k in ("p.hdf", "p3.hdf", "s.json")}
+        gather_chunks(plan_path=plan, chunk_summaries=summaries, subtilts=files["particles"],
+                      chunks3d=files["particles3d"], particles_out=out["p.hdf"], particles3d_out=out["p3.hdf"],
+                      summary_out=out["s.json"], **kw)
+        return out
+
+    with pytest.raises(RuntimeError, match="2 chunk summaries for 3 chunks"):
+        gather("failed", files["summary"][:2])
+    assert all(pathlib.Path(f).exists() for f in every)  # a failed gather deletes nothing
+    kept = gather("kept", files["summary"], remove_chunks=False)
+    assert all(pathlib.Path(f).exists() for f in every)
+    merged = gather("merged", files["summary"])
+    assert not any(pathlib.Path(f).exists() for f in every)
+    assert tmp_path.is_dir()  # a folder with other files stays
+    for key in ("p.hdf", "p3.hdf"):
+        a, ha = read_hdf_stack(kept[key])
+        b, hb = read_hdf_stack(merged[key])
+        np.testing.assert_array_equal(a, b)
+        assert len(ha) == len(hb)
+    assert json.loads(pathlib.Path(merged["s.json"]).read_text())["n_particles"] == 5

@@ -23,6 +23,7 @@ import pytest
 from emflow.pipeline import resources as R
 
 N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
+INIT_CFG = {"ntry": 4, "niter": 30, "batch": 100, "n_score": 300, "classify2d": {"enabled": False, "niter": 6}}
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,19 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
         lambda s: R.spt_chunk_mem_mb(int(s), 3.9, 10**6, neighbours=8),  # t/r: by the chunk's neighbourhoods
         lambda s: R.spt_align_runtime(int(s), 3.8),
         lambda s: R.spt_postprocess_mem_mb(s),
+        lambda s: R.spa_stack_mem_mb(s),
+        lambda s: R.spa_prepare_runtime(s),
+        lambda s: R.spa_simmx_mem_mb(s, 10_000, 500),  # by the stack (chunk share)
+        lambda s: R.spa_simmx_runtime(500, int(s), 128),  # by the projections
+        lambda s: R.spa_classaverage_mem_mb(s),
+        lambda s: R.spa_classaverage_runtime(int(s) * 100, 128),
+        lambda s: R.spa_volume_mem_mb(int(s)),  # by the box
+        lambda s: R.spa_volume_runtime(128, int(s)),
+        lambda s: R.spa_gold_mem_mb(s),
+        lambda s: R.spa_gold_runtime(int(s) * 100, 128, [50, 100]),
+        lambda s: R.spa_initial_model_mem_mb(s),
+        lambda s: R.spa_initial_model_runtime(10_000, int(s), INIT_CFG),  # by the box
+        lambda s: R.spa_initial_model_runtime(int(s) * 100, 128, INIT_CFG | {"classify2d": {"enabled": True, "niter": 6}}),
     ],
 )
 def test_resources_grow_with_input_size(fn):
@@ -53,7 +67,8 @@ def test_resources_grow_with_input_size(fn):
 
 
 def test_retry_asks_for_more():
-    for fn in (lambda a: R.tomogram_mem_mb(688, attempt=a), lambda a: R.extract_chunk_runtime(41, 128, 250, attempt=a)):
+    for fn in (lambda a: R.tomogram_mem_mb(688, attempt=a), lambda a: R.extract_chunk_runtime(41, 128, 250, attempt=a),
+               lambda a: R.spa_classaverage_mem_mb(750, attempt=a), lambda a: R.spa_simmx_runtime(500, 4000, 256, attempt=a)):
         assert 2 * fn(1) - 1 <= fn(2) <= 2 * fn(1) + 1  # whole MB / minutes
 
 
@@ -157,3 +172,60 @@ def test_subtilt_job_memory_is_bounded_by_its_chunk_not_the_set():
     small, large = (R.spt_chunk_mem_mb(250, 3.9, n, neighbours=8) for n in (10_000, 100_000))
     assert small == large < R.spt_chunk_mem_mb(250, 3.9, 100_000)
     assert R.spt_chunk_mem_mb(250, 3.9, 827, neighbours=8) == R.spt_chunk_mem_mb(250, 3.9, 827)  # set < cap
+
+
+# --------------------------------------------------------------------------- single particle
+# A class-averaging job at a size none of the three SPA fits used (resources.py: 1,000 × 64², 2,000 × 96²,
+# 4,000 × 64²): 2,500 CTF-modulated 20S proteasome images at box 48, the stages of one iteration in one
+# fresh process as the rules run them one file at a time (project, simmx, classify, class averaging with
+# the CTF averager). Its peak (VmHWM) must fit what spa_classaverage declares, the larger of the two
+# jobs (simmx with every particle in one chunk: spa_simmx_mem_mb) likewise.
+SPA_N, SPA_BOX = 2500, 48
+SPA_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from emflow._numba import set_threads
+    set_threads(2)
+    from emflow.demo.data import structure_path
+    from emflow.demo.simulate import simulate_spa
+    from emflow.io import read_mrc
+    from emflow.spa.refine_loop import (RefineOptions, phase_flip_particles, stage_classaverage, stage_classify,
+                                        stage_project, stage_simmx)
+    from emflow.demo.phantom import resample_map
+    ref, ap = read_mrc(structure_path("proteasome20S"))
+    apix = ap * ref.shape[0] / %(box)d
+    stack, truth = simulate_spa(ref, ap, apix=apix, box=%(box)d, n=%(n)d, rng=np.random.default_rng(3), snr=0.08,
+                                workers=2)
+    ctfs = truth.ctfs()
+    particles = phase_flip_particles(stack, ctfs, apix).astype(np.float32)
+    del stack
+    model = resample_map(ref, ap, apix, box=%(box)d)
+    opts = RefineOptions(sym="d7", apix=apix, orientgen="eman:delta=9:inc_mirror=0", classaverager="ctf")
+    _, proj, _ = stage_project(model, opts)
+    mx, _ = stage_simmx(particles, proj, opts, ctfs=ctfs)
+    cls = stage_classify(mx, opts)
+    avgs, info = stage_classaverage(particles, cls, proj, opts, ctfs=ctfs)
+    out = {"n_proj": int(len(proj)), "stack_mb": float(particles.nbytes / 1e6)}
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            out["peak_mb"] = int(line.split()[1]) / 1024
+    print(json.dumps(out))
+    """
+    % {"n": SPA_N, "box": SPA_BOX}
+)
+
+
+def test_spa_class_averaging_fits_its_declared_memory():
+    res = subprocess.run([sys.executable, "-c", SPA_WORKER], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    # the rule sizes by the stack file: the images plus EMAN headers (about 2.3 kB each in the fitted runs)
+    stack_mb = got["stack_mb"] + SPA_N * 2.3e-3
+    declared = R.spa_classaverage_mem_mb(stack_mb)
+    fit = R.SPA_CLASSAVG_BASE_MB + R.SPA_CLASSAVG_SLOPE * stack_mb
+    print(f"SPA {SPA_N} x {SPA_BOX}² ({stack_mb:.0f} MB stack, {got['n_proj']} projections): peak "
+          f"{got['peak_mb']:.0f} MB, class averaging declares {declared} MB (fit {fit:.0f} MB), simmx "
+          f"{R.spa_simmx_mem_mb(stack_mb, SPA_N, SPA_N)} MB")
+    assert got["peak_mb"] <= declared, (got, declared)
+    assert 0.5 <= fit / got["peak_mb"] <= 2.0, (fit, got)

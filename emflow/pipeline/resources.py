@@ -14,6 +14,9 @@ file and the peak RSS (``VmHWM``) it logs at exit; README "Scale benchmark"; the
 * run B: 1024² tilt series (172 MB), 250 particles, tomogram 256² × 64 (17 MB);
 
 both on 2 cores shared with five other sessions (load average 10–25), so times are upper bounds.
+A third run (S2: two 1024² tomograms, 392 + 328 particles) gave the same per-tomogram peaks for both
+tomograms. The single-particle rules (``spa_*``) come from three runs of the demo's SPA part
+(1,000 × 64², 2,000 × 96², the demo's 4,000 × 64²; see the SPA block of coefficients).
 Where a rule was measured at both sizes, memory is the line through both points; where at one
 size, the docstring says so.
 
@@ -29,6 +32,7 @@ import functools
 import json
 import os
 import pathlib
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "MEM_MARGIN", "TIME_MARGIN", "MIN_RUNTIME", "mem", "minutes",
@@ -37,6 +41,9 @@ __all__ = [
     "initial_model_mem_mb", "initial_model_runtime", "spt_chunk_mem_mb", "spt_align_runtime", "spt_make3d_runtime",
     "spt_postprocess_mem_mb", "plan_json", "set_mb_per_particle", "set_size", "file_mb", "n_rotations",
     "tomogram_mem", "tomogram_time", "extract_chunk_mem", "extract_chunk_time",
+    "spa_stack", "spa_stack_mem_mb", "spa_prepare_runtime", "spa_simmx_mem_mb", "spa_simmx_runtime",
+    "spa_classaverage_mem_mb", "spa_classaverage_runtime", "spa_volume_mem_mb", "spa_volume_runtime",
+    "spa_gold_mem_mb", "spa_gold_runtime", "spa_initial_model_mem_mb", "spa_initial_model_runtime",
 ]
 
 MEM_MARGIN = 1.5  # over the measured peak: other data, allocator slack, a different machine
@@ -183,6 +190,108 @@ def spt_postprocess_mem_mb(rec_chunk_mb: float, attempt: int = 1) -> int:
     return mem(SPT_POST_BASE_MB, SPT_POST_SLOPE, rec_chunk_mb, attempt)
 
 
+# ----------------------------------------------------------------------------- single particle
+# The SPA rules' sizes: the particle stack (``n`` images of ``box``², its MB), the reference projections
+# of the iteration (``n_proj``), the chunk of a simmx job. Coefficients: SPA_* below.
+def spa_stack_mem_mb(stack_mb: float, attempt: int = 1) -> int:
+    """Jobs that read a whole stack or matrix once (spa_prepare: read, phase-flip, write; classify and the
+    simmx gather on the similarity matrix): ``SPA_STACK_BASE_MB`` + ``SPA_STACK_SLOPE`` × its MB."""
+    return mem(SPA_STACK_BASE_MB, SPA_STACK_SLOPE, stack_mb, attempt)
+
+
+def spa_prepare_runtime(stack_mb: float, attempt: int = 1) -> int:
+    """``SPA_PREPARE_S_PER_MB`` s per MB of the input stack."""
+    return minutes(SPA_PREPARE_S_PER_MB * stack_mb, attempt)
+
+
+def spa_simmx_mem_mb(stack_mb: float, n_particles: int, chunk: int, attempt: int = 1) -> int:
+    """One simmx chunk: ``SPA_SIMMX_BASE_MB`` (interpreter, FFT plans, the projections and their
+    rotations) + ``SPA_SIMMX_CHUNK_FACTOR`` × the chunk's share of the stack (its particles with their
+    CTF / SNR arrays and coarse copies)."""
+    share = stack_mb * min(max(chunk, 1), max(n_particles, 1)) / max(n_particles, 1)
+    return mem(SPA_SIMMX_BASE_MB, SPA_SIMMX_CHUNK_FACTOR, share, attempt)
+
+
+def spa_simmx_runtime(n_chunk: int, n_proj: int, box: int, attempt: int = 1) -> int:
+    """``SPA_SIMMX_S_PER_GPIX`` s per 10⁹ (particle × projection × box²) (coarse-to-fine simmx)."""
+    return minutes(SPA_SIMMX_S_PER_GPIX * n_chunk * n_proj * box * box / 1e9, attempt)
+
+
+def spa_classaverage_mem_mb(stack_mb: float, attempt: int = 1) -> int:
+    """Class averaging holds every particle with its CTF amplitude and SNR arrays and aligned copies:
+    ``SPA_CLASSAVG_BASE_MB`` + ``SPA_CLASSAVG_SLOPE`` × the stack's MB."""
+    return mem(SPA_CLASSAVG_BASE_MB, SPA_CLASSAVG_SLOPE, stack_mb, attempt)
+
+
+def spa_classaverage_runtime(n_particles: int, box: int, attempt: int = 1) -> int:
+    """``SPA_CLASSAVG_S_PER_MPIX`` s per 10⁶ particle pixels (``n · box²``), classiter 1."""
+    return minutes(SPA_CLASSAVG_S_PER_MPIX * n_particles * box * box / 1e6, attempt)
+
+
+def spa_volume_mem_mb(box: int, attempt: int = 1) -> int:
+    """Jobs bound by one map (startmodel, project3d, make3d: the 2×-padded Fourier volume and its
+    weights; fsc, report): ``SPA_VOLUME_BASE_MB`` + ``SPA_B_PER_VOXEL`` bytes per ``box³`` voxel."""
+    return mem(SPA_VOLUME_BASE_MB, SPA_B_PER_VOXEL / 1e6, float(box) ** 3, attempt)
+
+
+def spa_volume_runtime(box: int, n_proj: int = 0, attempt: int = 1) -> int:
+    """A map job (project3d, make3d): ``SPA_VOLUME_S_PER_MPIX`` s per 10⁶ pixels of the 2×-padded
+    slices it extracts or inserts (``n_proj · (2 · box)²``) plus the padded volume (``(2 · box)³``)."""
+    return minutes(SPA_VOLUME_S_PER_MPIX * ((2.0 * box) ** 2 * max(0, n_proj) + (2.0 * box) ** 3) / 1e6, attempt)
+
+
+def spa_gold_mem_mb(stack_mb: float, attempt: int = 1) -> int:
+    """spa_gold runs the stages of both halves in one process: class averaging of the whole stack is
+    its largest step (:func:`spa_classaverage_mem_mb`) plus both halves' simmx at once."""
+    return mem(SPA_CLASSAVG_BASE_MB, SPA_CLASSAVG_SLOPE + SPA_SIMMX_CHUNK_FACTOR, stack_mb, attempt)
+
+
+def spa_gold_runtime(n_particles: int, box: int, n_proj: Sequence[int], attempt: int = 1) -> int:
+    """spa_gold runs every iteration's stages on both halves in one job: the simmx of all particles
+    against each iteration's projections plus class averaging once per iteration."""
+    s = sum(SPA_SIMMX_S_PER_GPIX * n_particles * n * box * box / 1e9
+            + SPA_CLASSAVG_S_PER_MPIX * n_particles * box * box / 1e6 for n in n_proj)
+    return minutes(s, attempt)
+
+
+def spa_initial_model_mem_mb(stack_mb: float, attempt: int = 1) -> int:
+    """The SGD initial model (and 2D classification) hold the stack and per-particle arrays:
+    ``SPA_INIT_BASE_MB`` + ``SPA_INIT_SLOPE`` × the stack's MB."""
+    return mem(SPA_INIT_BASE_MB, SPA_INIT_SLOPE, stack_mb, attempt)
+
+
+def spa_initial_model_runtime(n_particles: int, box: int, cfg: Mapping, attempt: int = 1) -> int:
+    """``SPA_INIT_S_PER_MPIX`` s per 10⁶ image pixels the job works on: the SGD's ``ntry · niter · batch``
+    images and the ``n_score`` scoring images (``cfg``: the config's ``spa_initial_model`` section),
+    plus ``classify2d.niter`` passes over the ``n_particles`` when the 2D classification runs."""
+    images = int(cfg["ntry"]) * int(cfg["niter"]) * int(cfg["batch"]) + int(cfg["n_score"])
+    if cfg["classify2d"]["enabled"]:
+        images += int(cfg["classify2d"]["niter"]) * int(n_particles)
+    return minutes(SPA_INIT_S_PER_MPIX * images * box * box / 1e6, attempt)
+
+
+@functools.lru_cache(maxsize=64)
+def _stack(path: str, mtime: float) -> tuple[int, int]:
+    if path.endswith(".hdf"):
+        from emflow.io import hdf_count
+        from emflow.io.hdf import hdf_image_shape
+
+        return hdf_count(path), int(hdf_image_shape(path)[-1])
+    from emflow.io import read_mrc_header
+
+    shape = read_mrc_header(path)["shape"]  # (nz, ny, nx): a map (n = 1) or an image stack
+    return (1 if shape[0] == shape[-1] else int(shape[0])), int(shape[-1])
+
+
+def spa_stack(path: str | os.PathLike) -> tuple[int, int]:
+    """``(n images, box)`` of an EMAN2 HDF stack or MRC file from its header (no image decoded; a cubic
+    MRC counts as one map); ``(0, 0)`` before it exists (a dry run)."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        return 0, 0
+    return _stack(str(p), p.stat().st_mtime)
+
+
 # ----------------------------------------------------------------------------- fitted coefficients
 # (values and the measurements they come from: README "Benchmarks", benchmarks/scale_workflow.py)
 # tomogram_reconstruct, peak RSS 954 MB at a 172 MB series (41 × 1024²), 3414 MB at 688 MB (41 × 2048²):
@@ -228,6 +337,47 @@ SLICES_SLOPE = 1.2
 # both); picks_filter (scores + tomogram) 239 / 402 MB at the same sizes, under the same line
 TM_EXTRACT_BASE_MB = 182.0
 TM_EXTRACT_SLOPE = 3.44
+
+
+# single particle (rules/spa.smk, rules/spa_initial_model.smk): three runs of the demo's SPA part, each
+# job's VmHWM from its log (Snakemake's sampled max_rss for the demo run, which predates that log line):
+#   S: 1,000 × 64² (19.3 MB stack), 1 iteration;  M: 2,000 × 96² (78.4 MB), 2 iterations (under load 12-17);
+#   D: the demo, 4,000 × 64² (74.9 MB), 6 iterations (quiet machine; sampled max_rss).
+# spa_prepare: 230 MB (S, 18.7 MB stack), 461 MB (M, 78.4 MB), 455 MB (D, 74.9 MB): the line through S and M;
+# simmx_gather and classify (on the similarity matrix, < 3 MB) 171-224 MB
+SPA_STACK_BASE_MB = 157.0
+SPA_STACK_SLOPE = 3.9
+# spa_prepare CPU time 0.76 s (S), 2.7 s (M), wall 2.2 s quiet (D): 0.03-0.04 s per MB, asked 0.05
+SPA_PREPARE_S_PER_MB = 0.05
+# spa_simmx (chunks of 500): 343-364 MB (S, share 9.4 MB), 469-490 MB (M, share 19.6 MB), 492-507 MB (D, share
+# 9.4 MB, 56-187 projections, sampled): an upper line over the three; the peak is mostly
+# fixed (the interpreter, numba and FFT plans); the chunk term is the arrays it holds per
+# particle (image, CTF amplitude, SNR, coarse copy, its FFTs: about 6 × its image), not a fit
+SPA_SIMMX_BASE_MB = 460.0
+SPA_SIMMX_CHUNK_FACTOR = 6.0
+# simmx wall per 10⁹ particle × projection × box² px: 31-77 s (D, quiet, 48 jobs); CPU time up to 91 s (D) and
+# 31 s (M): asked 90 s
+SPA_SIMMX_S_PER_GPIX = 90.0
+# spa_classaverage: 509 MB (S, 18.7 MB stack), 1,497-1,498 MB (M, 78.4 MB): the line through both (16.6 × the
+# stack: images, CTF amplitudes, SNR weights, aligned copies); D 1,287-1,441 MB sampled at 74.9 MB, under it
+SPA_CLASSAVG_BASE_MB = 199.0
+SPA_CLASSAVG_SLOPE = 16.6
+# classaverage wall 18-47 s for 16.4 M particle px (D quiet: 1.1-2.9 s per M px), CPU 49 s for 18.4 M (M):
+# asked 3 s per M px
+SPA_CLASSAVG_S_PER_MPIX = 3.0
+# make3d: 361 MB (M, box 96), 249-265 MB (D, box 64, sampled): the line in box³ (154 B per voxel);
+# project3d 183-196 MB (M), 208-227 MB (D) and startmodel 141-161 MB are under it
+SPA_VOLUME_BASE_MB = 225.0
+SPA_B_PER_VOXEL = 154.0
+# make3d wall 3.0-6.6 s (D quiet, box 64, 56-330 classes: 0.9-5.4 M slice px + 2.1 M voxels, m3diter 2),
+# CPU 3.2 s (M, box 96): about 1 s per M px; asked 2
+SPA_VOLUME_S_PER_MPIX = 2.0
+# spa_initial_model (defaults: 4 starts × 30 iterations × batch 100 + 300 scored = 12,300 images; no 2D
+# classification), S only (one size): 312 MB peak at 18.7 MB -> the stack line's base (157 MB) + 8.3 × the
+# stack; CPU 53.9 s for 12,300 × 64² = 50 M px (1.07 s per M px; wall 607 s at load 18): asked 2 s per M px
+SPA_INIT_BASE_MB = 157.0
+SPA_INIT_SLOPE = 8.3
+SPA_INIT_S_PER_MPIX = 2.0
 
 
 # ----------------------------------------------------------------------------- size look-ups
