@@ -26,6 +26,15 @@ N_TILTS, SIZE, BOX, PAD2D, N_PTCL = 41, 768, 64, 128, 60
 INIT_CFG = {"ntry": 4, "niter": 30, "batch": 100, "n_score": 300, "classify2d": {"enabled": False, "niter": 6}}
 
 
+def test_stochastic_em_start_asks_for_its_minibatches():
+    # the from_data default (stochastic_em): 2 starts × 500 minibatches of 200 took 119.8 s quiet on 2 threads
+    cfg = INIT_CFG | {"method": "stochastic_em", "ntry": 2, "em": {"niter": 500, "batch": 200}}
+    asked = R.spa_initial_model_runtime(4000, 64, cfg)
+    assert asked * 60 >= 3 * 119.8, asked
+    assert R.spa_initial_model_runtime(4000, 64, cfg | {"ntry": 8}) > asked  # grows with the starts
+    assert R.spa_initial_model_runtime(4000, 64, cfg, attempt=2) == 2 * asked
+
+
 @pytest.mark.parametrize(
     "fn",
     [

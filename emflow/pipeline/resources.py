@@ -261,9 +261,15 @@ def spa_initial_model_mem_mb(stack_mb: float, attempt: int = 1) -> int:
 
 
 def spa_initial_model_runtime(n_particles: int, box: int, cfg: Mapping, attempt: int = 1) -> int:
-    """``SPA_INIT_S_PER_MPIX`` s per 10⁶ image pixels the job works on: the SGD's ``ntry · niter · batch``
+    """method sgd: ``SPA_INIT_S_PER_MPIX`` s per 10⁶ image pixels the job works on: the SGD's ``ntry · niter · batch``
     images and the ``n_score`` scoring images (``cfg``: the config's ``spa_initial_model`` section),
-    plus ``classify2d.niter`` passes over the ``n_particles`` when the 2D classification runs."""
+    plus ``classify2d.niter`` passes over the ``n_particles`` when the 2D classification runs.
+    method stochastic_em: ``SPA_EM_S_PER_MINIBATCH`` per minibatch of 200 particles, ``ntry · em.niter``
+    minibatches (its working box follows ``em.res_a``, not the particles' box)."""
+    if cfg.get("method", "sgd") == "stochastic_em":  # cost per minibatch, at the em block's grid and resolution
+        em = cfg["em"]
+        minibatches = int(cfg["ntry"]) * int(em["niter"]) * int(em["batch"]) / 200.0
+        return minutes(SPA_EM_S_PER_MINIBATCH * minibatches, attempt)
     images = int(cfg["ntry"]) * int(cfg["niter"]) * int(cfg["batch"]) + int(cfg["n_score"])
     if cfg["classify2d"]["enabled"]:
         images += int(cfg["classify2d"]["niter"]) * int(n_particles)
@@ -378,6 +384,10 @@ SPA_VOLUME_S_PER_MPIX = 2.0
 SPA_INIT_BASE_MB = 157.0
 SPA_INIT_SLOPE = 8.3
 SPA_INIT_S_PER_MPIX = 2.0
+# stochastic_em (defaults: 60 → 40 Å, 20 → 15° grid, minibatches of 200, 4,000 × 64² 80S): 0.36 s per
+# minibatch under load 15–19 (s6-abinitio benchmark); 2 starts × 500 in 119.8 s quiet, 2 threads
+# (0.12 s; session 6 user SPA run): asked the loaded figure
+SPA_EM_S_PER_MINIBATCH = 0.36
 
 
 # ----------------------------------------------------------------------------- size look-ups
