@@ -373,16 +373,11 @@ def _map(F: np.ndarray, W: np.ndarray, bw: int, mask: np.ndarray, apix_w: float,
 
 
 def _com_shift(vol: np.ndarray) -> np.ndarray:
-    """Shift ``[dz, dy, dx]`` (px) moving the positive density's centre of mass to ``n//2``."""
-    w = np.maximum(vol, 0.0).astype(np.float64)
-    tot = w.sum()
-    if tot <= 0:
-        return np.zeros(3)
-    n = vol.shape[0]
-    idx = np.arange(n, dtype=np.float64)
-    com = np.array([(w.sum(axis=(1, 2)) * idx).sum(), (w.sum(axis=(0, 2)) * idx).sum(),
-                    (w.sum(axis=(0, 1)) * idx).sum()]) / tot
-    return n // 2 - com
+    """Shift ``[dz, dy, dx]`` (px) moving the positive density's centre of mass to ``n//2`` (c1: every
+    axis free; the one computation of :mod:`emflow.spa.initial_model`)."""
+    from emflow.spa.initial_model import _centre_of_mass_shift
+
+    return _centre_of_mass_shift(vol, np.ones(3, bool))
 
 
 def _shift_accumulator(F: np.ndarray, n: int, shift_zyx: np.ndarray) -> None:
