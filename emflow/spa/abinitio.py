@@ -51,7 +51,8 @@ Conventions
 * Shifts ``t = (tx, ty)`` (working px): the particle is modelled as the projection moved by
   ``+t``; ``X_is = X_i·exp(+2πi k·t_s)`` is the particle moved back.
 * The result's hand is undetermined (projections of a map and of its mirror image agree; see
-  :mod:`emflow.spa.initial_model`).
+  :mod:`emflow.spa.initial_model`), and so is its orientation: the EM runs in c1 and a symmetric
+  particle's map is brought into its group's frame afterwards (:mod:`emflow.spa.align_symmetry`).
 
 Speed: per minibatch two projections of the map (``O(n_rot·bw²)``), three matrix products of
 ``O(batch·n_s·m·n_rot)`` flops (BLAS, float32) and one insertion of ``≤ n_rot`` slices of ``bw²``; no
@@ -170,10 +171,11 @@ class EMResult:
 
 
 # ----------------------------------------------------------------------------- grids
-def pose_grid(delta_deg: float) -> np.ndarray:
-    """Rotations ``(n, 3, 3)`` float64 covering SO(3) at about ``delta_deg``: EMAN directions over the
-    full sphere × in-plane angles ``0, δ', 2δ', …`` (``δ' = 360/round(360/δ)``)."""
-    e = orientations("eman", sym="c1", delta=float(delta_deg), inc_mirror=True)
+def pose_grid(delta_deg: float, sym: str = "c1") -> np.ndarray:
+    """Rotations ``(n, 3, 3)`` float64 covering SO(3) at about ``delta_deg`` (modulo the point group ``sym``:
+    the cosets ``R·G``): EMAN directions over the full sphere (the asymmetric unit of ``sym`` with its
+    mirror half) × in-plane angles ``0, δ', 2δ', …`` (``δ' = 360/round(360/δ)``)."""
+    e = orientations("eman", sym=sym, delta=float(delta_deg), inc_mirror=True)
     nphi = max(1, round(360.0 / delta_deg))
     phi = np.arange(nphi) * (360.0 / nphi)
     return eman_to_matrix(e[:, 0][:, None], e[:, 1][:, None], phi[None, :]).reshape(-1, 3, 3)

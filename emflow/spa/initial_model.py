@@ -81,6 +81,7 @@ from emflow.geometry import eman_to_matrix, get_symmetry, orientations, random_r
 from emflow.projection import VolumeProjector
 from emflow.reconstruct import Reconstructor
 from emflow.spa import align2d
+from emflow.spa.align_symmetry import align_symmetry
 from emflow.spa.classify2d import Classify2DParams, Classify2DResult, classify2d
 from emflow.spa.simmx import SimmxOptions, simmx
 
@@ -558,7 +559,9 @@ def spa_initial_model_em(particles: np.ndarray, apix: float, params: SPAInitPara
     ``particles`` ``(n, b, b)`` phase-flipped, protein white (as :func:`spa_initial_model`); ``ctfs``: their
     :class:`emflow.ctf.CTF` list (the likelihood then models ``|CTF|·P``) or None (CTF-free). ``em``:
     keyword arguments of :class:`emflow.spa.abinitio.EMParams` (config ``spa_initial_model.em``);
-    ``params.ntry`` and ``params.mask_radius_a`` apply. The working box is the one whose pixel is about
+    ``params.ntry``, ``params.sym`` and ``params.mask_radius_a`` apply: the EM runs in c1 and each map is
+    then rotated into the frame of ``params.sym`` and symmetrised
+    (:func:`emflow.spa.align_symmetry.align_symmetry`). The working box is the one whose pixel is about
     ``em.res_a/2.5`` (:func:`working_box`). Returns an :class:`SPAInitResult` whose ``scores`` are the
     negated mean marginal log-likelihoods (lower is better, as the SGD's), ``batch_scores`` the negated
     per-minibatch log-likelihoods and ``map_change`` the posterior widths (effective poses per particle).
@@ -591,7 +594,10 @@ def spa_initial_model_em(particles: np.ndarray, apix: float, params: SPAInitPara
             raise InputError(f"{len(ctfs)} CTFs for {n} particles", source="spa particles")
         C = np.abs(ctf_2d_stack(list(ctfs), (bw, bw), apix_w)).astype(np.float32)
     r = abinitio.stochastic_em(X, bw, apix_w, emp, ctf=C, rng=rng, progress=progress)
-    full = np.stack([_to_box(v, b, apix, p) for v in r.maps])
+    # in c1, then into the group's frame (RELION's advice: a random start with the group imposed can lock
+    # into a wrong symmetric map; measured on D7, tests/test_spa_align_symmetry.py)
+    framed = [align_symmetry(v, p.sym) for v in r.maps]
+    full = np.stack([_to_box(v, b, apix, p) for v, _ in framed])
     return SPAInitResult(map=full[0], maps=full, scores=-r.scores, start_index=r.start_index,
                          batch_scores=-r.loglik, map_change=r.neff, working_box=bw, working_apix=apix_w)
 
