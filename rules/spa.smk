@@ -221,7 +221,9 @@ rule spa_classaverage:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, input, attempt: RSC.spa_classaverage_mem_mb(RSC.file_mb(input.particles), attempt),
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_classaverage_mem_mb(
+            RSC.file_mb(input.particles), attempt, *RSC.spa_stack(input.projections)
+        ),
         runtime=lambda wildcards, input, attempt: RSC.spa_classaverage_runtime(*RSC.spa_stack(input.particles), attempt),
     params:
         spa=spa_params("classaverage"),

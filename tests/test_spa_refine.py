@@ -159,7 +159,8 @@ def test_check_cost_estimate_is_within_3x_of_a_measured_iteration(spa_data):
 
 def test_scripts_run_the_same_stages_as_run_iteration(tmp_path, spa_data):
     """The tested path is the production path: the spa_* scripts (project3d → simmx chunks → gather →
-    classify → classaverage → make3d) give the same map as refine_loop.run_iteration on the same data."""
+    classify → classaverage in blocks → make3d) give the same map as refine_loop.run_iteration on the same
+    data (every particle in memory)."""
     from workflow_runner import run_script
 
     from emflow.io import read_mrc, write_hdf_stack, write_mrc
@@ -193,7 +194,8 @@ def test_scripts_run_the_same_stages_as_run_iteration(tmp_path, spa_data):
                params={"spa": spa})
     run_script("spa_classaverage.py", input={"particles": d / "particles.hdf", "classify": d / "classify.hdf",
                                              "projections": d / "proj.hdf", "usefilt": []},
-               output={"classes": d / "classes.hdf", "result": d / "cls_result.hdf"}, params={"spa": spa})
+               output={"classes": d / "classes.hdf", "result": d / "cls_result.hdf"}, params={"spa": spa},
+               resources={"mem_mb": 1})  # the smallest job: blocks of 64 particles (64 + 26)
     run_script("spa_make3d.py", input={"classes": d / "classes.hdf"},
                output={"threed": d / "threed.hdf", "threed_mrc": d / "threed.mrc", "threed_filt": d / "filt.mrc"},
                params={"spa": spa})

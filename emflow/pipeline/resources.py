@@ -217,10 +217,20 @@ def spa_simmx_runtime(n_chunk: int, n_proj: int, box: int, attempt: int = 1) -> 
     return minutes(SPA_SIMMX_S_PER_GPIX * n_chunk * n_proj * box * box / 1e9, attempt)
 
 
-def spa_classaverage_mem_mb(stack_mb: float, attempt: int = 1) -> int:
-    """Class averaging holds every particle with its CTF amplitude and SNR arrays and aligned copies:
-    ``SPA_CLASSAVG_BASE_MB`` + ``SPA_CLASSAVG_SLOPE`` × the stack's MB."""
-    return mem(SPA_CLASSAVG_BASE_MB, SPA_CLASSAVG_SLOPE, stack_mb, attempt)
+def spa_classaverage_mem_mb(stack_mb: float, attempt: int = 1, n_proj: int = 0, box: int = 0) -> int:
+    """Class averaging holds one block of particles with its CTF amplitude and SNR arrays and aligned copies
+    (:func:`spa_classaverage_block`): ``SPA_CLASSAVG_BASE_MB`` + ``SPA_CLASSAVG_SLOPE`` × the block's MB (the
+    stack's, up to ``SPA_CLASSAVG_BLOCK_MB``) + ``SPA_CLASSAVG_B_PER_CLASS_PX`` per pixel of the ``n_proj``
+    projections, references, averages and running sums."""
+    base = SPA_CLASSAVG_BASE_MB + SPA_CLASSAVG_B_PER_CLASS_PX * n_proj * box * box / 1e6
+    return mem(base, SPA_CLASSAVG_SLOPE, min(stack_mb, SPA_CLASSAVG_BLOCK_MB), attempt)
+
+
+def spa_classaverage_block(mem_mb: float, box: int, n_proj: int) -> int:
+    """Particles per block of a class-averaging job given its ``mem_mb`` (the inverse of
+    :func:`spa_classaverage_mem_mb`, float32 images of ``box²``); at least 64."""
+    avail = mem_mb / MEM_MARGIN - SPA_CLASSAVG_BASE_MB - SPA_CLASSAVG_B_PER_CLASS_PX * n_proj * box * box / 1e6
+    return max(64, int(avail / (SPA_CLASSAVG_SLOPE * 4.0 * box * box / 1e6)))
 
 
 def spa_classaverage_runtime(n_particles: int, box: int, attempt: int = 1) -> int:
@@ -368,6 +378,12 @@ SPA_SIMMX_S_PER_GPIX = 90.0
 # stack: images, CTF amplitudes, SNR weights, aligned copies); D 1,287-1,441 MB sampled at 74.9 MB, under it
 SPA_CLASSAVG_BASE_MB = 199.0
 SPA_CLASSAVG_SLOPE = 16.6
+# the job reads the particles in blocks of at most this many MB (float32 images): 256 MB is 15,600 particles at
+# box 64, 1,000 at box 256, so a 4.4 GB job (× MEM_MARGIN) however large the stack
+SPA_CLASSAVG_BLOCK_MB = 256.0
+# per projection pixel: the projections, references and averages (float32) and the CTF averager's sums
+# (complex128 + float64 on the half plane, ~12 B per pixel): about 24 B, asked 32
+SPA_CLASSAVG_B_PER_CLASS_PX = 32.0
 # classaverage wall 18-47 s for 16.4 M particle px (D quiet: 1.1-2.9 s per M px), CPU 49 s for 18.4 M (M):
 # asked 3 s per M px
 SPA_CLASSAVG_S_PER_MPIX = 3.0

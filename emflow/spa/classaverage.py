@@ -1,7 +1,9 @@
 """Iterative class averaging against reference projections (EMAN ``e2classaverage``, spec §4.4).
 
 All classes are processed together: every step (alignment, scoring, averaging) is one batched
-call over the (particle, class) membership list, not a loop over classes.
+call over the (particle, class) membership list, not a loop over classes. With
+:func:`class_average_blocks` the particles are read a block at a time, so the memory of a class-averaging
+job is bounded by the block and not by the stack.
 """
 
 from __future__ import annotations
@@ -144,25 +146,39 @@ def _accumulate(images, weights, widx, cls, num, den):  # pragma: no cover - num
                     num[c, y, x] += img[y, x]
 
 
-def _average(aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, n_class: int, averager: str,
-             ctf_abs: np.ndarray | None, member_ptcl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ``aligned`` members per class; returns ``(averages, counts)``."""
-    shape = aligned.shape[1:]
-    counts = np.bincount(cls[use], minlength=n_class)
-    members = np.nonzero(use)[0]
-    if averager == "ctf" and ctf_abs is not None:
-        ft = scipy.fft.rfft2(aligned[members], axes=(-2, -1))
-        num = np.zeros((n_class,) + ft.shape[1:], np.complex128)
-        den = np.zeros((n_class,) + ft.shape[1:], np.float64)
-        _accumulate(ft, np.ascontiguousarray(ctf_abs), np.asarray(member_ptcl, np.int64)[members],
-                    np.asarray(cls, np.int64)[members], num, den)
-        avg = scipy.fft.irfft2(num / (den + WIENER_EPS), s=shape, axes=(-2, -1))
-        avg[counts == 0] = 0
-        return avg.astype(np.float32), counts
-    acc = np.zeros((n_class,) + shape, np.float64)
-    _accumulate(np.ascontiguousarray(aligned[members]), np.zeros((0,) + shape, np.float64),
-                np.zeros(len(members), np.int64), np.asarray(cls, np.int64)[members], acc, acc[:0])
-    return (acc / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
+class _ClassSums:
+    """Running per-class sums of aligned members, block by block (same member order and sums as one call):
+    ``ctf`` averager (with |CTF|): ``Σ|C|·FT(x)`` and ``Σ C²`` per Fourier pixel; else ``Σ x``."""
+
+    def __init__(self, n_class: int, shape: tuple[int, int], ctf: bool):
+        self.shape, self.ctf = shape, ctf
+        if ctf:
+            self.num = np.zeros((n_class, shape[0], shape[1] // 2 + 1), np.complex128)
+            self.den = np.zeros(self.num.shape, np.float64)
+        else:
+            self.num = np.zeros((n_class,) + shape, np.float64)
+
+    def add(self, aligned: np.ndarray, cls: np.ndarray, use: np.ndarray, ctf_abs: np.ndarray | None,
+            member_ptcl: np.ndarray) -> None:
+        """Add the ``use``d members: ``aligned`` (m, ny, nx) of classes ``cls`` (m,); ``member_ptcl`` (m,) their
+        rows of ``ctf_abs``."""
+        members = np.nonzero(use)[0]
+        cls = np.asarray(cls, np.int64)[members]
+        if self.ctf:
+            ft = scipy.fft.rfft2(aligned[members], axes=(-2, -1))
+            _accumulate(ft, np.ascontiguousarray(ctf_abs), np.asarray(member_ptcl, np.int64)[members], cls,
+                        self.num, self.den)
+        else:
+            _accumulate(np.ascontiguousarray(aligned[members]), np.zeros((0,) + self.shape, np.float64),
+                        np.zeros(len(members), np.int64), cls, self.num, self.num[:0])
+
+    def averages(self, counts: np.ndarray) -> np.ndarray:
+        """``(n_class, ny, nx)`` float32; 0 for empty classes."""
+        if self.ctf:
+            avg = scipy.fft.irfft2(self.num / (self.den + WIENER_EPS), s=self.shape, axes=(-2, -1))
+            avg[counts == 0] = 0
+            return avg.astype(np.float32)
+        return (self.num / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
 
 
 def _align(moving, refs, mi, ri, opts: ClassAverageOptions, flip: bool, prepared_moving=None, snr=None):
@@ -184,7 +200,7 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
                   opts: ClassAverageOptions | None = None, *, usefilt: np.ndarray | None = None,
                   ctf_abs: np.ndarray | None = None, particle_snr: np.ndarray | None = None,
                   progress: Callable[[float], None] | None = None):
-    """Class averages of all classes of ``classmx`` (spec §4.4).
+    """Class averages of all classes of ``classmx`` (spec §4.4), every particle in memory.
 
     Parameters
     ----------
@@ -211,27 +227,74 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
         ``cls_result`` matrix (7, n_ptcl, sep): classmx with plane 1 = used flag and planes 2–5
         the final particle→average transform (dx, dy, dalpha, mirror).
     """
+    def load(rows):
+        return (particles[rows], None if usefilt is None else usefilt[rows],
+                None if ctf_abs is None else ctf_abs[rows], None if particle_snr is None else particle_snr[rows])
+
+    return class_average_blocks(len(particles), load, classmx, projections, opts, progress=progress)
+
+
+def class_average_blocks(n_ptcl: int, load: Callable, classmx: np.ndarray, projections: np.ndarray,
+                         opts: ClassAverageOptions | None = None, *, block: int | None = None,
+                         progress: Callable[[float], None] | None = None):
+    """:func:`class_average` on particles read ``block`` at a time (memory bounded by the block, not by the
+    stack; ``None``: all at once, loaded and prepared once for every pass).
+
+    ``load(rows)`` (rows: a contiguous ``np.arange``) returns ``(particles, usefilt or None, ctf_abs or None,
+    particle_snr or None)`` of those rows, shaped as :func:`class_average`'s arguments. Every pass
+    (``opts.iter`` alignment passes and the final average) re-reads the blocks; members are processed in the
+    membership order of one call, so the sums are the same as in memory. Returns as :func:`class_average`.
+    """
     opts = opts or ClassAverageOptions()
     n_class = len(projections)
     flip = opts.align.split(":")[0] == "rotate_translate_flip"
-    raw = normalize_stack(particles, opts.normproc)
-    ali = raw if usefilt is None else normalize_stack(usefilt, opts.normproc)
     mp, mc = class_members(classmx, n_class)
+    block = n_ptcl if not block or block >= n_ptcl else int(block)
+    starts = np.arange(0, max(n_ptcl, 1), block)
+    member_block = np.searchsorted(starts, mp, side="right") - 1
+    blocks = [(int(a), int(min(n_ptcl, a + block)), np.nonzero(member_block == k)[0]) for k, a in enumerate(starts)]
+    ccc = cmpmod.parse_cmp(opts.aligncmp)[0] == "ccc"
+    kept: dict[int, tuple] = {}
+
+    def prepared(k: int):
+        """``(raw, ali, ctf_abs, snr, prepared moving)`` of block ``k`` (kept when it is the only block)."""
+        if k in kept:
+            return kept[k]
+        a, b, _ = blocks[k]
+        raw, uf, ca, snr = load(np.arange(a, b))
+        raw = normalize_stack(raw, opts.normproc)
+        ali = raw if uf is None else normalize_stack(uf, opts.normproc)
+        prep = fourier_align.PreparedMoving(ali, align2d.n_angles(ali.shape[-2])) if ccc else None
+        out = (raw, ali, ca, snr, prep)
+        if len(blocks) == 1:
+            kept[k] = out
+        return out
+
+    shape = tuple(projections.shape[-2:])
     refs = np.ascontiguousarray(projections, np.float32)
     use = np.ones(len(mp), bool)
     sim = np.zeros(len(mp))
+    par = {k: np.zeros(len(mp)) for k in ("alpha", "tx", "ty", "mirror")}
     steps = opts.iter + 2
-    prep = None
-    if cmpmod.parse_cmp(opts.aligncmp)[0] == "ccc":
-        prep = fourier_align.PreparedMoving(ali, align2d.n_angles(ali.shape[-2]))
     for it in range(opts.iter + 1):
         if it > 0:
             use = keep_mask(sim, mc, opts.keep, opts.keepsig)
-        snr = None if particle_snr is None else particle_snr[mp]
-        r = _align(ali, refs, mp, mc, opts, flip, prep, snr)
-        aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mp)
-        sim = cmpmod.compare(aligned, refs[mc], opts.cmp, snr=snr, apix=opts.apix)
-        avgs, counts = _average(aligned, mc, use, n_class, opts.averager, ctf_abs, mp)
+        sums = None
+        for k, (a, _, sel) in enumerate(blocks):
+            if len(sel) == 0 and len(blocks) > 1:
+                continue
+            raw, ali, ca, snr_rows, prep = prepared(k)
+            mi = mp[sel] - a
+            snr = None if snr_rows is None else snr_rows[mi]
+            r = _align(ali, refs, mi, mc[sel], opts, flip, prep, snr)
+            aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mi)
+            sim[sel] = cmpmod.compare(aligned, refs[mc[sel]], opts.cmp, snr=snr, apix=opts.apix)
+            for key in par:
+                par[key][sel] = r[key]
+            sums = sums or _ClassSums(n_class, shape, opts.averager == "ctf" and ca is not None)
+            sums.add(aligned, mc[sel], use[sel], ca, mi)
+        counts = np.bincount(mc[use], minlength=n_class)
+        avgs = sums.averages(counts) if sums else np.zeros((n_class,) + shape, np.float32)
         refs = _edge_correct(avgs, opts.automask)
         refs[counts == 0] = projections[counts == 0]  # an empty class keeps its projection as reference
         if progress:
@@ -246,9 +309,21 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
         for k in fin:
             fin[k][full] = f[k]
     tot = align2d.compose_params(tuple(fin[k][mc] for k in ("alpha", "tx", "ty", "mirror")),
-                                 (r["alpha"], r["tx"], r["ty"], r["mirror"]))
-    aligned_raw = align2d.transform_images(raw, *tot, index=mp)
-    avgs, counts = _average(aligned_raw, mc, use, n_class, opts.averager, ctf_abs, mp)
+                                 tuple(par[k] for k in ("alpha", "tx", "ty", "mirror")))
+    counts = np.bincount(mc[use], minlength=n_class)
+    final_sim = np.zeros(len(mp))
+    sums = None
+    for k, (a, _, sel) in enumerate(blocks):
+        if len(sel) == 0 and len(blocks) > 1:
+            continue
+        raw, _, ca, snr_rows, _ = prepared(k)
+        mi = mp[sel] - a
+        aligned_raw = align2d.transform_images(raw, *(t[sel] for t in tot), index=mi)
+        sums = sums or _ClassSums(n_class, shape, opts.averager == "ctf" and ca is not None)
+        sums.add(aligned_raw, mc[sel], use[sel], ca, mi)
+        final_sim[sel] = cmpmod.compare(aligned_raw, projections[mc[sel]], opts.cmp,
+                                        snr=None if snr_rows is None else snr_rows[mi], apix=opts.apix)
+    avgs = sums.averages(counts) if sums else np.zeros((n_class,) + shape, np.float32)
     avgs = _finish(avgs, projections, counts, opts)
     result = np.array(classmx, np.float32, copy=True)
     sep_idx = _sep_positions(classmx, mp, mc)
@@ -256,7 +331,6 @@ def class_average(particles: np.ndarray, classmx: np.ndarray, projections: np.nd
     result[1][mp, sep_idx] = use
     result[2][mp, sep_idx], result[3][mp, sep_idx] = tot[1], tot[2]
     result[4][mp, sep_idx], result[5][mp, sep_idx] = tot[0], tot[3]
-    final_sim = cmpmod.compare(aligned_raw, projections[mc], opts.cmp, snr=snr, apix=opts.apix)
     quality = np.full(n_class, np.nan)
     ok = counts > 0
     quality[ok] = np.bincount(mc[use], weights=final_sim[use], minlength=n_class)[ok] / counts[ok]

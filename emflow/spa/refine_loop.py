@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emflow.errors import InputError
-from emflow.spa.classaverage import ClassAverageOptions, class_average
+from emflow.spa.classaverage import ClassAverageOptions, class_average_blocks, class_ssnr
 from emflow.spa.classify import classify
 from emflow.spa.make3d import Make3DOptions, make3d
 from emflow.spa.simmx import SimmxOptions, ctf_snr_rings, simmx, twostage_pairs
@@ -274,15 +274,30 @@ def stage_classify(mx: np.ndarray, opts: RefineOptions) -> np.ndarray:
     return classify(mx, opts.sep)
 
 
-def stage_classaverage(particles: np.ndarray, cls: np.ndarray, proj: np.ndarray, opts: RefineOptions, *, ctfs=None,
-                       usefilt: np.ndarray | None = None, progress: Callable[[float], None] | None = None):
+def stage_classaverage(particles, cls: np.ndarray, proj: np.ndarray, opts: RefineOptions, *, ctfs=None,
+                       usefilt=None, progress: Callable[[float], None] | None = None, block: int | None = None):
     """Stage 4 (e2classaverage): ``(averages (n_proj, b, b), info)``; ``info["class_ssnr"]`` holds each
-    class's SSNR curve (:func:`emflow.spa.classaverage.class_ssnr`)."""
-    from emflow.spa.classaverage import class_ssnr
+    class's SSNR curve (:func:`emflow.spa.classaverage.class_ssnr`).
 
-    ctf_abs, snr_full, _ = ctf_arrays(ctfs, particles.shape[-1], opts.apix, signal=proj)
-    avgs, info = class_average(particles, cls, proj, opts.classaverage_options(), usefilt=usefilt, ctf_abs=ctf_abs,
-                               particle_snr=snr_full, progress=progress)
+    ``particles`` (n, b, b) with their ``ctfs`` and optional ``usefilt`` stack, all in memory; or a reader
+    ``(n, read)`` with ``read(rows) -> (particles, ctfs or None, usefilt or None)`` of those rows, read
+    ``block`` particles at a time (:func:`emflow.spa.classaverage.class_average_blocks`: the job's memory is
+    bounded by the block). Same averages either way."""
+    if isinstance(particles, tuple):
+        n, read = particles
+    else:
+        n = len(particles)
+
+        def read(rows):
+            return (particles[rows], None if ctfs is None else [ctfs[i] for i in rows],
+                    None if usefilt is None else usefilt[rows])
+
+    def load(rows):
+        stack, c, uf = read(rows)
+        ctf_abs, snr_full, _ = ctf_arrays(c, stack.shape[-1], opts.apix, signal=proj)
+        return stack, uf, ctf_abs, snr_full
+
+    avgs, info = class_average_blocks(n, load, cls, proj, opts.classaverage_options(), block=block, progress=progress)
     info["class_ssnr"] = class_ssnr(avgs, proj, info["ptcl_repr"])
     return avgs, info
 

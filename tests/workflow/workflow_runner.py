@@ -42,11 +42,11 @@ TEMPORARY = ("results/extract/chunks",)
 
 def run_script(name: str, *, input: dict, output: dict, params: dict | None = None,
                wildcards: dict | None = None, log: str | os.PathLike | None = None, threads: int = 1,
-               rule: str | None = None) -> None:
+               rule: str | None = None, resources: dict | None = None) -> None:
     """Run ``workflow/scripts/<name>`` with a Snakemake-like ``snakemake`` object.
 
     Values of ``input``/``output`` are paths (or lists of paths); the object has the attributes scripts
-    use: ``input``, ``output``, ``params``, ``wildcards``, ``log``, ``threads``, ``rule``.
+    use: ``input``, ``output``, ``params``, ``wildcards``, ``log``, ``threads``, ``rule``, ``resources``.
     """
     from snakemake.io import InputFiles, Log, Namedlist, OutputFiles, Params, Wildcards
 
@@ -65,7 +65,7 @@ def run_script(name: str, *, input: dict, output: dict, params: dict | None = No
     smk.log = Log([str(log)]) if log else Log([])
     smk.threads = threads
     smk.rule = rule or pathlib.Path(name).stem
-    smk.resources = Namedlist()
+    smk.resources = Namedlist(fromdict=resources or {})
     smk.config = {}
     runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk}, run_name="__main__")
 
