@@ -77,7 +77,7 @@ rule spa_prepare:
         "../envs/emflow.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, input, attempt: RSC.spa_stack_mem_mb(input.size_mb, attempt),
+        mem_mb=lambda wildcards, input, attempt: RSC.spa_prepare_mem_mb(input.size_mb, attempt),
         runtime=lambda wildcards, input, attempt: RSC.spa_prepare_runtime(input.size_mb, attempt),
     params:
         spa=spa_params("prepare"),

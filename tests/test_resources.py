@@ -54,6 +54,7 @@ def test_stochastic_em_start_asks_for_its_minibatches():
         lambda s: R.spt_postprocess_mem_mb(s),
         lambda s: R.spa_stack_mem_mb(s),
         lambda s: R.spa_prepare_runtime(s),
+        lambda s: R.spa_prepare_mem_mb(s),  # grows to one block (SPA_PREPARE_BLOCK_MB), then flat
         lambda s: R.spa_simmx_mem_mb(s, 10_000, 500),  # by the stack (chunk share)
         lambda s: R.spa_simmx_runtime(500, int(s), 128),  # by the projections
         lambda s: R.spa_classaverage_mem_mb(s),

@@ -151,3 +151,31 @@ def test_contrast_declared_and_checked(bright_particles):
         check_contrast(to_protein_white(dark, "bright"), "bright", "x")
     with pytest.raises(InputError):
         to_protein_white(dark, "white")
+
+
+def test_prepare_streams_blocks_with_the_same_result(bright_particles, tmp_path):
+    """spa_prepare reads, converts, phase-flips and writes the stack 12 particles at a time (its memory bound):
+    the same particles.hdf (images and CTF headers) as in one block; the contrast check still sees every
+    particle, and a refused stack leaves no output (input written by tests/foreign, RELION 3.1 layout)."""
+    from emflow.spa.files import prepare_particles, read_particles
+
+    bright, ctfs, apix = bright_particles
+    n, box = len(bright), bright.shape[-1]
+    relion_spa.write_stack(tmp_path / "p.mrcs", -bright, apix)  # raw contrast: protein dark
+    du = np.array([c.defocus_um for c in ctfs]) * 1e4
+    relion_spa.write_particles_star(
+        tmp_path / "p.star", tmp_path / "p.mrcs", defocus_u_a=du, defocus_v_a=du,
+        defocus_angle_deg=np.zeros(n), optics_group=np.ones(n, int),
+        optics=[{"voltage": ctfs[0].voltage_kv, "cs": ctfs[0].cs_mm, "ampcont": ctfs[0].ampcont, "apix": apix,
+                 "box": box}])
+    args = (str(tmp_path / "p.mrcs"), str(tmp_path / "p.star"), "dark", None, "spa.apix", None)
+    one = prepare_particles(*args, out=str(tmp_path / "one.hdf"))
+    small = prepare_particles(*args, out=str(tmp_path / "blocks.hdf"), block_mb=12 * box * box * 4 / 1e6)
+    assert one[:3] == small[:3] == (n, box, one[2]) and abs(one[3] - small[3]) < 1e-6 and one[3] > 3
+    a, ca, _ = read_particles(str(tmp_path / "one.hdf"))
+    b, cb, _ = read_particles(str(tmp_path / "blocks.hdf"))
+    np.testing.assert_array_equal(a, b)
+    assert [c.defocus_um for c in ca] == [c.defocus_um for c in cb]
+    with pytest.raises(InputError, match="declared bright but look dark"):
+        prepare_particles(args[0], args[1], "bright", *args[3:], out=str(tmp_path / "bad.hdf"), block_mb=0.05)
+    assert not (tmp_path / "bad.hdf").exists()

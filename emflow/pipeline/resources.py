@@ -199,6 +199,11 @@ def spa_stack_mem_mb(stack_mb: float, attempt: int = 1) -> int:
     return mem(SPA_STACK_BASE_MB, SPA_STACK_SLOPE, stack_mb, attempt)
 
 
+def spa_prepare_mem_mb(stack_mb: float, attempt: int = 1) -> int:
+    """spa_prepare streams the stack in blocks of ``SPA_PREPARE_BLOCK_MB``: :func:`spa_stack_mem_mb` of one block."""
+    return spa_stack_mem_mb(min(stack_mb, SPA_PREPARE_BLOCK_MB), attempt)
+
+
 def spa_prepare_runtime(stack_mb: float, attempt: int = 1) -> int:
     """``SPA_PREPARE_S_PER_MB`` s per MB of the input stack."""
     return minutes(SPA_PREPARE_S_PER_MB * stack_mb, attempt)
@@ -376,6 +381,8 @@ SPA_SIMMX_CHUNK_FACTOR = 6.0
 SPA_SIMMX_S_PER_GPIX = 90.0
 # spa_classaverage: 509 MB (S, 18.7 MB stack), 1,497-1,498 MB (M, 78.4 MB): the line through both (16.6 × the
 # stack: images, CTF amplitudes, SNR weights, aligned copies); D 1,287-1,441 MB sampled at 74.9 MB, under it
+# spa_prepare reads, converts, phase-flips and writes the stack in blocks of this many MB of float32 images
+SPA_PREPARE_BLOCK_MB = 256.0
 SPA_CLASSAVG_BASE_MB = 199.0
 SPA_CLASSAVG_SLOPE = 16.6
 # the job reads the particles in blocks of at most this many MB (float32 images): 256 MB is 15,600 particles at

@@ -163,12 +163,21 @@ def contrast_score(stack: np.ndarray, inner: float = 0.15, outer: float = 0.38) 
     Positive for protein-white particles (phase-flipped, or with the CTF's low-frequency sign),
     negative for protein-dark ones; ``|z| < 3`` is inconclusive. stack: ``[n, y, x]``.
     """
+    return _z_of(centre_minus_edge(stack, inner, outer))
+
+
+def centre_minus_edge(stack: np.ndarray, inner: float = 0.15, outer: float = 0.38) -> np.ndarray:
+    """Per image ``(n,)`` float: the mean inside radius ``inner·box`` minus the mean of the ring beyond
+    ``outer·box`` (:func:`contrast_score` of a stack read in blocks: concatenate these, then :func:`_z_of`)."""
     stack = np.asarray(stack, np.float32)
     b = stack.shape[-1]
     yy, xx = np.indices(stack.shape[-2:])
     r = np.hypot(yy - stack.shape[-2] // 2, xx - b // 2)
     centre, edge = r < inner * b, r >= outer * b
-    d = stack[:, centre].mean(axis=1) - stack[:, edge].mean(axis=1)
+    return stack[:, centre].mean(axis=1) - stack[:, edge].mean(axis=1)
+
+
+def _z_of(d: np.ndarray) -> float:
     se = d.std() / np.sqrt(len(d)) if len(d) > 1 else 0.0
     return float(d.mean() / se) if se > 0 else 0.0
 
@@ -180,7 +189,10 @@ def check_contrast(stack: np.ndarray, declared: str, source: str, z_bar: float =
     phase-flipped when CTFs are known. Returns the :func:`contrast_score`; raises
     :class:`InputError` when it is below ``−z_bar`` (the particles are the other contrast).
     """
-    z = contrast_score(stack)
+    return _contrast_verdict(contrast_score(stack), declared, source, z_bar)
+
+
+def _contrast_verdict(z: float, declared: str, source: str, z_bar: float = 3.0) -> float:
     if z < -z_bar:
         other = "bright" if declared == "dark" else "dark"
         raise InputError(
@@ -262,32 +274,56 @@ def read_classes(path: str):
     return np.asarray(avgs, np.float32), R, np.array([h.get("ptcl_repr", 0) for h in headers], float), apix
 
 
-def prepare_particles(path: str, star: str | None, contrast: str, apix_expected, apix_key: str, apix_override):
+def prepare_particles(path: str, star: str | None, contrast: str, apix_expected, apix_key: str, apix_override,
+                      out: str, block_mb: float | None = None) -> tuple[int, int, float, float, bool]:
     """spa_prepare: the particle stack (MRC/HDF, + RELION STAR CTFs) made protein white (declared
-    ``contrast``), phase-flipped, contrast-checked and edge-mean normalised.
+    ``contrast``), phase-flipped, contrast-checked and edge-mean normalised, written to ``out`` (EMAN2 HDF
+    with CTF headers) a block of at most ``block_mb`` MB of images at a time (the input memory-mapped or read
+    by rows): the job's memory does not grow with the stack. The contrast check uses every image; when it
+    fails, ``out`` is not written (:class:`emflow.io.HdfStackWriter` is atomic).
 
     The pixel size comes from the files' own metadata (STAR optics rlnImagePixelSize, else the stack
     header); ``apix_expected`` (config ``apix_key``) is a check, ``apix_override`` the explicit fix for an
-    unset header. Returns ``(stack, headers, apix, contrast_z, phase_flipped)``.
+    unset header. Returns ``(n, box, apix, contrast_z, phase_flipped)``.
     """
-    from emflow.io import read_hdf_stack, read_mrc, read_star
+    from emflow.io import HdfStackWriter, hdf_count, read_hdf_stack, read_mrc, read_star
+    from emflow.pipeline.resources import SPA_PREPARE_BLOCK_MB
     from emflow.pixel_size import particles_pixel_size
     from emflow.spa.classaverage import normalize_stack
     from emflow.spa.refine_loop import phase_flip_particles
 
     apix = particles_pixel_size(path, star, expected=apix_expected, key=apix_key, override=apix_override)
-    stack = read_hdf_stack(path)[0] if path.endswith(".hdf") else read_mrc(path, check_apix=False)[0]
-    stack = np.asarray(stack, np.float32)
-    if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[1] % 2:
-        raise InputError(f"particles must be a stack of square, even boxes, got {stack.shape}", source=path)
-    stack = to_protein_white(stack, contrast)
-    ctfs = ctfs_from_star(read_star(star), len(stack), star, stack_path=path) if star else None
-    if ctfs:
-        stack = phase_flip_particles(stack, ctfs, apix)
-    z = check_contrast(stack, contrast, source="config key 'input.spa_contrast'")
-    stack = normalize_stack(stack, "normalize.edgemean")
-    headers = [{"ctf": ctf_header(c, apix)} for c in ctfs] if ctfs else [{} for _ in range(len(stack))]
-    return stack, headers, apix, z, bool(ctfs)
+    if path.endswith(".hdf"):
+        n = hdf_count(path)
+        shape = (n,) + read_hdf_stack(path, indices=[0])[0].shape[1:] if n else (0,)
+
+        def rows(a, b):
+            return read_hdf_stack(path, indices=np.arange(a, b))[0]
+    else:
+        data = read_mrc(path, mmap=True, check_apix=False)[0]  # float32 files stay on disk
+        shape, n = data.shape, len(data)
+
+        def rows(a, b):
+            return data[a:b]
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] % 2:
+        raise InputError(f"particles must be a stack of square, even boxes, got {shape}", source=path)
+    if contrast not in CONTRASTS:
+        to_protein_white(np.zeros((0, 2, 2), np.float32), contrast)  # the one InputError for it
+    ctfs = ctfs_from_star(read_star(star), n, star, stack_path=path) if star else None
+    block = max(1, int((block_mb or SPA_PREPARE_BLOCK_MB) * 1e6 / (4.0 * shape[1] * shape[2])))
+    d = []
+    with HdfStackWriter(out, apix=apix) as w:  # nothing is committed if the contrast check below fails
+        for a in range(0, n, block):
+            b = min(n, a + block)
+            stack = to_protein_white(rows(a, b), contrast)
+            if ctfs:
+                stack = phase_flip_particles(stack, ctfs[a:b], apix)
+            d.append(centre_minus_edge(stack))
+            headers = [{"ctf": ctf_header(c, apix)} for c in ctfs[a:b]] if ctfs else [{} for _ in range(b - a)]
+            w.append(normalize_stack(stack, "normalize.edgemean"), headers)
+        z = _contrast_verdict(_z_of(np.concatenate(d) if d else np.zeros(0)), contrast,
+                              source="config key 'input.spa_contrast'")
+    return n, shape[-1], apix, z, bool(ctfs)
 
 
 def write_gold_iteration(out, k: int, r: dict, apix: float) -> dict:
