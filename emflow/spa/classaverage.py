@@ -270,6 +270,12 @@ def class_average_blocks(n_ptcl: int, load: Callable, classmx: np.ndarray, proje
             kept[k] = out
         return out
 
+    def member_blocks():
+        """``(members, their rows in the block, prepared(block))`` of every block that has members."""
+        for k, (a, _, sel) in enumerate(blocks):
+            if len(sel) or len(blocks) == 1:
+                yield sel, mp[sel] - a, prepared(k)
+
     shape = tuple(projections.shape[-2:])
     refs = np.ascontiguousarray(projections, np.float32)
     use = np.ones(len(mp), bool)
@@ -280,11 +286,7 @@ def class_average_blocks(n_ptcl: int, load: Callable, classmx: np.ndarray, proje
         if it > 0:
             use = keep_mask(sim, mc, opts.keep, opts.keepsig)
         sums = None
-        for k, (a, _, sel) in enumerate(blocks):
-            if len(sel) == 0 and len(blocks) > 1:
-                continue
-            raw, ali, ca, snr_rows, prep = prepared(k)
-            mi = mp[sel] - a
+        for sel, mi, (_, ali, ca, snr_rows, prep) in member_blocks():
             snr = None if snr_rows is None else snr_rows[mi]
             r = _align(ali, refs, mi, mc[sel], opts, flip, prep, snr)
             aligned = align2d.transform_images(ali, r["alpha"], r["tx"], r["ty"], r["mirror"], index=mi)
@@ -313,11 +315,7 @@ def class_average_blocks(n_ptcl: int, load: Callable, classmx: np.ndarray, proje
     counts = np.bincount(mc[use], minlength=n_class)
     final_sim = np.zeros(len(mp))
     sums = None
-    for k, (a, _, sel) in enumerate(blocks):
-        if len(sel) == 0 and len(blocks) > 1:
-            continue
-        raw, _, ca, snr_rows, _ = prepared(k)
-        mi = mp[sel] - a
+    for sel, mi, (raw, _, ca, snr_rows, _) in member_blocks():
         aligned_raw = align2d.transform_images(raw, *(t[sel] for t in tot), index=mi)
         sums = sums or _ClassSums(n_class, shape, opts.averager == "ctf" and ca is not None)
         sums.add(aligned_raw, mc[sel], use[sel], ca, mi)
