@@ -53,10 +53,10 @@ MIRRORS = [
     (SPAInitParams, "spa_initial_model", "", {}, set()),
 ]
 
-# The one known disagreement: RefineOptions.apix is 1.0 where spa.apix is null ("from the particles' header").
-# Every caller passes the header's value (spa_prepare / read_particles); the 1.0 is still a constant
-# fallback to remove (issue #14).
-KNOWN_SPA = {("RefineOptions", "apix")}
+# Known disagreements between a code default and the schema's (each an xfail with its reason): none left
+# (RefineOptions.apix was a constant 1.0 where spa.apix is null; it is None now and the CTF and mass stages
+# refuse to run without a pixel size).
+KNOWN_SPA: set[tuple[str, str]] = set()
 
 
 def _defaults(obj) -> dict:

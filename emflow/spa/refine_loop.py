@@ -28,7 +28,7 @@ class RefineOptions:
     sym: str = "c1"
     orientgen: str = "eman:delta=6:inc_mirror=0:perturb=0"
     projector: str = "standard"
-    apix: float = 1.0
+    apix: float | None = None  # Å/px: from the particles' header (spa.apix null); CTF and mass stages need it
     mass: float = 0.0
     shrink: int = 1
     twostage: int = 0
@@ -192,6 +192,9 @@ def ctf_arrays(ctfs, box: int, apix: float, shrink: int = 1, signal: np.ndarray 
     """
     if not ctfs:
         return None, None, None
+    if apix is None:
+        raise InputError("the particles have CTFs but no pixel size reached the CTF stages", source="spa.apix",
+                         fix="give the particles' Å/px in their header (spa_prepare writes it) or set spa.apix")
     from emflow.ctf import ctf_2d_stack
 
     ctf_abs = np.abs(ctf_2d_stack(ctfs, (box, box), apix))
@@ -309,6 +312,10 @@ def stage_make3d(avgs: np.ndarray, R: np.ndarray, ptcl_repr: np.ndarray, opts: R
     filt = vol
     if opts.mass > 0:
         from emflow.filters import normalize_by_mass
+
+        if opts.apix is None:
+            raise InputError("spa.mass needs the map's pixel size", source="spa.mass",
+                             fix="give the particles' Å/px in their header or set spa.apix")
         filt = normalize_by_mass(filt, opts.apix, opts.mass)
     if opts.automask3d:
         from emflow.masks import auto_mask
