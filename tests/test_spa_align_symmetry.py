@@ -88,3 +88,4 @@ def test_from_data_start_of_a_d7_particle_is_in_the_d7_frame(proteasome):
     print(f"from_data D7 start: FSC at 40 Å vs the truth in the D7 frame {good:.2f}; asymmetry {sym_err:.3f}")
     assert good >= 0.7
     assert sym_err < 0.05
+    assert r.frame_scores is not None and r.frame_scores[0] > 0.7  # measured 0.84-0.88 (seeds 5, 7)

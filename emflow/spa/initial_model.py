@@ -213,6 +213,9 @@ class SPAInitResult:
         ``1 − CC`` of each start's working map before and after each iteration.
     working_box : int
         ``bw``; ``working_apix`` : float — the sampling the SGD ran at (Å/px).
+    frame_scores : ndarray, float64, (ntry,) or None
+        Stochastic EM with a point group: how well each map matched its own symmetry copies in the frame
+        it was rotated into (:func:`emflow.spa.align_symmetry.symmetry_frame`; 1 = exactly symmetric).
     """
 
     map: np.ndarray
@@ -223,6 +226,7 @@ class SPAInitResult:
     map_change: np.ndarray
     working_box: int
     working_apix: float
+    frame_scores: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -599,7 +603,8 @@ def spa_initial_model_em(particles: np.ndarray, apix: float, params: SPAInitPara
     framed = [align_symmetry(v, p.sym) for v in r.maps]
     full = np.stack([_to_box(v, b, apix, p) for v, _ in framed])
     return SPAInitResult(map=full[0], maps=full, scores=-r.scores, start_index=r.start_index,
-                         batch_scores=-r.loglik, map_change=r.neff, working_box=bw, working_apix=apix_w)
+                         batch_scores=-r.loglik, map_change=r.neff, working_box=bw, working_apix=apix_w,
+                         frame_scores=np.array([sc for _, sc in framed]))
 
 
 def initial_model_run(particles: np.ndarray, apix: float, params: SPAInitParams, classify: dict,
@@ -628,6 +633,7 @@ def initial_model_run(particles: np.ndarray, apix: float, params: SPAInitParams,
                "scores": res.scores.tolist(), "start_index": res.start_index.tolist(),
                "batch_scores": res.batch_scores.tolist(), "map_change": res.map_change.tolist(),
                "hand": "undetermined: projections of a map and of its mirror image are identical",
+               "symmetry_frame_scores": None if res.frame_scores is None else res.frame_scores.tolist(),
                "classify2d": None if cls is None else {
                    "n_classes": len(cls.counts), "counts": cls.counts.tolist(), "history": cls.history,
                    "working_box": cls.working_box, "working_apix": cls.working_apix,

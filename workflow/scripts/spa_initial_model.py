@@ -36,6 +36,10 @@ def main(particles: str, model: str, models: str, classes: str, scores: str, cfg
         json.dump(summary, f, indent=1)
     log.info("best start %d of %d, score %.4f (lower is better; scores %s); %.1f s", res.start_index[0],
              len(res.scores), res.scores[0], np.round(res.scores, 4).tolist(), summary["seconds"])
+    if sym.lower() != "c1" and res.frame_scores is not None:
+        log.info("rotated into the %s frame and symmetrised; match with its own symmetry copies before "
+                 "symmetrising %s (1 = exactly symmetric; a low value means the map is not %s-symmetric)", sym,
+                 np.round(res.frame_scores, 3).tolist(), sym)
 
 
 main(snakemake.input.particles, snakemake.output.model, snakemake.output.models,  # noqa: F821
