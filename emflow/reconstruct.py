@@ -463,7 +463,10 @@ class Reconstructor:
         per image: ``ex`` (n, N//2+1), ``ey`` (n, N) complex64; ``S`` complex64 (n, N, N//2+1)."""
         b, N = self.box, self.n_pad
         n = images.shape[0]
-        S = scipy.fft.rfft2(images, s=(N, N), workers=self.workers).astype(np.complex64, copy=False)
+        # the padded rows beyond b are zero: transform the b image rows along x (zero-padded to N), then
+        # every column along y (zero-padded to N) — half the row transforms of rfft2(s=(N, N)), no padded copy
+        S = scipy.fft.rfft(images, n=N, axis=-1, workers=self.workers)
+        S = scipy.fft.fft(S, n=N, axis=-2, workers=self.workers, overwrite_x=True).astype(np.complex64, copy=False)
         sh = _as_shifts(shifts, n)
         t = np.full((n, 2), b / 2.0) if sh is None else sh + b / 2.0
         kx = np.arange(N // 2 + 1) / N
