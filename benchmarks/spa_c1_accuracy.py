@@ -91,8 +91,9 @@ def load_map(name: str):
         return np.asarray(m.data, np.float32), float(m.voxel_size.x)
 
 
-def simulate_astigmatic(ref, ap_ref, apix, box, n, snr, rng, max_shift=2.0, df=(1.0, 2.5), astig=0.3):
-    """Images ``(n, box, box)`` (protein white, CTF applied, noise) and their CTFs (with astigmatism)."""
+def simulate_astigmatic(ref, ap_ref, apix, box, n, snr, rng, max_shift=2.0, df=(1.0, 2.5), astig=0.3, poses=None):
+    """Images ``(n, box, box)`` (protein white, CTF applied, noise) and their CTFs (with astigmatism);
+    ``poses`` (a dict) receives the true rotations ``R`` and shifts."""
     from emflow import fourier
     from emflow.ctf import CTF, ctf_2d_stack
     from emflow.demo.phantom import footprint_mask, particle_radius_px, resample_map, shift_ramps
@@ -104,6 +105,8 @@ def simulate_astigmatic(ref, ap_ref, apix, box, n, snr, rng, max_shift=2.0, df=(
     r = max_shift * np.sqrt(rng.uniform(0, 1, n))
     phi = rng.uniform(0, 2 * np.pi, n)
     shifts = np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+    if poses is not None:
+        poses.update(R=R, shifts=shifts)
     ctfs = [CTF(defocus_um=float(d), dfdiff_um=float(a), dfang_deg=float(g), voltage_kv=300.0, cs_mm=2.7, ampcont=0.1)
             for d, a, g in zip(rng.uniform(*df, n), rng.uniform(0, astig, n), rng.uniform(0, 180, n))]
     proj = VolumeProjector(vol, pad=2)
@@ -118,6 +121,74 @@ def simulate_astigmatic(ref, ap_ref, apix, box, n, snr, rng, max_shift=2.0, df=(
     sigma = float(np.sqrt(stack[:, disc].var(axis=1).mean() / snr))
     stack += rng.normal(0, sigma, stack.shape).astype(np.float32)
     return stack, ctfs, vol
+
+
+def refine_superposition(truth, vol, kmax: int | None = None):
+    """``truth`` (already roughly on ``vol``) moved by the small rotation and shift that maximise the mean
+    FSC with ``vol`` over shells 2…``kmax`` (default 0.4·box): Nelder–Mead from the identity. The coarse
+    superposition of the start (15° grid, 2° pattern search on shells to 40 Å) is not precise enough to
+    measure 3 px (a 1° error at 20 px radius moves the edge by 0.35 px); the map's frame is arbitrary,
+    so the best superposition is the measure (as ``e2proc3d --align``). Returns ``(moved truth, deg, px)``."""
+    import scipy.optimize
+    from scipy.spatial.transform import Rotation
+
+    from emflow.fsc import fsc
+    from emflow.rotate import rotate_volume
+
+    kmax = kmax or int(0.4 * vol.shape[-1])
+
+    def moved(x):
+        return rotate_volume(truth, Rotation.from_rotvec(np.radians(x[:3])).as_matrix(), x[3:])
+
+    def cost(x):
+        return -float(fsc(moved(x), vol).fsc[1:kmax].mean())
+
+    x0 = np.zeros(6)
+    simplex = np.vstack([x0, np.diag([1.0, 1.0, 1.0, 0.5, 0.5, 0.5])])
+    r = scipy.optimize.minimize(cost, x0, method="Nelder-Mead",
+                                options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-5, "maxfev": 600})
+    return moved(r.x), float(np.linalg.norm(r.x[:3])), float(np.linalg.norm(r.x[3:]))
+
+
+def oracle_map(parts, ctfs, poses, apix):
+    """The map of the phase-flipped particles at their true poses (Wiener-free ``Σ|C|·x / Σ C²``): what
+    perfect alignment would give from these data, the ceiling of any refinement."""
+    from emflow.ctf import ctf_2d_stack
+    from emflow.reconstruct import Reconstructor
+
+    b = parts.shape[-1]
+    rec = Reconstructor(b, pad=2, kernel="gauss_2")
+    N = rec.n_pad
+    for i0 in range(0, len(parts), 256):
+        i1 = min(len(parts), i0 + 256)
+        c = np.abs(ctf_2d_stack(ctfs[i0:i1], (N, N), apix))[..., : N // 2 + 1].astype(np.float32)
+        rec.insert(parts[i0:i1], poses["R"][i0:i1], shifts=poses["shifts"][i0:i1], ctf=c)
+    return rec.finish()
+
+
+def compute_start(a, parts, ctfs, apix):
+    """The ``from_data`` start of the config's ``spa_initial_model`` section (with the flags' overrides)."""
+    import yaml
+
+    from emflow.spa.initial_model import SPAInitParams, initial_model_run
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["spa_initial_model"]
+    if a.ntry:
+        cfg["ntry"] = a.ntry
+    cfg["classify2d"]["enabled"] = not a.no_classes
+    method = a.method or cfg["method"]
+    em = dict(cfg["em"])
+    for kv in (a.em.split(",") if a.em else []):
+        k, v = kv.split("=")
+        em[k] = type(em[k])(v) if not isinstance(em[k], bool) else v.lower() in ("1", "true")
+    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d", "method", "em")})
+    t = time.perf_counter()
+    res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]),
+                                          np.random.default_rng(a.seed + 1), method=method, em=em, ctfs=ctfs)
+    t_start = time.perf_counter() - t
+    ch = summary["classify2d"] or {"history": []}
+    t_cls = sum(h["align_s"] + h["average_s"] for h in ch["history"])
+    return res.map, t_start, t_cls, ch, method, em, [], params, res, summary
 
 
 def crossing(curve, apix, thr):
@@ -142,63 +213,81 @@ def main(argv=None) -> dict:
     ap.add_argument("--em", default=None, help="spa_initial_model.em overrides, e.g. niter=80,batch=300")
     ap.add_argument("--bench-n", type=int, default=500, help="particles of the bench_simmx row (0: skip)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save-start", default=None, help="write the start map (.npy) for --start-from")
+    ap.add_argument("--start-from", default=None,
+                    help="start map: a .npy from --save-start (same --seed), or truth:RES (the truth low-passed to RES Å)")
+    ap.add_argument("--gold", type=int, default=1, help="1: gold-standard halves; 0: the 2012 single-map loop")
+    ap.add_argument("--gold-startres", type=float, default=40.0, help="phase randomisation of the start beyond (Å)")
+    ap.add_argument("--opt", default=None, help="RefineOptions overrides, e.g. classiter=2,classkeep=0.9")
+    ap.add_argument("--options", default="config", choices=("config", "defaults"),
+                    help="config: the refinement options of config/config.yaml's spa section (as a user's run); "
+                         "defaults: RefineOptions' own (classkeep/m3dkeep 0.8; the runs before session 7)")
+    ap.add_argument("--oracle", type=int, default=1, help="1: report the map at the true poses (data ceiling)")
+    ap.add_argument("--save-maps", default=None, help="folder for each iteration's maps (.npy)")
+    ap.add_argument("--realign", type=int, default=1,
+                    help="1: refine the truth's superposition on each iteration's map (local, all shells to 0.4 box)")
     a = ap.parse_args(argv)
 
-    import yaml
     from test_spa_initial_model import align_truth_to, fsc_at
 
     from emflow.demo.scores import mirror_map
     from emflow.fsc import fsc
     from emflow.spa import gold
-    from emflow.spa.initial_model import SPAInitParams, initial_model_run
-    from emflow.spa.refine_loop import RefineOptions, phase_flip_particles
+    from emflow.spa.refine_loop import RefineOptions, phase_flip_particles, run_iteration
 
     out: dict = {"args": vars(a), "load_average_start": os.getloadavg(), "cpus": os.cpu_count()}
     ref, ap_ref = load_map(a.map)
     apix = ap_ref * ref.shape[0] / a.box
     t = time.perf_counter()
-    stack, ctfs, truth = simulate_astigmatic(ref, ap_ref, apix, a.box, a.n, a.snr, np.random.default_rng(a.seed))
+    poses: dict = {}
+    stack, ctfs, truth = simulate_astigmatic(ref, ap_ref, apix, a.box, a.n, a.snr, np.random.default_rng(a.seed),
+                                             poses=poses)
     parts = phase_flip_particles(stack, ctfs, apix)
+    if a.oracle:
+        t = time.perf_counter()
+        co = fsc(oracle_map(parts, ctfs, poses, apix), truth)
+        out["oracle"] = {"res05_a": crossing(co, apix, 0.5), "res0143_a": crossing(co, apix, 0.143)}
+        print(f"oracle (true poses, all {a.n} particles): FSC vs truth 0.5 at {out['oracle']['res05_a']:.1f} Å "
+              f"({out['oracle']['res05_a'] / apix:.2f} px), 0.143 at {out['oracle']['res0143_a']:.1f} Å "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
     print(f"{a.map}: {a.n} particles, box {a.box}, {apix:.2f} Å/px, SNR {a.snr}, astigmatic CTF 1–2.5 µm: "
           f"simulated in {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
 
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["spa_initial_model"]
-    if a.ntry:
-        cfg["ntry"] = a.ntry
-    cfg["classify2d"]["enabled"] = not a.no_classes
-    method = a.method or cfg["method"]
-    em = dict(cfg["em"])
-    for kv in (a.em.split(",") if a.em else []):
-        k, v = kv.split("=")
-        em[k] = type(em[k])(v) if not isinstance(em[k], bool) else v.lower() in ("1", "true")
-    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d", "method", "em")})
-    t = time.perf_counter()
-    res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]), np.random.default_rng(a.seed + 1),
-                                          method=method, em=em, ctfs=ctfs)
-    t_start = time.perf_counter() - t
-    ch = summary["classify2d"] or {"history": []}
-    t_cls = sum(h["align_s"] + h["average_s"] for h in ch["history"])
-    start = res.map
-    at, am = align_truth_to(truth, start, apix), align_truth_to(mirror_map(truth), start, apix)
-    f_t, f_m = fsc_at(at, start, apix, 40.0), fsc_at(am, start, apix, 40.0)
-    hand = "true" if f_t >= f_m else "mirror"
-    print(f"start (from_data): {t_start:.0f} s — 2D classification {t_cls:.0f} s "
-          f"({len(ch['history'])} passes: " + ", ".join(f"{h['align_s'] + h['average_s']:.0f}" for h in ch["history"])
-          + f" s), {method} {t_start - t_cls:.0f} s ({params.ntry} starts × "
-          f"{em['niter'] if method == 'stochastic_em' else params.niter} iterations); "
-          f"FSC at 40 Å vs truth {f_t:.2f}, vs mirror {f_m:.2f} → {hand} hand; bound: the old SGD on particles "
-          f"reached 0.13 at this SNR (bench_spa_initial_model.py)", flush=True)
-    every = []
-    for k, v in enumerate(res.maps[1:], 1):  # the other starts, ranked below the best
-        every.append((fsc_at(align_truth_to(truth, v, apix), v, apix, 40.0),
-                      fsc_at(align_truth_to(mirror_map(truth), v, apix), v, apix, 40.0)))
-        print(f"  start ranked {k + 1} (score {summary['scores'][k]:.3f}): FSC at 40 Å vs truth {every[-1][0]:.2f}, "
-              f"vs mirror {every[-1][1]:.2f}", flush=True)
-    out["start"] = {"other_starts_fsc40": every, "method": method, "em": em, "scores": summary["scores"],
-                    "seconds": t_start, "classify2d_seconds": t_cls, "fsc40_truth": f_t, "fsc40_mirror": f_m,
-                    "hand": hand, "classify2d": ch}
-    # put the truth (of the start's hand) onto the start's frame once; the refinement keeps that frame
-    truth_al = at if hand == "true" else am
+    if a.start_from and a.start_from.startswith("truth:"):
+        from emflow.filters import lowpass_tophat
+
+        start = np.asarray(lowpass_tophat(truth, apix, float(a.start_from[6:])), np.float32)
+        truth_al, hand = truth, "true"
+        print(f"start: the truth low-passed to {a.start_from[6:]} Å (tophat)", flush=True)
+        out["start"] = {"method": a.start_from}
+    else:
+        if a.start_from:  # a start saved by --save-start (same --seed: same particles)
+            start, t_start, t_cls, ch, method, em, every = np.load(a.start_from), 0.0, 0.0, {"history": []}, "file", {}, []
+            print(f"start: {a.start_from}", flush=True)
+        else:
+            start, t_start, t_cls, ch, method, em, every, params, res, summary = compute_start(a, parts, ctfs, apix)
+        if a.save_start:
+            np.save(a.save_start, np.asarray(start, np.float32))
+        at, am = align_truth_to(truth, start, apix), align_truth_to(mirror_map(truth), start, apix)
+        f_t, f_m = fsc_at(at, start, apix, 40.0), fsc_at(am, start, apix, 40.0)
+        hand = "true" if f_t >= f_m else "mirror"
+        print(f"start (from_data): {t_start:.0f} s — 2D classification {t_cls:.0f} s ({len(ch['history'])} passes: "
+              + ", ".join(f"{h['align_s'] + h['average_s']:.0f}" for h in ch["history"])
+              + f" s), {method} {t_start - t_cls:.0f} s; FSC at 40 Å vs truth {f_t:.2f}, vs mirror {f_m:.2f} → "
+              f"{hand} hand; bound: the old SGD on particles reached 0.13 at this SNR (bench_spa_initial_model.py)",
+              flush=True)
+        if not a.start_from:
+            for k, v in enumerate(res.maps[1:], 1):  # the other starts, ranked below the best
+                every.append((fsc_at(align_truth_to(truth, v, apix), v, apix, 40.0),
+                              fsc_at(align_truth_to(mirror_map(truth), v, apix), v, apix, 40.0)))
+                print(f"  start ranked {k + 1} (score {summary['scores'][k]:.3f}): FSC at 40 Å vs truth "
+                      f"{every[-1][0]:.2f}, vs mirror {every[-1][1]:.2f}", flush=True)
+        out["start"] = {"other_starts_fsc40": every, "method": method, "em": em,
+                        "scores": None if a.start_from else summary["scores"], "seconds": t_start,
+                        "classify2d_seconds": t_cls, "fsc40_truth": f_t, "fsc40_mirror": f_m, "hand": hand,
+                        "classify2d": ch}
+        # put the truth (of the start's hand) onto the start's frame once (refined per iteration by --realign)
+        truth_al = at if hand == "true" else am
     c0 = fsc(start, truth_al)
     print(f"  start vs truth: 0.5 at {crossing(c0, apix, 0.5):.1f} Å ({crossing(c0, apix, 0.5) / apix:.2f} px)",
           flush=True)
@@ -214,29 +303,63 @@ def main(argv=None) -> dict:
               f"classaverage {bench['seconds']['classaverage']:.2f} s → {bench['classaverage_scaled_s']:.1f} s "
               f"scaled to {a.n} particles; simmx {bench['simmx_seconds_per_pair'] * 1e6:.0f} µs/pair "
               f"({time.perf_counter() - t:.0f} s, load {bench['load_average'][0]:.1f})", flush=True)
-    models = gold.gold_start(start, apix, 40.0, seed=a.seed)
+    models = gold.gold_start(start, apix, a.gold_startres, seed=a.seed) if a.gold else start
+    extra = {}
+    for kv in (a.opt.split(",") if a.opt else []):
+        k, v = kv.split("=")
+        default = RefineOptions.__dataclass_fields__[k].default
+        extra[k] = (v.lower() in ("1", "true")) if isinstance(default, bool) else \
+            (None if v == "none" else type(default)(v) if default is not None else v)
+    import yaml
+
+    spa_cfg = {k: v for k, v in yaml.safe_load((REPO / "config" / "config.yaml").read_text())["spa"].items()
+               if k not in ("orientgen", "sym", "shrink", "mass", "automask3d", "maxshift")}
     deltas = [float(d) for d in a.delta.split(",")]
     rows = []
     for it in range(1, a.iters + 1):
         d = deltas[min(it - 1, len(deltas) - 1)]
-        opts = RefineOptions(sym="c1", apix=apix, orientgen=f"eman:delta={d}:inc_mirror=0", shrink=a.shrink,
-                             classaverager="ctf")
+        base = spa_cfg if a.options == "config" else {}
+        opts = RefineOptions.from_config(base, sym="c1", apix=apix, orientgen=f"eman:delta={d}:inc_mirror=0",
+                                         shrink=a.shrink, classaverager="ctf", **extra)
         secs: dict = {}
         t = time.perf_counter()
-        g = gold.gold_iteration(models, parts, opts, ctfs=ctfs, seed=a.seed + 10 * it, timings=secs)
+        if a.gold:
+            g = gold.gold_iteration(models, parts, opts, ctfs=ctfs, seed=a.seed + 10 * it, timings=secs)
+            models, vol, gold_a = g["next"], g["combined"], g["res_0143_a"]
+            _, *halves_moved = refine_superposition(g["maps"]["odd"], g["maps"]["even"])
+            print(f"  odd half onto even (local superposition, measurement only): {halves_moved[0]:.2f}°, "
+                  f"{halves_moved[1]:.2f} px", flush=True)
+        else:  # the 2012 loop: the map is the next reference
+            r = run_iteration(models, parts, opts, ctfs=ctfs, rng=np.random.default_rng(a.seed + 10 * it),
+                              timings=secs)
+            models, vol, gold_a = r["threed_filt"], r["threed"], float("nan")
         secs["total"] = time.perf_counter() - t
-        models = g["next"]
-        c = fsc(g["combined"], truth_al)
+        if a.save_maps:
+            pathlib.Path(a.save_maps).mkdir(parents=True, exist_ok=True)
+            np.save(f"{a.save_maps}/map_{it:02d}.npy", vol)
+            if a.gold:
+                np.save(f"{a.save_maps}/even_{it:02d}.npy", g["maps"]["even"])
+                np.save(f"{a.save_maps}/odd_{it:02d}.npy", g["maps"]["odd"])
+        c_coarse = fsc(vol, truth_al)
+        moved = (0.0, 0.0)
+        if a.realign:
+            truth_al, *moved = refine_superposition(truth_al, vol)
+        c = fsc(vol, truth_al)
         row = {"iter": it, "delta": d, "res05_a": crossing(c, apix, 0.5), "res0143_a": crossing(c, apix, 0.143),
-               "gold0143_a": g["res_0143_a"], "seconds": {k: round(v, 1) for k, v in secs.items()},
+               "gold0143_a": gold_a, "seconds": {k: round(v, 1) for k, v in secs.items()},
                "load": os.getloadavg()[0]}
         row["res05_px"] = row["res05_a"] / apix
+        row["res05_unrefined_superposition_a"] = crossing(c_coarse, apix, 0.5)
+        row["superposition_moved_deg_px"] = moved
+        if a.gold:
+            row["odd_onto_even_deg_px"] = halves_moved
         row["gold_over_truth"] = row["gold0143_a"] / row["res0143_a"]
         rows.append(row)
         print(f"iteration {it} (δ {d}°): FSC vs truth 0.5 at {row['res05_a']:.1f} Å = {row['res05_px']:.2f} px "
               f"(bar ≤ 3 px), 0.143 at {row['res0143_a']:.1f} Å; gold-standard 0.143 {row['gold0143_a']:.1f} Å "
               f"({100 * (row['gold_over_truth'] - 1):+.0f} % vs truth's 0.143, bar ±15 %); seconds {row['seconds']} "
-              f"(load {row['load']:.1f})", flush=True)
+              f"(load {row['load']:.1f}); before the truth's superposition was refined (moved {moved[0]:.2f}°, "
+              f"{moved[1]:.2f} px): 0.5 at {row['res05_unrefined_superposition_a']:.1f} Å", flush=True)
         if bench is not None:
             ca = row["seconds"].get("classaverage", float("nan"))
             row["classaverage_over_bench"] = ca / bench["classaverage_scaled_s"]
