@@ -166,6 +166,37 @@ def oracle_map(parts, ctfs, poses, apix):
     return rec.finish()
 
 
+def snap_to_grid(true_R, delta):
+    """The true rotations with their viewing direction moved (by the smallest rotation) onto the nearest
+    direction of the ``eman:delta=…:inc_mirror=0`` grid or its antipode (a flipped match): the poses
+    the 2012 scheme could at best give (one orientation per class), with the true in-plane angle and shift."""
+    from scipy.spatial.transform import Rotation
+
+    from emflow.geometry import eman_to_matrix
+    from emflow.spa.refine_loop import RefineOptions, projection_orientations
+
+    e = projection_orientations(RefineOptions(sym="c1", orientgen=f"eman:delta={delta}:inc_mirror=0"))
+    g = eman_to_matrix(e[:, 0], e[:, 1], e[:, 2])[:, 2, :]
+    d = np.asarray(true_R)[:, 2, :]
+    dots = d @ g.T
+    best = np.abs(dots).argmax(axis=1)
+    target = g[best] * np.sign(dots[np.arange(len(d)), best])[:, None]
+    axis = np.cross(d, target)
+    sin = np.linalg.norm(axis, axis=1, keepdims=True)
+    ang = np.arctan2(sin[:, 0], (d * target).sum(axis=1))
+    rmin = Rotation.from_rotvec(axis / np.maximum(sin, 1e-12) * ang[:, None]).as_matrix()
+    out = np.einsum("nij,nkj->nik", np.asarray(true_R), rmin)
+    return out, np.degrees(ang)
+
+
+def view_errors(classmx, proj_R, true_R):
+    """Degrees between each particle's true viewing direction and its class's (sign-free: a flipped
+    match views along −d), :func:`emflow.spa.simmx.view_distances`' convention (row 2 of R)."""
+    cls = np.asarray(classmx[0, :, 0]).astype(int)
+    d_true, d_cls = np.asarray(true_R)[:, 2, :], np.asarray(proj_R)[cls, 2, :]
+    return np.degrees(np.arccos(np.clip(np.abs((d_true * d_cls).sum(axis=1)), 0, 1)))
+
+
 def compute_start(a, parts, ctfs, apix):
     """The ``from_data`` start of the config's ``spa_initial_model`` section (with the flags' overrides)."""
     import yaml
@@ -215,7 +246,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--save-start", default=None, help="write the start map (.npy) for --start-from")
     ap.add_argument("--start-from", default=None,
-                    help="start map: a .npy from --save-start (same --seed), or truth:RES (the truth low-passed to RES Å)")
+                    help="start map: a .npy from --save-start (same --seed), or truth:RES (the truth low-passed to RES Å; "
+                         "truth:0 the truth itself)")
     ap.add_argument("--gold", type=int, default=1, help="1: gold-standard halves; 0: the 2012 single-map loop")
     ap.add_argument("--gold-startres", type=float, default=40.0, help="phase randomisation of the start beyond (Å)")
     ap.add_argument("--opt", default=None, help="RefineOptions overrides, e.g. classiter=2,classkeep=0.9")
@@ -250,13 +282,20 @@ def main(argv=None) -> dict:
         print(f"oracle (true poses, all {a.n} particles): FSC vs truth 0.5 at {out['oracle']['res05_a']:.1f} Å "
               f"({out['oracle']['res05_a'] / apix:.2f} px), 0.143 at {out['oracle']['res0143_a']:.1f} Å "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
+        for d in sorted({float(x) for x in a.delta.split(",")}):
+            snapped, moved = snap_to_grid(poses["R"], d)
+            cs = fsc(oracle_map(parts, ctfs, {"R": snapped, "shifts": poses["shifts"]}, apix), truth)
+            out[f"oracle_snapped_{d}"] = {"res05_a": crossing(cs, apix, 0.5), "mean_moved_deg": float(moved.mean())}
+            print(f"  the true poses snapped to the δ {d}° projection grid (mean {moved.mean():.2f}° off): FSC vs "
+                  f"truth 0.5 at {crossing(cs, apix, 0.5):.1f} Å ({crossing(cs, apix, 0.5) / apix:.2f} px)", flush=True)
     print(f"{a.map}: {a.n} particles, box {a.box}, {apix:.2f} Å/px, SNR {a.snr}, astigmatic CTF 1–2.5 µm: "
           f"simulated in {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
 
     if a.start_from and a.start_from.startswith("truth:"):
         from emflow.filters import lowpass_tophat
 
-        start = np.asarray(lowpass_tophat(truth, apix, float(a.start_from[6:])), np.float32)
+        res_a = float(a.start_from[6:])  # 0: the truth itself (the perfect reference: the pipeline's ceiling)
+        start = np.asarray(lowpass_tophat(truth, apix, res_a) if res_a > 0 else truth, np.float32)
         truth_al, hand = truth, "true"
         print(f"start: the truth low-passed to {a.start_from[6:]} Å (tophat)", flush=True)
         out["start"] = {"method": a.start_from}
@@ -333,6 +372,11 @@ def main(argv=None) -> dict:
             r = run_iteration(models, parts, opts, ctfs=ctfs, rng=np.random.default_rng(a.seed + 10 * it),
                               timings=secs)
             models, vol, gold_a = r["threed_filt"], r["threed"], float("nan")
+            if a.start_from and a.start_from.startswith("truth:"):  # the map's frame is the truth's
+                err = view_errors(r["classify"], r["make3d_R"], poses["R"])
+                print(f"  viewing-direction error of the class assignment vs the true poses: mean {err.mean():.1f}°, "
+                      f"median {np.median(err):.1f}°, > 10° {100 * (err > 10).mean():.1f} %, > 30° "
+                      f"{100 * (err > 30).mean():.1f} %", flush=True)
         secs["total"] = time.perf_counter() - t
         if a.save_maps:
             pathlib.Path(a.save_maps).mkdir(parents=True, exist_ok=True)
