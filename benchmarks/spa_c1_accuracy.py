@@ -348,7 +348,8 @@ def main(argv=None) -> dict:
         k, v = kv.split("=")
         default = RefineOptions.__dataclass_fields__[k].default
         extra[k] = (v.lower() in ("1", "true")) if isinstance(default, bool) else \
-            (None if v == "none" else type(default)(v) if default is not None else v)
+            (None if v == "none" else type(default)(v) if default is not None else
+             int(v) if v.lstrip("-").isdigit() else v)
     import yaml
 
     spa_cfg = {k: v for k, v in yaml.safe_load((REPO / "config" / "config.yaml").read_text())["spa"].items()
@@ -377,6 +378,11 @@ def main(argv=None) -> dict:
                 print(f"  viewing-direction error of the class assignment vs the true poses: mean {err.mean():.1f}°, "
                       f"median {np.median(err):.1f}°, > 10° {100 * (err > 10).mean():.1f} %, > 30° "
                       f"{100 * (err > 30).mean():.1f} %", flush=True)
+                out_cls = np.isin(r["classify"][0, :, 0].astype(int), r["make3d_info"]["excluded"])
+                if out_cls.any():
+                    print(f"  particles in the class averages make3d left out (m3dkeep): {100 * out_cls.mean():.1f} %, "
+                          f"> 30° off among them {100 * (err[out_cls] > 30).mean():.1f} %, among the kept "
+                          f"{100 * (err[~out_cls] > 30).mean():.1f} %", flush=True)
         secs["total"] = time.perf_counter() - t
         if a.save_maps:
             pathlib.Path(a.save_maps).mkdir(parents=True, exist_ok=True)
