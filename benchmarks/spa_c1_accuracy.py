@@ -61,9 +61,49 @@ FSC at 40 Å vs truth 0.77, vs mirror 0.18 (true hand); FSC 0.5 vs truth 36.7 Å
 0.5 at 31.0 Å (5.91 px), 0.143 at 24.0 Å, gold 25.9 Å (+8 %, within the ±15 % bar), 55.7 s (simmx 40.0,
 classaverage 13.2). Iterations 3–4 not yet measured.
 
+Measured 2026-12-05, session 7 (2 cores shared with 2 other sessions; load average beside each figure). Until then
+the refinement used ``RefineOptions``' own defaults (classkeep, m3dkeep 0.8); now ``--options config`` (default)
+takes config/config.yaml's ``spa`` section (classkeep, m3dkeep 1.0, as a user's run); runs A–C below used
+``--options defaults``. Since this session the truth's superposition is refined on every iteration's map (local
+Nelder–Mead over all shells to 0.4 box; ``--realign 0``: off): it moved the truth 0.3–2.3° and 0.1–0.4 px per
+iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not what held the runs at ~4.7 px).
+
+* Seeds of the stochastic-EM start (``--method stochastic_em --ntry 1 --iters 0 --bench-n 0 --seed S``; the seed
+  sets the data and the EM's random stream, ``default_rng(S + 1)``): every seed finds the fold, FSC 0.5 vs the
+  better hand 36.7 / 36.8 / 36.7 Å (7.0 px). Seed 1: 180 s (load 0.4–3.8), FSC at 40 Å vs truth 0.77, vs mirror
+  0.18 (true hand); seed 2: 223 s (load 4–9), 0.19 / 0.78 (mirror hand); seed 3: 580 s (load 9–13), 0.09 / 0.78
+  (mirror hand). The hand is not determined by projections: either is a success.
+* Ceiling of the data (``--oracle 1``, seed 1, load 7.4): the map of the 4,000 phase-flipped particles at their
+  true poses (CTF-weighted insertion) reaches FSC 0.5 vs truth at 11.8 Å (2.26 px; uniform insertion 2.06 px,
+  one-particle ``ctf``-averager images 2.08 px, measured outside this script); with the viewing directions
+  snapped to the projection grid (true in-plane angle and shift): δ 3° 2.34 px, 4° 2.34 px, 6° 3.97 px. The
+  angular step of 4° alone costs little.
+* Refinement, 5 iterations at δ 9 / 7.5 / 6 / 5 / 4°, shrink 1, ``--options defaults`` (load 8–13, 235–720 s per
+  iteration with three runs at once; simmx 180–620 s of it), FSC 0.5 vs truth per iteration:
+  A (stochastic-EM start of seed 1, gold standard): 38.7 → 36.2 → 30.4 → 27.4 → 25.5 Å (4.87 px), gold 0.143
+  +37 / +24 / +13 / +19 / +11 % vs the truth's 0.143 (23.3 vs 21.1 Å at iteration 5);
+  B (truth low-passed to 40 Å, tophat, 2012 single-map loop): 36.8 → 30.0 → 26.2 → 24.9 → 23.3 Å (4.44 px);
+  C (the same start as A, single-map loop): 35.5 → 31.6 → 27.4 → 25.5 → 23.7 Å (4.53 px).
+  The from_data start is as good as the truth's 40 Å low-pass (C vs B: +0.1 px); gold standard costs 0.3–0.9 px
+  per iteration against the single-map loop from the same start (A vs C), the half data per map.
+* What limits (the 2012 scheme's ceiling): one iteration from the **perfect reference** (``--start-from truth:0
+  --gold 0 --delta 4``, 4,000 particles, load 10, 749 s) reaches only 18.8 Å (3.59 px) at FSC 0.5 — against
+  2.34 px for the true poses on the same 4° grid. With 1,000 particles (load 6–10, 130–380 s) the class
+  assignment's viewing-direction error to the truth is mean 20.6°, median 4.8°, 38 % > 10°, **28 % > 30°**
+  (4.28 px); the same with the coarse stage scoring every projection (``simcoarse_grid=0``, 3× the simmx time):
+  19.2° / 25.5 % > 30° (4.24 px); with the data's own shift range (``maxshift=3`` instead of box/4):
+  20.7° / 27.5 % (4.30 px); at δ 3°: 19.0° / 25.3 % (4.20 px); ``m3dkeep=0.7`` drops class averages that hold
+  48 % misassigned particles (23 % in those kept) but gives 4.36 px; classkeep/m3dkeep 0.8: 4.31 px. At SNR 0.08
+  about a quarter of the particles prefer a wrong view (> 30°) even against the true map (the stochastic EM's
+  likelihood at 40 Å: 32 % > 20°, tests/test_spa_abinitio.py), and hard assignment puts them there at full
+  weight: the refinement's fixed point lies near 3.6 px, above the 3 px bar, whatever the start, the gold
+  standard, the angular step (3–4°), the coarse stage or the shift range.
+
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
-        [--em niter=40,batch=300] [--json out.json]
+        [--em niter=40,batch=300] [--json out.json] [--save-start s.npy] [--start-from s.npy|truth:RES] \
+        [--gold 1|0] [--gold-next cref|raw] [--gold-startres 40] [--options config|defaults] \
+        [--opt classkeep=0.8,maxshift=3] [--oracle 1] [--realign 1] [--save-maps DIR]
 """
 
 from __future__ import annotations
@@ -212,7 +252,8 @@ def compute_start(a, parts, ctfs, apix):
     for kv in (a.em.split(",") if a.em else []):
         k, v = kv.split("=")
         em[k] = type(em[k])(v) if not isinstance(em[k], bool) else v.lower() in ("1", "true")
-    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items() if k not in ("seed", "classify2d", "method", "em")})
+    params = SPAInitParams(sym="c1", **{k: v for k, v in cfg.items()
+                                        if k not in ("seed", "classify2d", "method", "em")})
     t = time.perf_counter()
     res, cls, summary = initial_model_run(parts, apix, params, dict(cfg["classify2d"]),
                                           np.random.default_rng(a.seed + 1), method=method, em=em, ctfs=ctfs)
@@ -246,9 +287,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--save-start", default=None, help="write the start map (.npy) for --start-from")
     ap.add_argument("--start-from", default=None,
-                    help="start map: a .npy from --save-start (same --seed), or truth:RES (the truth low-passed to RES Å; "
+                    help="start map: a .npy from --save-start (same --seed), or truth:RES (the truth low-passed "
+                         "to RES Å; "
                          "truth:0 the truth itself)")
     ap.add_argument("--gold", type=int, default=1, help="1: gold-standard halves; 0: the 2012 single-map loop")
+    ap.add_argument("--gold-next", default="cref", choices=("cref", "raw"),
+                    help="gold: each half's next reference: its map weighted by C_ref of the gold FSC (gold.py), "
+                         "or raw")
     ap.add_argument("--gold-startres", type=float, default=40.0, help="phase randomisation of the start beyond (Å)")
     ap.add_argument("--opt", default=None, help="RefineOptions overrides, e.g. classiter=2,classkeep=0.9")
     ap.add_argument("--options", default="config", choices=("config", "defaults"),
@@ -287,7 +332,8 @@ def main(argv=None) -> dict:
             cs = fsc(oracle_map(parts, ctfs, {"R": snapped, "shifts": poses["shifts"]}, apix), truth)
             out[f"oracle_snapped_{d}"] = {"res05_a": crossing(cs, apix, 0.5), "mean_moved_deg": float(moved.mean())}
             print(f"  the true poses snapped to the δ {d}° projection grid (mean {moved.mean():.2f}° off): FSC vs "
-                  f"truth 0.5 at {crossing(cs, apix, 0.5):.1f} Å ({crossing(cs, apix, 0.5) / apix:.2f} px)", flush=True)
+                  f"truth 0.5 at {crossing(cs, apix, 0.5):.1f} Å ({crossing(cs, apix, 0.5) / apix:.2f} px)",
+                  flush=True)
     print(f"{a.map}: {a.n} particles, box {a.box}, {apix:.2f} Å/px, SNR {a.snr}, astigmatic CTF 1–2.5 µm: "
           f"simulated in {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
 
@@ -301,7 +347,8 @@ def main(argv=None) -> dict:
         out["start"] = {"method": a.start_from}
     else:
         if a.start_from:  # a start saved by --save-start (same --seed: same particles)
-            start, t_start, t_cls, ch, method, em, every = np.load(a.start_from), 0.0, 0.0, {"history": []}, "file", {}, []
+            start, t_start, t_cls, ch = np.load(a.start_from), 0.0, 0.0, {"history": []}
+            method, em, every = "file", {}, []
             print(f"start: {a.start_from}", flush=True)
         else:
             start, t_start, t_cls, ch, method, em, every, params, res, summary = compute_start(a, parts, ctfs, apix)
@@ -366,6 +413,8 @@ def main(argv=None) -> dict:
         if a.gold:
             g = gold.gold_iteration(models, parts, opts, ctfs=ctfs, seed=a.seed + 10 * it, timings=secs)
             models, vol, gold_a = g["next"], g["combined"], g["res_0143_a"]
+            if a.gold_next == "raw":  # each half's raw map, not weighted by C_ref of the gold FSC
+                models = g["maps"]
             _, *halves_moved = refine_superposition(g["maps"]["odd"], g["maps"]["even"])
             print(f"  odd half onto even (local superposition, measurement only): {halves_moved[0]:.2f}°, "
                   f"{halves_moved[1]:.2f} px", flush=True)
@@ -413,7 +462,8 @@ def main(argv=None) -> dict:
         if bench is not None:
             ca = row["seconds"].get("classaverage", float("nan"))
             row["classaverage_over_bench"] = ca / bench["classaverage_scaled_s"]
-            print(f"  class averaging {ca:.1f} s (both halves) vs the bench_simmx row scaled {bench['classaverage_scaled_s']:.1f} s: "
+            print(f"  class averaging {ca:.1f} s (both halves) vs the bench_simmx row scaled "
+                  f"{bench['classaverage_scaled_s']:.1f} s: "
                   f"ratio {row['classaverage_over_bench']:.2f} (bar ≤ 2)", flush=True)
         out["iterations"] = rows
         if a.json:
