@@ -104,17 +104,20 @@ iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not wh
   rejection by the simmx score (which separates them, AUC 0.90) gives 4.25–4.31 px. What limits is the angular
   precision of the particles assigned near their view (median error 3.3–4.8° against 1.5° for the true poses on
   the same grid): at SNR 0.08 the FRC score cannot tell neighbouring views apart, and the hard class assignment
-  of the 2012 scheme blurs the map by that error. The issue's observation (the 2012 loop to 16.4 Å = 3.13 px
+  of the 2012 scheme blurs the map by that error. Putting each particle in its 3 best classes (``sep=3``,
+  e2classify ``--sep``; same 1,000 particles and true map, load 1–7) raises the pass from 4.28 to 3.94 px: a
+  softer assignment is the lead. The issue's observation (the 2012 loop to 16.4 Å = 3.13 px
   on a box-72 stack from a 40 Å low-pass) lies beyond the 3.59 px measured here from the true map itself; those
   data were not these (how their SNR was defined is not recorded), and it was not reproduced.
 * Gold-standard reference filter (``--gold-next``), 3 iterations from the seed-1 start, ``--options config``
   (load 8–11): the halves' next references weighted by ``C_ref`` of the gold FSC (gold.py) vs their raw maps:
-  iteration 2 34.5 Å (6.59 px, gold 0.143 +5 %) vs 35.2 Å (6.73 px, +10 %) — the weighting does not hold the
-  refinement back. The odd half's local superposition onto the even one moved it 2.45° / 0.28 px (iteration 1)
-  and 1.2–1.3° / 0.05–0.09 px (iteration 2), the same as the truth's superposition moved on maps already in the
+  iteration 2 34.5 Å (6.59 px, gold 0.143 +5 %) vs 35.2 Å (6.73 px, +10 %), iteration 3 (load 5–7) 31.3 Å
+  (5.97 px, +11 %) vs 31.4 Å (5.99 px, +16 %) — the weighting does not hold the refinement back. The odd
+  half's local superposition onto the even one moved it 2.45° / 0.28 px (iteration 1), 1.2–1.3° / 0.05–0.09 px
+  (iteration 2) and 1.1–1.3° / 0.10–0.21 px (iteration 3), the same as the truth's superposition moved on maps already in the
   truth's frame (0.7–1.3°, run B): the measurement's own scatter, no drift shown. Class averaging 48.0 / 39.2 s
   per iteration (both halves) against the bench_simmx row of the same run, 8.80 s for 300 particles → 117.3 s
-  scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 (bar ≤ 2).
+  scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 / 0.22 (iteration 3: 25.4 s; bar ≤ 2).
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
