@@ -115,9 +115,9 @@ iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not wh
   (5.97 px, +11 %) vs 31.4 Å (5.99 px, +16 %) — the weighting does not hold the refinement back. The odd
   half's local superposition onto the even one moved it 2.45° / 0.28 px (iteration 1), 1.2–1.3° / 0.05–0.09 px
   (iteration 2) and 1.1–1.3° / 0.10–0.21 px (iteration 3), the same as the truth's superposition moved on maps
-  already in the truth's frame (0.7–1.3°, run B): the measurement's own scatter, no drift shown. Class averaging 48.0 / 39.2 s
-  per iteration (both halves) against the bench_simmx row of the same run, 8.80 s for 300 particles → 117.3 s
-  scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 / 0.22 (iteration 3: 25.4 s; bar ≤ 2).
+  already in the truth's frame (0.7–1.3°, run B): the measurement's own scatter, no drift shown. Class averaging
+  48.0 / 39.2 / 25.4 s per iteration (both halves) against the bench_simmx row of the same run, 8.80 s for 300
+  particles → 117.3 s scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 / 0.22 (bar ≤ 2).
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
