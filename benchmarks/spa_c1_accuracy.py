@@ -118,6 +118,14 @@ iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not wh
   already in the truth's frame (0.7–1.3°, run B): the measurement's own scatter, no drift shown. Class averaging
   48.0 / 39.2 / 25.4 s per iteration (both halves) against the bench_simmx row of the same run, 8.80 s for 300
   particles → 117.3 s scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 / 0.22 (bar ≤ 2).
+* Soft assignment in the refinement (seed-1 start, gold standard, ``--options config``, 5 iterations at δ 9 / 7.5 /
+  6 / 5 / 4°, shrink 1, two runs at once, load 0.5–5.5): ``sep 1`` (config) 38.4 → 34.5 → 31.3 → 27.4 → 25.7 Å
+  (4.90 px; gold 0.143 23.4 Å, +8 % vs the truth's 21.6 Å; 76–210 s per iteration, class averaging 14.5–24.4 s);
+  ``--opt sep=3`` 37.5 → 29.2 → 26.6 → 24.3 → **22.5 Å (4.30 px)**, 0.143 vs truth 16.0 Å, gold 0.143 21.1 Å
+  (+32 %: the truth's FSC has a long tail between 0.5 and 0.143; +9–18 % at iterations 1–4); 96–168 s per
+  iteration, class averaging 35–51 s (3 classes per particle). The best from_data + gold-standard map of this
+  benchmark so far, one seed; still 1.3 px above the 3 px bar. ``sep`` is not changed in config.yaml: the demo
+  (D7, ``sep: 1``) was not rerun.
 
     PYTHONPATH=$PWD python benchmarks/spa_c1_accuracy.py [--n 4000] [--box 64] [--snr 0.08] \
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
