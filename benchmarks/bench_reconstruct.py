@@ -10,11 +10,14 @@
 
 Usage: ``python benchmarks/bench_reconstruct.py [--threads 1 2] [--boxes 64 128] [--out f.json]``
 
-Last measured (session 6, 2 shared cores under heavy load (load average ~19): CPU-time figures; wall
-figures meaningless), 1 thread: insertion 268 M voxel updates per CPU-second at box 64 and 187 M at box 128
-(previous kernel in the same run 109 M / 76 M; issue 13 asks >= 10 M); subtilt reconstruction 16.7x its
-2D-FFT bound at box 64 and 18.7x at box 128 in CPU time (before: 28.6x at box 64; issue 13 asks <= 15x).
-2 threads: 225 M voxel updates per CPU-second at box 64, reconstruction 25x the bound in CPU time.
+Last measured (session 7, quiet 2-core machine, after the pruned padded transform and one kernel call per half
+and batch of 256 subtilts in ``reconstruct_halves``): insertion 273 / 191 M voxel updates per CPU-second at box
+64 / 128, 1 thread (previous kernel in the same run 204 / 90 M; issue 13 asks >= 10 M). Subtilt reconstruction,
+wall (CPU) time against the bound of the same run: ``--nsub 410``, 1 thread: box 64 21.3x (23.9x), box 128
+**13.7x (14.8x)**; 2 threads 11.9x / 14.5x. ``--nsub 2050`` (a larger set, as a make3d chunk has: the bound's
+FFT batch no longer sits in cache, 54k instead of 82k FFTs/s at box 64): 1 thread **12.9x (13.4x) / 13.8x
+(14.8x)**, 2 threads 13.8x / 13.9x (issue 13 asks <= 15x). Session 6 (one call per 64 slices, rfft2 of the
+padded box): 19.4x / 19.7x at 1 thread.
 """
 
 from __future__ import annotations

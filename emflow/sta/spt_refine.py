@@ -346,19 +346,20 @@ def reconstruct_halves(table: ParticleTable, state: RefineState, rows, images: C
         rows = rows[np.asarray(keep_mask)[rows]]
     w_all = np.ones(table.n2d) if weights is None else np.asarray(weights, np.float64)
     recs = [Reconstructor(box, pad=pad, kernel="trilinear", sym=sym) for _ in range(2)]
-    for a in range(0, rows.size, batch):
-        r = rows[a:a + batch]
-        img = edge_mean_subtract(images(r))
-        flip = (state.ddef_um[r] != 0) & np.isfinite(table.defocus_um[r])
-        if flip.any():
-            if apix is None or microscope is None:
-                raise ValueError("reconstruct_halves: defocus offsets need apix and microscope")
-            img[flip] = _reflip(img[flip], table.defocus_um[r][flip], state.ddef_um[r][flip], apix, microscope)
-        rot, sh = state.subtilt_transforms(table, r)
-        half = table.cls[table.ptcl[r]] % 2
-        for h in (0, 1):
-            s = half == h
-            if s.any():
-                recs[h].insert(img[s], rot[s], weights=w_all[r][s], shifts=sh[s])
+    # one half's rows per batch, inserted in one kernel call: the kernel sweeps the accumulator once per call
+    # (measured, 1 thread, quiet: 15-19 % less time per subtilt at box 64 than calls of 64; same at box 128)
+    half_of = table.cls[table.ptcl[rows]] % 2
+    for h in (0, 1):
+        rows_h = rows[half_of == h]
+        for a in range(0, rows_h.size, batch):
+            r = rows_h[a:a + batch]
+            img = edge_mean_subtract(images(r))
+            flip = (state.ddef_um[r] != 0) & np.isfinite(table.defocus_um[r])
+            if flip.any():
+                if apix is None or microscope is None:
+                    raise ValueError("reconstruct_halves: defocus offsets need apix and microscope")
+                img[flip] = _reflip(img[flip], table.defocus_um[r][flip], state.ddef_um[r][flip], apix, microscope)
+            rot, sh = state.subtilt_transforms(table, r)
+            recs[h].insert(img, rot, weights=w_all[r], shifts=sh, chunk=batch)
     return recs
 
