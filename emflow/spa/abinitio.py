@@ -367,29 +367,14 @@ def _map(F: np.ndarray, W: np.ndarray, bw: int, mask: np.ndarray, apix_w: float,
     rec.W[...] = W / np.float32(lam)
     v = rec.finish(wiener=True)
     v -= v[mask < 0.01].mean() if np.any(mask < 0.01) else 0.0
-    sh = _com_shift(v * mask)
+    # the re-centring of emflow.spa.initial_model (c1: every axis free), one computation for both starts
+    from emflow.spa.initial_model import _centre_of_mass_shift, _shift_accumulator
+
+    sh = _centre_of_mass_shift(v * mask, np.ones(3, bool))
     if np.abs(sh).max() > 0.25:
         _shift_accumulator(F, bw, sh)
         v = fourier.shift(v, sh[::-1])
     return (v * mask).astype(np.float32)
-
-
-def _com_shift(vol: np.ndarray) -> np.ndarray:
-    """Shift ``[dz, dy, dx]`` (px) moving the positive density's centre of mass to ``n//2`` (c1: every
-    axis free; the one computation of :mod:`emflow.spa.initial_model`)."""
-    from emflow.spa.initial_model import _centre_of_mass_shift
-
-    return _centre_of_mass_shift(vol, np.ones(3, bool))
-
-
-def _shift_accumulator(F: np.ndarray, n: int, shift_zyx: np.ndarray) -> None:
-    """Move the accumulated map by ``+shift`` px in place (F: z, y fftshifted, as Reconstructor.F)."""
-    k = np.arange(n) - n // 2
-    kx = np.arange(n // 2 + 1)
-    dz, dy, dx = (float(v) / n for v in shift_zyx)
-    ramp = (np.exp(-2j * np.pi * dz * k)[:, None, None] * np.exp(-2j * np.pi * dy * k)[None, :, None]
-            * np.exp(-2j * np.pi * dx * kx)[None, None, :])
-    F *= ramp.astype(np.complex64)
 
 
 def _em_step(vol, X, C, R, T, ramps, ring, sig2, bw, kmax, beta, update=True):
