@@ -22,7 +22,7 @@ import numpy as np
 from emflow import fourier
 from emflow._interp import trilinear
 from emflow._numba import pjit
-from emflow.geometry import get_symmetry
+from emflow.geometry import get_symmetry, rotvec_to_matrix
 from emflow.rotate import rotate_volume
 
 __all__ = ["symmetry_frame", "symmetrize", "align_symmetry"]
@@ -72,20 +72,12 @@ def _scores(v: np.ndarray, cands: np.ndarray, ops: np.ndarray) -> np.ndarray:
 
 
 def _local_rotations(step_deg: float, nstep: int) -> np.ndarray:
-    """Small rotations ``(m, 3, 3)``: axis-angle vectors on a cubic grid of ``±nstep·step_deg`` (identity first)."""
-    a = np.radians(step_deg) * np.arange(-nstep, nstep + 1)
+    """Small rotations ``(m, 3, 3)``: rotation vectors on a cubic grid of ``±nstep·step_deg`` degrees
+    (:func:`emflow.geometry.rotvec_to_matrix`), identity first."""
+    a = step_deg * np.arange(-nstep, nstep + 1)
     v = np.stack(np.meshgrid(a, a, a, indexing="ij"), -1).reshape(-1, 3)
     v = v[np.argsort(np.linalg.norm(v, axis=1), kind="stable")]
-    out = np.empty((len(v), 3, 3))
-    for i, w in enumerate(v):
-        th = np.linalg.norm(w)
-        if th < 1e-12:
-            out[i] = np.eye(3)
-            continue
-        k = w / th
-        K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        out[i] = np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * K @ K
-    return out
+    return np.stack([rotvec_to_matrix(w) for w in v])
 
 
 def symmetry_frame(vol: np.ndarray, sym: str, coarse_deg: float = 10.0, search_box: int = 24
