@@ -144,13 +144,17 @@ def ctfs_from_star(star: dict, n: int, source: str, stack_path: str | None = Non
 CONTRASTS = ("dark", "bright")
 
 
+def _check_contrast_name(contrast: str, source: str = "input.spa_contrast") -> None:
+    if contrast not in CONTRASTS:
+        raise InputError(f"contrast {contrast!r} is not one of {CONTRASTS}", source=source,
+                         fix="declare the particles' contrast: dark (as recorded) or bright (protein white)")
+
+
 def to_protein_white(stack: np.ndarray, contrast: str, source: str = "input.spa_contrast") -> np.ndarray:
     """The one place the declared particle contrast is converted to emflow's protein-white
     convention: ``dark`` (protein darker than background, as recorded) is multiplied by −1,
     ``bright`` is kept."""
-    if contrast not in CONTRASTS:
-        raise InputError(f"contrast {contrast!r} is not one of {CONTRASTS}", source=source,
-                         fix="declare the particles' contrast: dark (as recorded) or bright (protein white)")
+    _check_contrast_name(contrast, source)
     stack = np.asarray(stack, np.float32)
     return -stack if contrast == "dark" else stack
 
@@ -287,6 +291,7 @@ def prepare_particles(path: str, star: str | None, contrast: str, apix_expected,
     unset header. Returns ``(n, box, apix, contrast_z, phase_flipped)``.
     """
     from emflow.io import HdfStackWriter, hdf_count, read_hdf_stack, read_mrc, read_star
+    from emflow.io.hdf import hdf_image_shape
     from emflow.pipeline.resources import SPA_PREPARE_BLOCK_MB
     from emflow.pixel_size import particles_pixel_size
     from emflow.spa.classaverage import normalize_stack
@@ -295,7 +300,7 @@ def prepare_particles(path: str, star: str | None, contrast: str, apix_expected,
     apix = particles_pixel_size(path, star, expected=apix_expected, key=apix_key, override=apix_override)
     if path.endswith(".hdf"):
         n = hdf_count(path)
-        shape = (n,) + read_hdf_stack(path, indices=[0])[0].shape[1:] if n else (0,)
+        shape = (n,) + hdf_image_shape(path) if n else (0,)  # from the dataspace, no image read
 
         def rows(a, b):
             return read_hdf_stack(path, indices=np.arange(a, b))[0]
@@ -307,8 +312,7 @@ def prepare_particles(path: str, star: str | None, contrast: str, apix_expected,
             return data[a:b]
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] % 2:
         raise InputError(f"particles must be a stack of square, even boxes, got {shape}", source=path)
-    if contrast not in CONTRASTS:
-        to_protein_white(np.zeros((0, 2, 2), np.float32), contrast)  # the one InputError for it
+    _check_contrast_name(contrast)  # before the STAR is read and anything is written
     ctfs = ctfs_from_star(read_star(star), n, star, stack_path=path) if star else None
     block = max(1, int((block_mb or SPA_PREPARE_BLOCK_MB) * 1e6 / (4.0 * shape[1] * shape[2])))
     d = []
