@@ -345,6 +345,17 @@ def _ift_centre_crop(F: np.ndarray, N: int, b: int, workers: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _undo_shift_ramps(t: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Separable phase ramps ``(ex (n, N//2+1), ey (n, N))`` complex64 that move the content of an ``N×N``
+    slice (layout of :func:`emflow.fourier.ft`) by ``−t`` (``t`` ``(n, 2)`` px, ``(tx, ty)``):
+    ``S·ey[:, :, None]·ex[:, None, :]``."""
+    kx = np.arange(N // 2 + 1) / N
+    ky = scipy.fft.fftfreq(N)
+    ex = np.exp(2j * np.pi * kx[None, :] * t[:, 0, None]).astype(np.complex64)
+    ey = np.exp(2j * np.pi * ky[None, :] * t[:, 1, None]).astype(np.complex64)
+    return ex, ey
+
+
 def _orientation_order(rots: np.ndarray, bin_deg: float = 10.0) -> np.ndarray:
     """Insertion order grouping slices of similar orientation (orientation blocking): slices whose
     planes are close touch the same accumulator lines one after another, which keeps them in cache.
@@ -468,11 +479,7 @@ class Reconstructor:
         S = scipy.fft.rfft(images, n=N, axis=-1, workers=self.workers)
         S = scipy.fft.fft(S, n=N, axis=-2, workers=self.workers, overwrite_x=True).astype(np.complex64, copy=False)
         sh = _as_shifts(shifts, n)
-        t = np.full((n, 2), b / 2.0) if sh is None else sh + b / 2.0
-        kx = np.arange(N // 2 + 1) / N
-        ky = scipy.fft.fftfreq(N)
-        ex = np.exp(2j * np.pi * kx[None, :] * t[:, 0, None]).astype(np.complex64)
-        ey = np.exp(2j * np.pi * ky[None, :] * t[:, 1, None]).astype(np.complex64)
+        ex, ey = _undo_shift_ramps(np.full((n, 2), b / 2.0) if sh is None else sh + b / 2.0, N)
         return S, ex, ey
 
     def insert(self, images, rotations, weights=None, shifts=None, ctf=None, chunk: int = 64) -> None:
@@ -526,7 +533,7 @@ class Reconstructor:
             raise ValueError(f"weights must have shape ({n},), got {w.shape}")
         return w
 
-    def insert_ft(self, slices_ft, rotations, weights=None, ctf=None) -> None:
+    def insert_ft(self, slices_ft, rotations, weights=None, ctf=None, shifts=None) -> None:
         """Insert slices that are already Fourier transformed.
 
         Parameters
@@ -537,6 +544,9 @@ class Reconstructor:
         weights : ndarray, (n,), optional
         ctf : ndarray, float, (n, N, N//2+1) or (N, N//2+1), optional
             As in :meth:`insert`.
+        shifts : ndarray, (n, 2), optional
+            ``(tx, ty)`` pixels by which each slice's image is shifted (as in :meth:`insert`); undone by a
+            phase ramp (the slab kernel applies it while inserting: no shifted copy of the slices).
         """
         S = np.ascontiguousarray(slices_ft, dtype=np.complex64)
         if S.ndim == 2:
@@ -548,7 +558,13 @@ class Reconstructor:
         n = S.shape[0]
         if R.shape[0] != n:
             raise ValueError(f"insert_ft: {n} slices but {R.shape[0]} rotations")
-        self._insert_slices(S, R, self._weights(weights, n), ctf, None)
+        sh = _as_shifts(shifts, n)
+        ramps = None
+        if sh is not None:
+            ramps = _undo_shift_ramps(sh, N)
+            if not (self._strategy() == "slab" and self.kernel == "trilinear"):
+                S, ramps = S * ramps[1][:, :, None] * ramps[0][:, None, :], None
+        self._insert_slices(S, R, self._weights(weights, n), ctf, ramps)
 
     def _insert_slices(self, S, R, w, ctf, ramps) -> None:
         """Insert complex64 slices S (n, N, N//2+1) under rotations R with weights w; ``ramps``

@@ -17,12 +17,15 @@
 
 import math
 
+from emflow.spa.gold import local_names
 from emflow.spa.refine_loop import STAGE_KEYS, check_options
 
 SPA = config["spa"]
 SPA_ON = config["workflows"]["single_particle"]
 SPA_DIR = f"results/spa/{SPA['path']}"
 SPA_ITERS = [f"{i:02d}" for i in range(max(1, SPA["startiter"]), SPA["iter"] + 1)]
+# spa_gold: the e2refine iterations, then the local likelihood iterations (L1, L2, …; spa.local)
+SPA_GOLD_ITERS = SPA_ITERS + local_names(SPA["local"]["iterations"])
 if SPA_ON:
     spa_check_inputs()  # particles given, contrast declared: before the stack's header is read
     spa_check_startiter()  # a resumed loop starts from an existing model
@@ -325,10 +328,10 @@ rule spa_gold:
         model=f"{SPA_DIR}/threed_00.mrc",
         truth=spa_truth_map(),
     output:
-        even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_ITERS),
-        odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_ITERS),
-        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
-        fsc_unmasked=expand(f"{SPA_DIR}/gold/fsc_unmasked_{{it}}.txt", it=SPA_ITERS),
+        even=expand(f"{SPA_DIR}/gold/threed_even_{{it}}.mrc", it=SPA_GOLD_ITERS),
+        odd=expand(f"{SPA_DIR}/gold/threed_odd_{{it}}.mrc", it=SPA_GOLD_ITERS),
+        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_GOLD_ITERS),
+        fsc_unmasked=expand(f"{SPA_DIR}/gold/fsc_unmasked_{{it}}.txt", it=SPA_GOLD_ITERS),
         combined=f"{SPA_DIR}/gold/threed_gold.mrc",
         summary=f"{SPA_DIR}/gold/gold.json",
         plot=f"{SPA_DIR}/gold/gold_fsc.png",

@@ -106,8 +106,9 @@ def spa_params(stage):
 
 
 def spa_gold_params():
-    """Every key the in-process iterations read (all stages) plus the gold-standard start resolution."""
-    keys = {k for stage in STAGE_KEYS.values() for k in stage} | {"orientgen", "gold_startres"}
+    """Every key the in-process iterations read (all stages), the gold-standard start resolution and the local
+    refinement's section."""
+    keys = {k for stage in STAGE_KEYS.values() for k in stage} | {"orientgen", "gold_startres", "local"}
     return {key: SPA[key] for key in sorted(keys)}
 
 

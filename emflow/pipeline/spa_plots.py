@@ -43,9 +43,10 @@ def gold_fsc_plot(curves: Sequence[dict], rows: Sequence[dict], path: str | os.P
         ax.plot(c["freq"], c["true"], color=color, label=f"it {r['iter']} masked, corrected")
         ax.plot(c["freq"], c["unmasked"], color=color, ls=":", lw=0.8)
     _fsc_axes(ax, "gold-standard FSC (dotted: unmasked)")
-    it = [int(r["iter"]) for r in rows]
+    x = np.arange(1, len(rows) + 1)  # e2refine iterations "01", … then the local ones "L1", …
     for key, label in (("gold_0143_a", "masked, corrected"), ("unmasked_0143_a", "unmasked")):
-        ax2.plot(it, [r[key] for r in rows], "o-", label=label)
+        ax2.plot(x, [r[key] for r in rows], "o-", label=label)
+    ax2.set_xticks(x, [str(r["iter"]) for r in rows])
     ax2.set(xlabel="iteration", ylabel="FSC 0.143 resolution (Å)", title="gold-standard resolution")
     ax2.legend(fontsize=7)
     fig.tight_layout()

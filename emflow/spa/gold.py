@@ -32,6 +32,7 @@ import numpy as np
 import scipy.ndimage
 
 from emflow.fsc import FSCCurve, fsc, resolution
+from emflow.spa.local_refine import LocalParams, poses_from_classes, refine_half
 from emflow.spa.refine_loop import RefineOptions, orientgen_for_iteration, run_iteration
 
 #: RELION's default: phases are randomised from the shell where the unmasked FSC drops below this
@@ -101,18 +102,56 @@ def gold_iteration(models: dict[str, np.ndarray], particles: np.ndarray, opts: R
     (particle indices of each half).
     """
     members = split_even_odd(len(particles))
-    maps = {}
+    maps, poses = {}, {}
     for k, h in enumerate(HALVES):
         idx = members[h]
         sub_ctfs = None if ctfs is None else [ctfs[i] for i in idx]
         r = run_iteration(models[h], particles[idx], opts, ctfs=sub_ctfs, rng=np.random.default_rng(seed + k),
                           timings=timings)
         maps[h] = np.asarray(r["threed"], np.float32)
-    g = gold_fsc(maps["even"], maps["odd"], opts.apix, seed=seed)
+        poses[h] = poses_from_classes(r["class_info"]["result"], r["make3d_R"])
+    return _halves_result(maps, members, opts.apix, seed, poses=poses)
+
+
+def _halves_result(maps: dict, members: dict, apix: float, seed: int, **extra) -> dict:
+    """The gold-standard FSC of two half maps, their FSC-weighted average and each half's next reference."""
+    g = gold_fsc(maps["even"], maps["odd"], apix, seed=seed)
     curve = g["true"]
     combined = fsc_weighted(0.5 * (maps["even"] + maps["odd"]), curve)
     return {"maps": maps, "fsc": curve, "fsc_all": g, "res_0143_a": g["res_true_a"], "combined": combined,
-            "next": {h: fsc_weighted(maps[h], curve) for h in HALVES}, "members": members}
+            "next": {h: fsc_weighted(maps[h], curve) for h in HALVES}, "members": members, **extra}
+
+
+def likelihood_kmax(curve, box: int) -> float:
+    """Outermost ring (px) the local refinement's likelihood uses after a gold-standard FSC ``curve``: 1.3× the
+    shell where it first drops below 0.143, + 2 shells (the reference is ``C_ref``-weighted, so the rings past
+    its resolution add cost, not signal), at most Nyquist − 1."""
+    f = np.asarray(curve.fsc)
+    below = np.flatnonzero(f < 0.143)
+    shell = float(curve.shell[below[0]]) if below.size else box / 2.0
+    return float(min(box / 2 - 1, 1.3 * shell + 2))
+
+
+def local_iteration(models: dict[str, np.ndarray], particles: np.ndarray, poses: dict, params: LocalParams,
+                    k: int, kmax_px: float, apix: float, sym: str = "c1", *, ctfs=None, seed: int = 0) -> dict:
+    """Local iteration ``k`` (0-based) of the likelihood refinement (:mod:`emflow.spa.local_refine`) on both
+    halves, each against its own reference ``models[h]`` (soft-masked to a sphere of 0.42 box) from its own
+    poses ``poses[h] = (R, t)``. Returns :func:`gold_iteration`'s dict with the new ``poses`` and ``stats`` (per
+    half, :class:`emflow.spa.local_refine.LocalHalfResult` ``stats``)."""
+    from emflow.masks import soft_sphere
+
+    members = split_even_odd(len(particles))
+    b = particles.shape[-1]
+    mask = soft_sphere(b, 0.42 * b, 0.06 * b).astype(np.float32)
+    step, shift_step = params.step(k)
+    maps, new_poses, stats = {}, {}, {}
+    for h in HALVES:
+        idx = members[h]
+        r = refine_half(models[h] * mask, particles[idx], *poses[h], step_deg=step, shift_step_px=shift_step,
+                        kmax_px=kmax_px, ctfs=None if ctfs is None else [ctfs[i] for i in idx], apix=apix,
+                        radius_steps=params.radius_steps, min_weight=params.min_weight, sym=sym)
+        maps[h], new_poses[h], stats[h] = r.map, (r.rotations, r.shifts), r.stats
+    return _halves_result(maps, members, apix, seed, poses=new_poses, stats=stats)
 
 
 def gold_mask(vol: np.ndarray, apix: float, res_a: float, threshold: float = 0.2) -> np.ndarray:
@@ -194,11 +233,18 @@ def orientgen_with_delta(orientgen: str, delta: float) -> str:
     return f"{orientgen}:delta={delta:.5f}"
 
 
+def local_names(n: int) -> list[str]:
+    """Names of the ``n`` local iterations in gold.json and the gold/ file names: ``L1``, ``L2``, …"""
+    return [f"L{k + 1}" for k in range(int(n))]
+
+
 def run_gold(model: np.ndarray, particles: np.ndarray, spa: dict, iters: list[str], apix: float, *, ctfs=None,
              m3dsetsf: np.ndarray | None = None,
              on_iteration: Callable[[str, dict, dict], None] | None = None) -> tuple[dict, list[dict]]:
     """The gold-standard refinement (``spa.goldstandard``): :func:`gold_start` from ``model`` at
-    ``spa["gold_startres"]``, then one :func:`gold_iteration` per entry of ``iters`` ("01", …).
+    ``spa["gold_startres"]``, one :func:`gold_iteration` per entry of ``iters`` ("01", …), then
+    ``spa["local"]["iterations"]`` :func:`local_iteration` s (named by :func:`local_names`) from the last
+    iteration's poses and references.
 
     The angular step of each iteration is the ``orientgen`` schedule's, or with ``spa["gold_speed"]``
     (after the first iteration) :func:`eman_angular_step` of the previous gold-standard resolution.
@@ -210,7 +256,18 @@ def run_gold(model: np.ndarray, particles: np.ndarray, spa: dict, iters: list[st
     models = gold_start(model, apix, spa["gold_startres"], seed=0)
     rows: list[dict] = []
     r: dict = {}
-    for k, it in enumerate(iters):
+
+    def row(it: str, r: dict, t0: float, **extra) -> dict:
+        g = r["fsc_all"]
+        rows.append({"iter": it, **extra, "gold_0143_a": g["res_true_a"], "unmasked_0143_a": g["res_unmasked_a"],
+                     "masked_0143_a": g["res_masked_a"], "randomize_at_a": None if g["randomize_at"] is None else
+                     round(particles.shape[-1] * apix / g["randomize_at"], 2),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        if on_iteration:
+            on_iteration(it, r, rows[-1])
+        return r["next"]
+
+    for it in iters:
         og = orientgen_for_iteration(spa["orientgen"], int(it))
         if spa.get("gold_speed") and rows:
             og = orientgen_with_delta(og, eman_angular_step(rows[-1]["gold_0143_a"], particles.shape[-1], apix,
@@ -218,12 +275,17 @@ def run_gold(model: np.ndarray, particles: np.ndarray, spa: dict, iters: list[st
         opts = RefineOptions.from_config(spa, apix=apix, m3dsetsf=m3dsetsf, orientgen=og)
         t0 = time.perf_counter()
         r = gold_iteration(models, particles, opts, ctfs=ctfs, seed=10 * int(it))
-        models = r["next"]
-        g = r["fsc_all"]
-        rows.append({"iter": it, "orientgen": og, "gold_0143_a": g["res_true_a"], "unmasked_0143_a": g["res_unmasked_a"],
-                     "masked_0143_a": g["res_masked_a"], "randomize_at_a": None if g["randomize_at"] is None else
-                     round(particles.shape[-1] * apix / g["randomize_at"], 2),
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        if on_iteration:
-            on_iteration(it, r, rows[-1])
+        models = row(it, r, t0, orientgen=og)
+    lp = LocalParams(**spa.get("local", {}))
+    lp.check()
+    for k, it in enumerate(local_names(lp.iterations)):
+        t0 = time.perf_counter()
+        kmax = likelihood_kmax(r["fsc"], particles.shape[-1])
+        r = local_iteration(models, particles, r["poses"], lp, k, kmax, apix, spa.get("sym", "c1"), ctfs=ctfs,
+                            seed=10 * (len(iters) + k + 1))
+        step, shift_step = lp.step(k)
+        models = row(it, r, t0, local_step_deg=round(step, 3), local_shift_step_px=round(shift_step, 3),
+                     likelihood_kmax_px=round(kmax, 1),
+                     local={h: {key: round(v, 4) if isinstance(v, float) else v for key, v in st.items()}
+                            for h, st in r["stats"].items()})
     return r, rows

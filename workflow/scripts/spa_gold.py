@@ -1,5 +1,6 @@
 """spa_gold: gold-standard refinement (spa.goldstandard, the e2refine_easy scheme) in one job
-(emflow.spa.gold.run_gold): per iteration the half maps, the masked phase-randomisation-corrected FSC
+(emflow.spa.gold.run_gold): the e2refine iterations, then the local likelihood iterations L1, L2, …
+(spa.local); per iteration the half maps, the masked phase-randomisation-corrected FSC
 (gold/fsc_gold_XX.txt, the reported curve) and the unmasked one (gold/fsc_unmasked_XX.txt); the
 FSC-weighted combined map (gold/threed_gold.mrc), gold/gold.json (demo: the combined map of every
 iteration against the truth) and gold/gold_fsc.png."""
@@ -14,7 +15,7 @@ from emflow.geometry import get_symmetry  # noqa: E402
 from emflow.io import atomic_write, read_mrc, write_mrc  # noqa: E402
 from emflow.pipeline.spa_plots import gold_fsc_plot  # noqa: E402
 from emflow.spa.files import read_particles, write_gold_iteration  # noqa: E402
-from emflow.spa.gold import run_gold  # noqa: E402
+from emflow.spa.gold import local_names, run_gold  # noqa: E402
 from emflow.spa.make3d import read_structure_factor  # noqa: E402
 
 
@@ -26,8 +27,10 @@ def main(inp, out, spa: dict, iters: list[str], truth_sym: str | None) -> None:
     sym = get_symmetry(truth_sym).matrices if truth_sym else None
     curves = []
 
+    names = iters + local_names(spa["local"]["iterations"])  # the order of the rule's per-iteration outputs
+
     def write(it: str, r: dict, row: dict) -> None:
-        curves.append(write_gold_iteration(out, iters.index(it), r, apix))
+        curves.append(write_gold_iteration(out, names.index(it), r, apix))
         if truth is not None:  # demo: the combined map against the truth, beside the gold-standard figure
             row["truth"] = map_vs_truth(r["combined"], truth, apix, sym)
         log.info("iteration %s: %s", it, row)
