@@ -265,6 +265,17 @@ def view_errors(classmx, proj_R, true_R):
     return np.degrees(np.arccos(np.clip(np.abs((d_true * d_cls).sum(axis=1)), 0, 1)))
 
 
+def pose_errors(pose, true_poses, members, same_frame: bool):
+    """Median angle (deg) and shift error (px) of the half's poses ``(R, t)`` to the true poses of its ``members``;
+    None when the map's frame is not the truth's (a from_data start has its own frame and maybe hand)."""
+    if not same_frame:
+        return None
+    R, t = pose
+    Rt, tt = true_poses["R"][members], true_poses["shifts"][members]
+    ang = np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", R, Rt) - 1) / 2, -1, 1)))
+    return float(np.median(ang)), float(np.median(np.hypot(*(t - tt).T)))
+
+
 def compute_start(a, parts, ctfs, apix):
     """The ``from_data`` start of the config's ``spa_initial_model`` section (with the flags' overrides)."""
     import yaml
@@ -327,6 +338,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--options", default="config", choices=("config", "defaults"),
                     help="config: the refinement options of config/config.yaml's spa section (as a user's run); "
                          "defaults: RefineOptions' own (classkeep/m3dkeep 0.8; the runs before session 7)")
+    ap.add_argument("--local", type=int, default=0, help="local likelihood iterations after the e2refine ones (spa.local)")
+    ap.add_argument("--local-step", type=float, default=None, help="spa.local.step_deg (default: config's)")
     ap.add_argument("--oracle", type=int, default=1, help="1: report the map at the true poses (data ceiling)")
     ap.add_argument("--save-maps", default=None, help="folder for each iteration's maps (.npy)")
     ap.add_argument("--realign", type=int, default=1,
@@ -431,6 +444,39 @@ def main(argv=None) -> dict:
                if k not in ("orientgen", "sym", "shrink", "mass", "automask3d", "maxshift")}
     deltas = [float(d) for d in a.delta.split(",")]
     rows = []
+    def record(it, label: str, vol, gold_a: float, secs: dict, truth_al, halves_moved):
+        """Measure ``vol`` against the truth (superposition refined with --realign), print and store the row."""
+        c_coarse = fsc(vol, truth_al)
+        moved = (0.0, 0.0)
+        if a.realign:
+            truth_al, *moved = refine_superposition(truth_al, vol)
+        c = fsc(vol, truth_al)
+        row = {"iter": it, "step": label, "res05_a": crossing(c, apix, 0.5), "res0143_a": crossing(c, apix, 0.143),
+               "gold0143_a": gold_a, "seconds": {k: round(v, 1) for k, v in secs.items()},
+               "load": os.getloadavg()[0]}
+        row["res05_px"] = row["res05_a"] / apix
+        row["res05_unrefined_superposition_a"] = crossing(c_coarse, apix, 0.5)
+        row["superposition_moved_deg_px"] = moved
+        if halves_moved is not None:
+            row["odd_onto_even_deg_px"] = halves_moved
+        row["gold_over_truth"] = row["gold0143_a"] / row["res0143_a"]
+        rows.append(row)
+        print(f"iteration {it} ({label}): FSC vs truth 0.5 at {row['res05_a']:.1f} Å = {row['res05_px']:.2f} px "
+              f"(bar ≤ 3 px), 0.143 at {row['res0143_a']:.1f} Å; gold-standard 0.143 {row['gold0143_a']:.1f} Å "
+              f"({100 * (row['gold_over_truth'] - 1):+.0f} % vs truth's 0.143, bar ±15 %); seconds {row['seconds']} "
+              f"(load {row['load']:.1f}); before the truth's superposition was refined (moved {moved[0]:.2f}°, "
+              f"{moved[1]:.2f} px): 0.5 at {row['res05_unrefined_superposition_a']:.1f} Å", flush=True)
+        if bench is not None and "classaverage" in row["seconds"]:
+            ca = row["seconds"]["classaverage"]
+            row["classaverage_over_bench"] = ca / bench["classaverage_scaled_s"]
+            print(f"  class averaging {ca:.1f} s (both halves) vs the bench_simmx row scaled "
+                  f"{bench['classaverage_scaled_s']:.1f} s: "
+                  f"ratio {row['classaverage_over_bench']:.2f} (bar ≤ 2)", flush=True)
+        out["iterations"] = rows
+        if a.json:
+            pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
+        return truth_al
+
     for it in range(1, a.iters + 1):
         d = deltas[min(it - 1, len(deltas) - 1)]
         base = spa_cfg if a.options == "config" else {}
@@ -467,35 +513,28 @@ def main(argv=None) -> dict:
             if a.gold:
                 np.save(f"{a.save_maps}/even_{it:02d}.npy", g["maps"]["even"])
                 np.save(f"{a.save_maps}/odd_{it:02d}.npy", g["maps"]["odd"])
-        c_coarse = fsc(vol, truth_al)
-        moved = (0.0, 0.0)
-        if a.realign:
-            truth_al, *moved = refine_superposition(truth_al, vol)
-        c = fsc(vol, truth_al)
-        row = {"iter": it, "delta": d, "res05_a": crossing(c, apix, 0.5), "res0143_a": crossing(c, apix, 0.143),
-               "gold0143_a": gold_a, "seconds": {k: round(v, 1) for k, v in secs.items()},
-               "load": os.getloadavg()[0]}
-        row["res05_px"] = row["res05_a"] / apix
-        row["res05_unrefined_superposition_a"] = crossing(c_coarse, apix, 0.5)
-        row["superposition_moved_deg_px"] = moved
-        if a.gold:
-            row["odd_onto_even_deg_px"] = halves_moved
-        row["gold_over_truth"] = row["gold0143_a"] / row["res0143_a"]
-        rows.append(row)
-        print(f"iteration {it} (δ {d}°): FSC vs truth 0.5 at {row['res05_a']:.1f} Å = {row['res05_px']:.2f} px "
-              f"(bar ≤ 3 px), 0.143 at {row['res0143_a']:.1f} Å; gold-standard 0.143 {row['gold0143_a']:.1f} Å "
-              f"({100 * (row['gold_over_truth'] - 1):+.0f} % vs truth's 0.143, bar ±15 %); seconds {row['seconds']} "
-              f"(load {row['load']:.1f}); before the truth's superposition was refined (moved {moved[0]:.2f}°, "
-              f"{moved[1]:.2f} px): 0.5 at {row['res05_unrefined_superposition_a']:.1f} Å", flush=True)
-        if bench is not None:
-            ca = row["seconds"].get("classaverage", float("nan"))
-            row["classaverage_over_bench"] = ca / bench["classaverage_scaled_s"]
-            print(f"  class averaging {ca:.1f} s (both halves) vs the bench_simmx row scaled "
-                  f"{bench['classaverage_scaled_s']:.1f} s: "
-                  f"ratio {row['classaverage_over_bench']:.2f} (bar ≤ 2)", flush=True)
-        out["iterations"] = rows
-        if a.json:
-            pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
+        truth_al = record(it, f"δ {d}°", vol, gold_a, secs, truth_al, halves_moved if a.gold else None)
+    if a.local:  # the local likelihood refinement of both halves from the last gold-standard iteration
+        if not a.gold:
+            raise SystemExit("--local needs --gold 1 (the halves' poses and FSC)")
+        lp = gold.LocalParams(**{**spa_cfg.get("local", {}), "iterations": a.local,
+                                 **({"step_deg": a.local_step} if a.local_step else {})})
+        for k, name in enumerate(gold.local_names(a.local)):
+            kmax = gold.likelihood_kmax(g["fsc"], a.box)
+            t = time.perf_counter()
+            g = gold.local_iteration(models, parts, g["poses"], lp, k, kmax, apix, "c1", ctfs=ctfs,
+                                     seed=a.seed + 10 * (a.iters + k + 1))
+            models, vol = g["next"], g["combined"]
+            secs = {"local": time.perf_counter() - t}
+            secs["total"] = secs["local"]
+            step, shift_step = lp.step(k)
+            err = {h: pose_errors(g["poses"][h], poses, g["members"][h], truth_al is truth) for h in gold.HALVES}
+            print(f"  local {name}: step {step:.2f}°, shifts {shift_step:.2f} px, likelihood to ring {kmax:.1f}; per "
+                  f"half {g['stats']['even']}", flush=True)
+            if err["even"] is not None:
+                print(f"  pose error vs the true poses (even half): median {err['even'][0]:.2f}°, "
+                      f"{err['even'][1]:.2f} px", flush=True)
+            truth_al = record(name, f"local {step:.2f}°", vol, g["res_0143_a"], secs, truth_al, None)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
     return out
