@@ -345,7 +345,10 @@ rule spa_gold:
     resources:
         mem_mb=lambda wildcards, input, attempt: RSC.spa_gold_mem_mb(RSC.file_mb(input.particles), attempt),
         runtime=lambda wildcards, input, attempt: RSC.spa_gold_runtime(
-            *RSC.spa_stack(input.particles), SPA_PROJECTIONS, attempt
+            *RSC.spa_stack(input.particles),
+            SPA_PROJECTIONS,
+            attempt,
+            SPA["local"]["iterations"],
         ),
     params:
         spa={**spa_gold_params(), "gold_speed": SPA["gold_speed"]},

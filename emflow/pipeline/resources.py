@@ -261,11 +261,13 @@ def spa_gold_mem_mb(stack_mb: float, attempt: int = 1) -> int:
     return mem(SPA_CLASSAVG_BASE_MB, SPA_CLASSAVG_SLOPE + SPA_SIMMX_CHUNK_FACTOR, stack_mb, attempt)
 
 
-def spa_gold_runtime(n_particles: int, box: int, n_proj: Sequence[int], attempt: int = 1) -> int:
+def spa_gold_runtime(n_particles: int, box: int, n_proj: Sequence[int], attempt: int = 1, n_local: int = 0) -> int:
     """spa_gold runs every iteration's stages on both halves in one job: the simmx of all particles
-    against each iteration's projections plus class averaging once per iteration."""
+    against each iteration's projections plus class averaging once per iteration, then ``n_local`` local
+    likelihood iterations (``SPA_LOCAL_S_PER_MPIX`` per iteration)."""
     s = sum(SPA_SIMMX_S_PER_GPIX * n_particles * n * box * box / 1e9
             + SPA_CLASSAVG_S_PER_MPIX * n_particles * box * box / 1e6 for n in n_proj)
+    s += SPA_LOCAL_S_PER_MPIX * n_local * n_particles * box * box / 1e6
     return minutes(s, attempt)
 
 
@@ -394,6 +396,9 @@ SPA_CLASSAVG_B_PER_CLASS_PX = 32.0
 # classaverage wall 18-47 s for 16.4 M particle px (D quiet: 1.1-2.9 s per M px), CPU 49 s for 18.4 M (M):
 # asked 3 s per M px
 SPA_CLASSAVG_S_PER_MPIX = 3.0
+# local likelihood refinement (spa.local, 123 rotations × 13 shifts per particle): 52-79 s per half of 2,000
+# particles at box 64 on 2 cores (8.2 M particle px): asked 10 s per M px per iteration
+SPA_LOCAL_S_PER_MPIX = 10.0
 # make3d: 361 MB (M, box 96), 249-265 MB (D, box 64, sampled): the line in box³ (154 B per voxel);
 # project3d 183-196 MB (M), 208-227 MB (D) and startmodel 141-161 MB are under it
 SPA_VOLUME_BASE_MB = 225.0
