@@ -114,7 +114,7 @@ rule report_map_spa_gold:
 
 rule report_fsc_spa_gold:
     input:
-        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_ITERS),
+        fsc=expand(f"{SPA_DIR}/gold/fsc_gold_{{it}}.txt", it=SPA_GOLD_ITERS),
     output:
         png=report(
             "results/report/fsc/spa_fsc_gold.png",
@@ -134,7 +134,7 @@ rule report_fsc_spa_gold:
         mem_mb=500,
         runtime=5,
     params:
-        labels=[f"iteration {it}" for it in SPA_ITERS],
+        labels=[f"iteration {it}" for it in SPA_GOLD_ITERS],
         title="SPA gold-standard FSC (even vs odd half maps)",
     script:
         "../workflow/scripts/report_fsc.py"

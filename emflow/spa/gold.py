@@ -149,7 +149,8 @@ def local_iteration(models: dict[str, np.ndarray], particles: np.ndarray, poses:
         idx = members[h]
         r = refine_half(models[h] * mask, particles[idx], *poses[h], step_deg=step, shift_step_px=shift_step,
                         kmax_px=kmax_px, ctfs=None if ctfs is None else [ctfs[i] for i in idx], apix=apix,
-                        radius_steps=params.radius_steps, min_weight=params.min_weight, sym=sym)
+                        radius_steps=params.radius_steps, min_weight=params.min_weight, sym=sym,
+                        global_deg=params.global_step(k), keep=params.keep)
         maps[h], new_poses[h], stats[h] = r.map, (r.rotations, r.shifts), r.stats
     return _halves_result(maps, members, apix, seed, poses=new_poses, stats=stats)
 
@@ -284,7 +285,8 @@ def run_gold(model: np.ndarray, particles: np.ndarray, spa: dict, iters: list[st
         r = local_iteration(models, particles, r["poses"], lp, k, kmax, apix, spa.get("sym", "c1"), ctfs=ctfs,
                             seed=10 * (len(iters) + k + 1))
         step, shift_step = lp.step(k)
-        models = row(it, r, t0, local_step_deg=round(step, 3), local_shift_step_px=round(shift_step, 3),
+        models = row(it, r, t0, global_step_deg=lp.global_step(k), local_step_deg=round(step, 3),
+                     local_shift_step_px=round(shift_step, 3),
                      likelihood_kmax_px=round(kmax, 1),
                      local={h: {key: round(v, 4) if isinstance(v, float) else v for key, v in st.items()}
                             for h, st in r["stats"].items()})
