@@ -118,3 +118,28 @@ def test_a_mirrored_reference_does_not_fit_the_particles(noisy_half):
     good = refine_half(vol, parts, R0, t0, step_deg=1.5, shift_step_px=0.4, kmax_px=b / 2)
     bad = refine_half(vol[::-1].copy(), parts, R0, t0, step_deg=1.5, shift_step_px=0.4, kmax_px=b / 2)
     assert np.median(_angles(good.rotations, Q)) < 0.5 * np.median(_angles(bad.rotations, Q))
+
+
+def test_global_search_recovers_particles_far_from_their_pose(noisy_half):
+    """A third of the start poses replaced by random rotations with shifts up to 2 px: the local search alone cannot
+    reach them (its radius is 4.5°); the global search first (10° grid over SO(3), shifts near the current one and
+    the box centre) brings them back, and the fit in noise units tells the misplaced particles from the others."""
+    vol, parts, Q, t, R0, t0 = noisy_half
+    b, n = vol.shape[-1], len(parts)
+    rng = np.random.default_rng(11)
+    lost = rng.random(n) < 1 / 3
+    R1, t1 = R0.copy(), t0.copy()
+    R1[lost] = random_rotations(int(lost.sum()), rng)
+    t1[lost] = rng.uniform(-2, 2, (int(lost.sum()), 2))
+    local = refine_half(vol, parts, R1, t1, step_deg=1.5, shift_step_px=0.4, kmax_px=b / 2)
+    far_local = _angles(local.rotations, Q) > 30
+    assert far_local.mean() > 0.25
+    # the misplaced particles fit the reference worse (ranking, in noise units)
+    right, wrong = local.fit[~far_local], local.fit[far_local]
+    assert (right[:, None] > wrong[None, :]).mean() > 0.9
+    glob = refine_half(vol, parts, R1, t1, step_deg=1.5, shift_step_px=0.4, kmax_px=b / 2, global_deg=10.0)
+    assert (_angles(glob.rotations, Q) > 30).mean() < 0.05 and glob.stats["global_moved"] > lost.sum() * 0.9
+    kept = refine_half(vol, parts, R1, t1, step_deg=1.5, shift_step_px=0.4, kmax_px=b / 2, keep=0.6)
+    assert kept.stats["kept"] == pytest.approx(0.6, abs=0.01)
+    k = int(0.35 * b)
+    assert fsc(kept.map, vol).fsc[4:k].mean() > fsc(local.map, vol).fsc[4:k].mean()
