@@ -102,8 +102,9 @@ def slurm_cluster():
 
 # ----------------------------------------------------------------------------- running
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment without SLURM job variables, with $USER set and the tests' shared numba cache."""
-    return _runner_env(extra)
+    """Environment without SLURM job variables, with $USER set and the tests' shared numba cache
+    (and this machine's SLURM configuration: the runs here talk to the cluster)."""
+    return _runner_env(extra, slurm=True)
 
 
 def run_snakemake(workdir: pathlib.Path, profile: str, args: list[str], env: dict[str, str]):

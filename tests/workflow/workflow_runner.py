@@ -80,9 +80,19 @@ def shared_numba_cache() -> pathlib.Path:
     return path
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without SLURM job variables or a Snakemake profile."""
+def clean_env(extra: dict[str, str] | None = None, *, slurm: bool = False) -> dict[str, str]:
+    """The test process's environment without SLURM job variables or a Snakemake profile.
+
+    Unless ``slurm`` (the tests that submit to a SLURM cluster), ``SLURM_CONF`` names an empty file:
+    every ``snakemake`` command loads the installed SLURM executor plugin, which runs
+    ``scontrol show config`` at import (snakemake-executor-plugin-slurm 2.6.1, for a help text). With
+    SLURM's client installed but no controller answering (as after tests/workflow/test_slurm.py stops
+    the cluster it started) that call waits ~9 s for the controller, in each of the suite's ~60
+    snakemake commands; with an empty config it fails at once, and the plugin only loses its help text.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
+    if not slurm:
+        env["SLURM_CONF"] = os.devnull
     # the slurm plugin asks getpass.getuser() (reads $USER first) when it guesses an account
     env.setdefault("USER", pwd.getpwuid(os.getuid()).pw_name)
     env.pop("NUMBA_CACHE_DIR", None)
