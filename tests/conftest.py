@@ -57,3 +57,14 @@ def tiny_workflow(tmp_path_factory) -> pathlib.Path:
     seconds = run_tiny_workflow(workdir)
     print(f"\n[tiny_workflow] whole tiny workflow: {seconds:.1f} s")
     return workdir
+
+
+# A second run of the tiny config from scratch, in stages (tests/workflow/workflow_runner.py StagedRun):
+# the SLURM test's local reference run (stage "tomograms") and the determinism test's second run
+# (stage "picks", which continues the first) are one run.
+@pytest.fixture(scope="session")
+def second_tiny_run(tmp_path_factory):
+    """:class:`workflow_runner.StagedRun` of ``.test/config.yaml``; ``.upto(stage)`` runs up to a stage."""
+    from workflow_runner import StagedRun
+
+    return StagedRun(tmp_path_factory.mktemp("second_tiny_run"))

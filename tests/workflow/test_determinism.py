@@ -1,8 +1,9 @@
 """Same config and seed → same results (issue #7).
 
-The tiny workflow of the session fixture ``tiny_workflow`` is run a second time, in another copy of the
-repository, up to template matching, pick filtering and extraction of the demo's manual picks, and the
-outputs are compared:
+The tiny workflow of the session fixture ``tiny_workflow`` is run a second time from scratch, in another
+copy of the repository, up to template matching, pick filtering and extraction of the demo's manual picks
+(session fixture ``second_tiny_run``, stage ``picks``: made in two steps, the first of which is the local
+run that tests/workflow/test_slurm.py compares its SLURM run with), and the outputs are compared:
 
 * simulated tilt series, .tlt, truth and pick files: **byte-identical** (seeded ``numpy`` generator,
   FFTs and per-tilt work with no cross-thread sums);
@@ -20,7 +21,6 @@ import filecmp
 
 import numpy as np
 import pytest
-from workflow_runner import run_tiny_workflow
 
 from emflow.io import read_hdf_stack, read_mrc, read_star
 
@@ -35,9 +35,10 @@ CLOSE_MAPS = [f"results/tomograms/{TOMO}__bin4.mrc", f"results/tempmatch/{TOMO}_
 
 
 @pytest.fixture(scope="module")
-def second_run(tiny_workflow, tmp_path_factory):
-    work = tmp_path_factory.mktemp("determinism") / "wf"
-    run_tiny_workflow(work, TARGETS)
+def second_run(tiny_workflow, second_tiny_run):
+    work = second_tiny_run.upto("picks")
+    assert set(TARGETS) <= set(second_tiny_run.stages["picks"]), (TARGETS, second_tiny_run.stages)
+    print(f"\n[determinism] second run from scratch: {second_tiny_run.seconds}")
     return tiny_workflow, work
 
 

@@ -35,7 +35,6 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 from workflow_runner import assert_same_outputs as assert_same_results
 from workflow_runner import clean_env as _runner_env
 from workflow_runner import copy_workflow, load_arrays
@@ -338,39 +337,26 @@ def test_mini_workflow_slurm_squeue_equals_local(slurm_cluster, tmp_path):
 
 
 # ----------------------------------------------------------------------------- real workflow
-def _merged_test_config() -> dict:
-    """config/config.yaml with .test/config.yaml on top (nested dicts merged, as Snakemake does)."""
-
-    def merge(base: dict, top: dict) -> dict:
-        out = dict(base)
-        for key, value in top.items():
-            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        return out
-
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return merge(base, yaml.safe_load((REPO / ".test" / "config.yaml").read_text()) or {})
-
-
 def real_workflow_targets() -> list[str]:
     """Targets of the emflow workflow run on SLURM and locally with ``.test/config.yaml``.
 
     A subset of the default target: each tomogram's reconstruction (with its slice picture) and the
     particle set of the manual picks (subtilt + 3D extraction), i.e. the jobs simulate_reference,
-    simulate_tiltseries, tomogram_reconstruct, tomogram_slices, extract_particles and
-    extract_buildset per tomogram: 4 dependency levels, 3 stages, multi-threaded numba kernels.
+    simulate_tiltseries, tomogram_reconstruct, tomogram_slices, extract_plan (a checkpoint),
+    extract_chunk, extract_particles and extract_buildset per tomogram: several dependency levels,
+    3 stages, multi-threaded numba kernels.
     The whole tiny DAG (40+ jobs with template matching, single-particle refinement and report)
     takes far longer than the few minutes this test may use on a 2-core machine; the other stages
     use the same rule machinery (script adapters, logs, threads/resources), which is what differs
-    between SLURM and local runs.
+    between SLURM and local runs. These are the targets of the first stage (``tomograms``) of the
+    session's second tiny run (fixture ``second_tiny_run``, tests/workflow/workflow_runner.py), the
+    local run the SLURM run is compared with.
     """
-    from emflow.pipeline.config import demo_names
+    from workflow_runner import merged_tiny_config, tiny_stage_targets
 
-    cfg = _merged_test_config()
-    if cfg["input"]["source"] != "demo":
+    if merged_tiny_config()["input"]["source"] != "demo":
         pytest.skip(".test/config.yaml does not use the demo source")
-    bin_ = cfg["tomogram"]["bin"]
-    names = demo_names(cfg)
-    return [*(f"results/tomograms/{t}__bin{bin_}_slices.png" for t in names), f"results/sets/{cfg['extract']['label']}.lst"]
+    return tiny_stage_targets()["tomograms"]
 
 
 def submitted_slurm_jobs(output: str) -> set[str]:
@@ -378,14 +364,18 @@ def submitted_slurm_jobs(output: str) -> set[str]:
     return set(re.findall(r"submitted with SLURM jobid (\d+)", output))
 
 
-def test_real_workflow_slurm_equals_local(slurm_cluster, tmp_path):
+def test_real_workflow_slurm_equals_local(slurm_cluster, tmp_path, second_tiny_run):
     if not (REPO / "Snakefile").is_file() or not (REPO / ".test" / "config.yaml").is_file():
         pytest.skip("the workflow (Snakefile, .test/config.yaml) is not in the repository yet")
     targets = real_workflow_targets()
-    local, slurm = copy_workflow(tmp_path / "local"), copy_workflow(tmp_path / "slurm")
+    slurm = copy_workflow(tmp_path / "slurm")
     common = ["--configfile=.test/config.yaml", *targets]  # "=": targets are not config files
 
-    _, t_local = run_snakemake(local, "local", ["--cores", "2", *common], _clean_env())
+    # the local run: `snakemake --profile profiles/local <targets> --cores 2 --configfile .test/config.yaml`
+    # in a fresh copy (the second tiny run's first stage, shared with the determinism test)
+    local = second_tiny_run.upto("tomograms")
+    assert second_tiny_run.stages["tomograms"] == targets
+    t_local = second_tiny_run.seconds["tomograms"]
     out, t_slurm = run_snakemake(slurm, "slurm", [*slurm_args(slurm_cluster), *common], slurm_env(slurm_cluster))
     print(f"\n[slurm] emflow .test workflow ({', '.join(targets)}): local {t_local:.1f} s, SLURM {t_slurm:.1f} s")
 

@@ -7,6 +7,9 @@
   ``profiles/``), never in the repository itself. :func:`run_tiny_workflow` runs the tiny
   ``.test/config.yaml``; ``tests/conftest.py`` makes one such run the session fixture
   ``tiny_workflow``, shared by the report, determinism and rerun tests.
+* :class:`StagedRun`: a second run of the tiny config from scratch, made in stages on demand
+  (session fixture ``second_tiny_run``): the determinism test compares it with ``tiny_workflow``, and
+  the SLURM test compares its SLURM run with the first stage, so that neither runs its own.
 
 All runs share one numba cache (``EMFLOW_SHARED_NUMBA_CACHE``, see ``emflow.pipeline.log``):
 the kernels live in the installed ``emflow`` package, so a cache filled by one copy is valid for
@@ -149,6 +152,79 @@ def run_tiny_workflow(workdir: pathlib.Path, targets: list[str] | tuple[str, ...
     _, seconds = run_snakemake(workdir, None, [*targets, "--cores", "2", "--configfile", ".test/config.yaml"],
                                timeout=1500)
     return seconds
+
+
+def merged_tiny_config() -> dict:
+    """config/config.yaml with .test/config.yaml on top (nested dicts merged, as Snakemake does)."""
+    import yaml
+
+    def merge(base: dict, top: dict) -> dict:
+        out = dict(base)
+        for key, value in top.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return merge(base, yaml.safe_load((REPO / ".test" / "config.yaml").read_text()) or {})
+
+
+def tiny_stage_targets() -> dict[str, list[str]]:
+    """The stages of the second tiny run (:class:`StagedRun`), in order, and their targets.
+
+    * ``tomograms``: each tomogram's reconstruction with its slice picture and the particle set of the
+      manual picks (simulation, reconstruction, subtilt + 3D extraction): what
+      tests/workflow/test_slurm.py runs on SLURM and compares with this stage;
+    * ``picks``: template matching's picks of each tomogram (initial model from the manual picks,
+      template matching, peak extraction, pick filtering) and the manual picks' particles: what
+      tests/workflow/test_determinism.py compares with the session's first run.
+    """
+    from emflow.pipeline.config import demo_names
+
+    cfg = merged_tiny_config()
+    names, bin_, manual = demo_names(cfg), cfg["tomogram"]["bin"], cfg["extract"]["label"]
+    return {
+        "tomograms": [*(f"results/tomograms/{t}__bin{bin_}_slices.png" for t in names), f"results/sets/{manual}.lst"],
+        "picks": [*(f"results/picks/{t}__picks.star" for t in names), f"results/sets/{manual}.lst",
+                  *(f"results/extract/particles3d/{t}__{manual}.hdf" for t in names)],
+    }
+
+
+class StagedRun:
+    """A run of the tiny config from scratch in a fresh workflow copy (``--profile local --cores 2``),
+    made stage by stage as tests ask for them (:func:`tiny_stage_targets`).
+
+    :meth:`upto` runs every stage not yet run up to the one asked for and returns the folder as that
+    stage left it: a copy (timestamps kept) taken before the next stage ran, so what a test sees does
+    not depend on which tests asked for later stages before it. The last stage is not copied.
+    """
+
+    def __init__(self, root: pathlib.Path, stages: dict[str, list[str]] | None = None):
+        self.root, self._stages = root, stages
+        self.work = root / "wf"
+        self.seconds: dict[str, float] = {}  # wall seconds of each stage's snakemake run
+        self._done: dict[str, pathlib.Path] = {}
+
+    @property
+    def stages(self) -> dict[str, list[str]]:
+        if self._stages is None:
+            self._stages = tiny_stage_targets()
+        return self._stages
+
+    def upto(self, name: str) -> pathlib.Path:
+        names = list(self.stages)
+        assert name in names, (name, names)
+        for i, stage in enumerate(names[:names.index(name) + 1]):
+            if stage in self._done:
+                continue
+            if not self.work.exists():
+                copy_workflow(self.work)
+            # targets first: --configfile takes several values
+            _, self.seconds[stage] = run_snakemake(
+                self.work, "local", [*self.stages[stage], "--cores", "2", "--configfile", ".test/config.yaml"],
+                timeout=1500)
+            last = i == len(names) - 1
+            self._done[stage] = self.work if last else copy_run(self.work, self.root / stage)
+        return self._done[name]
 
 
 def job_counts(output: str) -> dict[str, int]:
