@@ -90,7 +90,7 @@ def clean_env(extra: dict[str, str] | None = None, *, slurm: bool = False) -> di
     every ``snakemake`` command loads the installed SLURM executor plugin, which runs
     ``scontrol show config`` at import (snakemake-executor-plugin-slurm 2.6.1, for a help text). With
     SLURM's client installed but no controller answering (as after tests/workflow/test_slurm.py stops
-    the cluster it started) that call waits ~9 s for the controller, in each of the suite's ~60
+    the cluster it started) that call waits ~9 s for the controller, in each of the suite's ~50
     snakemake commands; with an empty config it fails at once, and the plugin only loses its help text.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
