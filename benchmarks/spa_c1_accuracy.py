@@ -118,6 +118,18 @@ iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not wh
   already in the truth's frame (0.7–1.3°, run B): the measurement's own scatter, no drift shown. Class averaging
   48.0 / 39.2 / 25.4 s per iteration (both halves) against the bench_simmx row of the same run, 8.80 s for 300
   particles → 117.3 s scaled to 4,000 (load 10.6): ratio 0.41 / 0.33 / 0.22 (bar ≤ 2).
+* **Local likelihood refinement** (session 8, ``--local 4``; emflow/spa/local_refine.py through
+  gold.local_iteration: a global search at 7.5° / 5° in the first two iterations, then local grids of 2 → 0.5°;
+  ``--start-from`` the seed-1 from_data start, 5 e2refine iterations at δ 9 / 7.5 / 6 / 5 / 4°, shrink 1, load
+  1.6–3.5): e2refine 38.4 → 34.5 → 31.3 → 27.4 → 25.7 Å (4.90 px; gold 0.143 23.4 Å, +8 %), then L1–L4 17.4 /
+  15.5 / 12.6 / **12.4 Å = 2.37 px** (bar ≤ 3 px; true poses 2.26 px), gold-standard 0.143 28.6 / 11.5 / 10.8 /
+  11.4 Å against the truth's 0.143 16.9 / 11.7 / 10.7 / 11.1 Å (+69 / −2 / +1 / +2 %); 108 / 223 / 62 / 71 s per
+  local iteration, 49–73 s per e2refine iteration, class averaging 9.8–14.7 s per iteration against the bench row
+  scaled to 4,000 particles, 59.7 s (ratio 0.16–0.25, bar ≤ 2). Diagnosis on a truth-frame start (truth low-passed
+  to 40 Å, same schedule): the e2refine poses had 62 % of the particles > 30° from their true view and a median
+  shift error of 1.9 px; local searches alone reached 3.88 → 3.67 → 3.32 → 3.32 px; a global search around the
+  current shift left 41 % > 30°; with shifts near the box centre as well 4 % after the 7.5° search and 0 % after the
+  5° one, 3.20 → 3.00 → 2.92 px.
 * Soft assignment in the refinement (seed-1 start, gold standard, ``--options config``, 5 iterations at δ 9 / 7.5 /
   6 / 5 / 4°, shrink 1, two runs at once, load 0.5–5.5): ``sep 1`` (config) 38.4 → 34.5 → 31.3 → 27.4 → 25.7 Å
   (4.90 px; gold 0.143 23.4 Å, +8 % vs the truth's 21.6 Å; 76–210 s per iteration, class averaging 14.5–24.4 s);
@@ -131,7 +143,7 @@ iteration and changed FSC 0.5 by ≤ 0.6 Å (the coarse superposition was not wh
         [--iters 4] [--delta 9,7.5,6,6] [--shrink 2] [--bench-n 500] [--method sgd|stochastic_em] \
         [--em niter=40,batch=300] [--json out.json] [--save-start s.npy] [--start-from s.npy|truth:RES] \
         [--gold 1|0] [--gold-next cref|raw] [--gold-startres 40] [--options config|defaults] \
-        [--opt classkeep=0.8,maxshift=3] [--oracle 1] [--realign 1] [--save-maps DIR]
+        [--opt classkeep=0.8,maxshift=3] [--oracle 1] [--realign 1] [--save-maps DIR] [--local 4]
 """
 
 from __future__ import annotations
