@@ -24,6 +24,14 @@ def _phantom(b: int = 40) -> np.ndarray:
     return v.astype(np.float32)
 
 
+def _projections(n: int, max_shift: float, rng: np.random.Generator):
+    """``(phantom, n noise-free projections at random poses and shifts ≤ max_shift px, rotations, shifts, rng)``."""
+    vol = _phantom()
+    Q = random_rotations(n, rng)
+    t = rng.uniform(-max_shift, max_shift, (n, 2))
+    return vol, VolumeProjector(vol).project(Q, shifts=t), Q, t, rng
+
+
 def _angles(R1, R2) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", R1, R2) - 1) / 2, -1, 1)))
 
@@ -57,12 +65,7 @@ def test_poses_from_classes_are_the_true_poses():
     wrong mirror axis or a wrong shift sign would miss by tens of degrees or pixels."""
     from emflow.spa.refine_loop import RefineOptions, run_iteration
 
-    b, n = 40, 80
-    vol = _phantom(b)
-    rng = np.random.default_rng(3)
-    Q = random_rotations(n, rng)
-    t = rng.uniform(-1.5, 1.5, (n, 2))
-    parts = VolumeProjector(vol).project(Q, shifts=t)
+    vol, parts, Q, t, _ = _projections(80, 1.5, np.random.default_rng(3))
     opts = RefineOptions(sym="c1", orientgen="eman:delta=5:inc_mirror=0:perturb=0", apix=4.0, classiter=1,
                          classkeep=1.0, m3dkeep=1.0)
     r = run_iteration(vol, parts, opts, rng=np.random.default_rng(0))
@@ -80,12 +83,8 @@ def test_poses_from_classes_are_the_true_poses():
 def noisy_half():
     """500 noisy projections (SNR 5 over the box) of the phantom at known poses, no CTF, and start poses
     perturbed by 3° per axis and 0.6 px."""
-    b, n = 40, 500
-    vol = _phantom(b)
-    rng = np.random.default_rng(5)
-    Q = random_rotations(n, rng)
-    t = rng.uniform(-1.0, 1.0, (n, 2))
-    clean = VolumeProjector(vol).project(Q, shifts=t)
+    n = 500
+    vol, clean, Q, t, rng = _projections(n, 1.0, np.random.default_rng(5))
     parts = (clean + rng.normal(0, np.sqrt(clean.var() / 5.0), clean.shape)).astype(np.float32)
     R0 = np.einsum("nij,njk->nik", Rotation.from_rotvec(rng.normal(0, np.radians(3.0), (n, 3))).as_matrix(), Q)
     t0 = t + rng.normal(0, 0.6, (n, 2))

@@ -67,7 +67,8 @@ class LocalParams:
     Attributes
     ----------
     iterations : int
-        Local iterations after the e2refine iterations (0: none).
+        Local iterations after the e2refine iterations (0: none; in-process callers that give no ``local``
+        section get none, the workflow's default is config/config.yaml's).
     step_deg : float
         Angular step of the first local iteration (degrees); each next iteration multiplies it by ``narrow``
         down to ``min_step_deg``.
