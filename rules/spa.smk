@@ -59,6 +59,14 @@ if SPA_ON:
             f"{[round(estimate_iteration_seconds(SPA_COST, spa_n_particles(), n)) for n in SPA_PROJECTIONS]}",
             file=sys.stderr,
         )
+        if SPA["goldstandard"] and SPA["local"]["iterations"]:
+            print(
+                f"spa check: then {SPA['local']['iterations']} local likelihood iterations, about "
+                f"{RSC.SPA_LOCAL_S_PER_MPIX * spa_n_particles() * SPA_BOX_APIX[0] ** 2 / 1e6:.0f} s each (the "
+                "coefficient measured on the 80S benchmark, emflow/pipeline/resources.py; the first two, with a "
+                "global search, up to 3x that)",
+                file=sys.stderr,
+            )
         FINAL_TARGETS.extend([f"{SPA_DIR}/particles.hdf", f"{SPA_DIR}/threed_00.mrc"])
     elif SPA["goldstandard"]:  # e2refine_easy scheme: independent even/odd halves (rule spa_gold)
         FINAL_TARGETS.append(f"{SPA_DIR}/gold/gold.json")
