@@ -207,7 +207,7 @@ def local_shifts(step_px: float, radius_px: float | None = None) -> np.ndarray:
 def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndarray, shifts: np.ndarray, *,
                 step_deg: float, shift_step_px: float, kmax_px: float, ctfs=None, apix: float | None = None,
                 radius_steps: int = 3, min_weight: float = 1e-3, sym: str = "c1", global_deg: float = 0.0,
-                keep: float = 1.0, ring_scale: bool = False) -> LocalHalfResult:
+                keep: float = 1.0) -> LocalHalfResult:
     """One local iteration of one half (module docstring).
 
     Parameters
@@ -231,8 +231,6 @@ def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndar
         > 0: first a global search (:func:`_global_search`) on a grid of this step over SO(3)/G.
     keep : float
         Fraction of the particles inserted: those of the largest ``fit`` (:class:`LocalHalfResult`).
-    ring_scale : bool
-        Fit the reference's scale per Fourier ring instead of one factor.
     """
     X_all = np.asarray(particles, np.float32)
     n, b = X_all.shape[0], X_all.shape[-1]
@@ -267,19 +265,16 @@ def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndar
         c = np.ones((len(rows), m), np.float32) if c is None else c[:, yy, xx]
         return X.astype(np.complex64), c.astype(np.float32)
 
-    def moved_back(X, t):
-        """``X·exp(+2πi k·t)`` (the particle moved by ``−t``): ``X`` ``(B, m)``, ``t`` ``(B, K, 2)`` → ``(B, K, m)``."""
-        return moved_back_sub(X, t, slice(None))
-
-    def moved_back_sub(X, t, sub):
-        """:func:`moved_back` of ``X`` given at the pixels ``sub`` only."""
+    def moved_back(X, t, sub=slice(None)):
+        """``X·exp(+2πi k·t)`` (the particle moved by ``−t``): ``X`` ``(B, m)`` (or given at the pixels ``sub``
+        only), ``t`` ``(B, K, 2)`` → ``(B, K, m)``."""
         ph = 2 * np.pi * (t[..., 0, None] * kxm[sub] + t[..., 1, None] * kym[sub])
         return X[:, None, :] * np.exp(1j * ph).astype(np.complex64)
 
     def noise_model(R, t):
-        """``(a (m,) float32, h/σ² (m,) float32, global scale)``: the reference's scale per pixel (per ring with
-        ``ring_scale``, else one least-squares factor) and the likelihood weights, from the residual power
-        ``|X − a·c·P|²`` per ring of every particle at the poses ``(R, t)`` (one projection per particle)."""
+        """``(a, h/σ² (m,) float32)``: the reference's least-squares scale and the likelihood weights, from the
+        residual power ``|X − a·c·P|²`` per ring of every particle at the poses ``(R, t)`` (one projection per
+        particle)."""
         xx_r, xp_r, pp_r = np.zeros(nring), np.zeros(nring), np.zeros(nring)
         pre = max(1, int(BLOCK_BYTES // (b * (b // 2 + 1) * 8)))
         for a0 in range(0, n, pre):
@@ -290,27 +285,22 @@ def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndar
             xx_r += np.bincount(rk, (np.abs(Xb) ** 2).sum(0), nring)
             xp_r += np.bincount(rk, (Xb.real * P.real + Xb.imag * P.imag).sum(0), nring)
             pp_r += np.bincount(rk, (np.abs(P) ** 2).sum(0), nring)
-        scale = float(xp_r.sum() / pp_r.sum()) if pp_r.sum() > 0 and xp_r.sum() > 0 else 1.0
-        a_r = np.full(nring, scale)
-        if ring_scale:  # least squares per ring, ≥ 0: the reference's spectrum matched to the particles' signal
-            a_r = np.where(pp_r > 0, np.maximum(xp_r, 0.0) / np.maximum(pp_r, 1e-30), 0.0)
-        sig2 = (xx_r - 2 * a_r * xp_r + a_r ** 2 * pp_r) / np.maximum(np.bincount(rk, minlength=nring) * n, 1)
-        wk = (h / np.maximum(sig2[rk], 1e-30 + 1e-6 * sig2.max())).astype(np.float32)
-        return a_r[rk].astype(np.float32), wk, scale
+        a = float(xp_r.sum() / pp_r.sum()) if pp_r.sum() > 0 and xp_r.sum() > 0 else 1.0
+        sig2 = (xx_r - 2 * a * xp_r + a ** 2 * pp_r) / np.maximum(np.bincount(rk, minlength=nring) * n, 1)
+        return a, (h / np.maximum(sig2[rk], 1e-30 + 1e-6 * sig2.max())).astype(np.float32)
 
     # 1. scale of the reference and noise power per ring at the current poses
-    a_pix, wk, scale = noise_model(R0, t0)
+    scale, wk = noise_model(R0, t0)
     n_global = 0
     if global_deg > 0:  # 1b. every particle's best pose on a grid over SO(3)/G, kept where it beats the current one
         # its likelihood stops at GLOBAL_KMAX_FRACTION·b: a coarse grid cannot use finer detail, which only costs
         sub = rk <= GLOBAL_KMAX_FRACTION * b
-        R0, t0, n_global = _global_search(lambda R: proj.slices_ft(R, size=b)[:, yy[sub], xx[sub]] * a_pix[sub],
+        R0, t0, n_global = _global_search(lambda R: proj.slices_ft(R, size=b)[:, yy[sub], xx[sub]] * np.float32(scale),
                                           lambda rows: tuple(v[:, sub] for v in data(rows)),
-                                          lambda X, t: moved_back_sub(X, t, sub), R0, t0, wk[sub],
+                                          lambda X, t: moved_back(X, t, sub), R0, t0, wk[sub],
                                           b * (b // 2 + 1), global_deg, sym)
-        a_pix, wk, scale = noise_model(R0, t0)
+        scale, wk = noise_model(R0, t0)
 
-    # 2–4. E-step and M-step per block
     # 2–3. E-step per block: posterior over (shift, rotation), kept compactly as the rotations with weight
     R_new, t_new = R0.copy(), t0.copy()
     pmax, fit = np.zeros(n), np.zeros(n)
@@ -320,7 +310,7 @@ def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndar
         B = len(rows)
         X, c = data(rows)
         Rc = np.einsum("jik,bkl->bjil", dR, R0[rows])  # (B, J, 3, 3): ΔR_j·R_i
-        S = proj.slices_ft(Rc.reshape(-1, 3, 3), size=b)[:, yy, xx].reshape(B, J, m) * a_pix
+        S = proj.slices_ft(Rc.reshape(-1, 3, 3), size=b)[:, yy, xx].reshape(B, J, m) * np.float32(scale)
         P = np.empty((B, J, 2 * m), np.float32)  # [Re S, Im S], C-contiguous (concatenate of the views is not)
         P[..., :m], P[..., m:] = S.real, S.imag
         tk = t0[rows][:, None, :] + dT[None]  # (B, K, 2)
@@ -374,7 +364,6 @@ def refine_half(reference: np.ndarray, particles: np.ndarray, rotations: np.ndar
              "moved_deg": float(np.median(np.degrees(np.arccos(cosang)))),
              "moved_px": float(np.median(np.hypot(*(t_new - t0).T)))}
     return LocalHalfResult(map=vol, rotations=R_new, shifts=t_new, fit=fit, stats=stats)
-
 
 
 def _global_search(slices, data, moved_back, R0: np.ndarray, t0: np.ndarray, wk: np.ndarray, n_pix: int,
